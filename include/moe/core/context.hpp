@@ -1,0 +1,20 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: The moe authors
+#pragma once
+
+#include <span>
+
+#include "moe/config.hpp"
+
+namespace moe {
+
+/// Extra inputs that some router policies need besides the token states. Every field is optional;
+/// a policy that needs one checks it at the entry of route() and throws moe::error when absent.
+struct route_context {
+  /// Start row of each sequence in the batch, ascending, first 0 (rows `[starts[i], starts[i+1])`,
+  /// the last sequence ending at T). Empty: the whole batch is one sequence. Per-token policies
+  /// ignore it.
+  std::span<const index> sequence_starts = {};
+};
+
+}  // namespace moe

@@ -1,0 +1,123 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: The moe authors
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <type_traits>
+#include <vector>
+
+#include "moe/config.hpp"
+
+namespace moe {
+
+namespace detail {
+struct aligned_delete {
+  void operator()(void* p) const noexcept { ::operator delete(p, std::align_val_t{buffer_alignment}); }
+};
+inline std::unique_ptr<std::byte, aligned_delete> aligned_allocate(std::size_t bytes) {
+  if (bytes == 0) return {};
+  return std::unique_ptr<std::byte, aligned_delete>(
+      static_cast<std::byte*>(::operator new(bytes, std::align_val_t{buffer_alignment})));
+}
+constexpr std::size_t round_up(std::size_t n, std::size_t to) { return (n + to - 1) / to * to; }
+}  // namespace detail
+
+/// An owned, 64-byte aligned array of trivially copyable values (packed weights, tables).
+template <class T>
+class aligned_buffer {
+  static_assert(std::is_trivially_copyable_v<T>,
+                "moe::aligned_buffer<T>: T must be trivially copyable (float, int32, ...)");
+
+ public:
+  aligned_buffer() = default;
+  /// Allocates `n` zero-initialised values.
+  explicit aligned_buffer(std::size_t n) : m_data(detail::aligned_allocate(n * sizeof(T))), m_size(n) {
+    if (n) std::memset(m_data.get(), 0, n * sizeof(T));
+  }
+  aligned_buffer(aligned_buffer&&) noexcept = default;
+  aligned_buffer& operator=(aligned_buffer&&) noexcept = default;
+  aligned_buffer(const aligned_buffer& other) : aligned_buffer(other.m_size) {
+    if (m_size) std::memcpy(data(), other.data(), m_size * sizeof(T));
+  }
+  aligned_buffer& operator=(const aligned_buffer& other) {
+    if (this != &other) *this = aligned_buffer(other);
+    return *this;
+  }
+
+  [[nodiscard]] T* data() noexcept { return reinterpret_cast<T*>(m_data.get()); }
+  [[nodiscard]] const T* data() const noexcept { return reinterpret_cast<const T*>(m_data.get()); }
+  [[nodiscard]] std::size_t size() const noexcept { return m_size; }
+  T& operator[](std::size_t i) noexcept { return data()[i]; }
+  const T& operator[](std::size_t i) const noexcept { return data()[i]; }
+
+ private:
+  std::unique_ptr<std::byte, detail::aligned_delete> m_data;
+  std::size_t m_size = 0;
+};
+
+/// Reusable scratch memory for one forward pass: a bump allocator that grows on first use and is
+/// then reused, so that a steady-state forward allocates nothing.
+///
+/// `reset()` starts a new pass. A pass that needs more than the current block takes extra blocks
+/// from the heap; the next `reset()` replaces everything by one block of the peak size. Buffers
+/// returned by `take()` are 64-byte aligned and uninitialised; they stay valid until `reset()`.
+class workspace {
+ public:
+  workspace() = default;
+  workspace(const workspace&) = delete;
+  workspace& operator=(const workspace&) = delete;
+  workspace(workspace&&) noexcept = default;
+  workspace& operator=(workspace&&) noexcept = default;
+
+  /// Starts a new pass; invalidates every buffer taken since the last reset.
+  void reset() {
+    if (!m_overflow.empty() || m_peak > m_capacity) {
+      m_overflow.clear();
+      m_capacity = detail::round_up(std::max(m_peak, m_capacity), 4096);
+      m_block = detail::aligned_allocate(m_capacity);
+    }
+    m_used = 0;
+    m_peak_this_pass = 0;
+  }
+
+  /// Returns uninitialised, aligned storage for `n` values of `T`.
+  template <class T>
+  [[nodiscard]] T* take(std::size_t n) {
+    static_assert(std::is_trivially_copyable_v<T>, "moe::workspace::take<T>: T must be trivial");
+    const std::size_t bytes = detail::round_up(std::max<std::size_t>(n * sizeof(T), 1), buffer_alignment);
+    m_peak_this_pass += bytes;
+    m_peak = std::max(m_peak, m_peak_this_pass);
+    if (m_used + bytes <= m_capacity) {
+      std::byte* p = m_block.get() + m_used;
+      m_used += bytes;
+      return reinterpret_cast<T*>(p);
+    }
+    m_overflow.push_back(detail::aligned_allocate(bytes));
+    return reinterpret_cast<T*>(m_overflow.back().get());
+  }
+
+  /// Like take(), zero-filled.
+  template <class T>
+  [[nodiscard]] T* take_zeroed(std::size_t n) {
+    T* p = take<T>(n);
+    if (n) std::memset(static_cast<void*>(p), 0, n * sizeof(T));
+    return p;
+  }
+
+  /// Bytes held by the main block.
+  [[nodiscard]] std::size_t capacity() const noexcept { return m_capacity; }
+
+ private:
+  std::unique_ptr<std::byte, detail::aligned_delete> m_block;
+  std::vector<std::unique_ptr<std::byte, detail::aligned_delete>> m_overflow;
+  std::size_t m_capacity = 0;
+  std::size_t m_used = 0;
+  std::size_t m_peak = 0;
+  std::size_t m_peak_this_pass = 0;
+};
+
+}  // namespace moe

@@ -1,0 +1,159 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: The moe authors
+#pragma once
+
+// The host schedule shared by moe::device::serial and moe::device::cpu.
+//
+// Dispatch, for a bank of two-stage experts and a list of assignments grouped by expert
+// (`offsets[E+1]`, per assignment: input row, output row, weight):
+//   0. every thread zeroes its share of the output rows (when the call overwrites y);
+//   1. stage 1, for each expert in order: every thread packs the expert's input rows and computes
+//      its own range of up-panels (intermediate columns) into `act`;
+//   -- barrier --
+//   2. stage 2, for each expert in order: every thread packs the expert's `act` rows and adds
+//      `weight · out` into its own range of down-panels (output columns) of y.
+// Both threads work on every expert (decode streams each expert's weights once), and each output
+// element receives its contributions in expert order from a single thread, so the result is the
+// same, bit for bit, for any number of threads and any batch composition.
+
+#include <algorithm>
+#include <cstring>
+
+#include "moe/concepts.hpp"
+#include "moe/config.hpp"
+#include "moe/core/error.hpp"
+#include "moe/core/plan.hpp"
+#include "moe/core/views.hpp"
+#include "moe/core/workspace.hpp"
+#include "moe/kernels/gemm.hpp"
+
+namespace moe::detail {
+
+/// Assignments grouped by expert, as the schedule consumes them.
+struct ffn_work {
+  const index* offsets = nullptr;   ///< [E + 1]
+  const float* const* x_rows = nullptr;  ///< [A] input row of each assignment
+  float* const* y_rows = nullptr;        ///< [A] output row of each assignment
+  const float* weights = nullptr;        ///< [A] combine weight
+  index experts = 0;
+};
+
+/// Scratch of one dispatch, carved from the workspace by the calling thread.
+struct ffn_scratch {
+  float* act = nullptr;        ///< [A × ld_act]
+  index ld_act = 0;
+  float* packed = nullptr;     ///< [threads × packed_floats]
+  std::size_t packed_floats = 0;
+  const float** act_rows = nullptr;  ///< [threads × chunk]
+  index chunk = 0;
+};
+
+template <expert_bank Bank>
+ffn_scratch make_ffn_scratch(const Bank& bank, index assignments, int threads, workspace& ws) {
+  ffn_scratch s;
+  s.ld_act = (bank.intermediate() + 15) / 16 * 16;
+  s.act = ws.take<float>(static_cast<std::size_t>(std::max<index>(assignments, 1) * s.ld_act));
+  const index k_max = std::max(bank.hidden(), bank.intermediate());
+  s.chunk = kernels::rows_per_chunk(std::min(bank.hidden(), bank.intermediate()));
+  s.packed_floats = kernels::packed_rows_size(s.chunk, k_max);
+  s.packed = ws.take<float>(s.packed_floats * static_cast<std::size_t>(threads));
+  s.act_rows = ws.take<const float*>(static_cast<std::size_t>(s.chunk * threads));
+  return s;
+}
+
+/// Work lists of a routed dispatch: the plan's expert-major view.
+inline ffn_work make_plan_work(const routing_plan& plan, const float* x, index ld_x, float* y,
+                               index ld_y, workspace& ws) {
+  const auto entries = plan.entries();
+  const auto a = static_cast<std::size_t>(entries.size());
+  auto** xr = ws.take<const float*>(std::max<std::size_t>(a, 1));
+  auto** yr = ws.take<float*>(std::max<std::size_t>(a, 1));
+  auto* w = ws.take<float>(std::max<std::size_t>(a, 1));
+  for (std::size_t i = 0; i < a; ++i) {
+    const index t = entries[i].token;
+    xr[i] = x + t * ld_x;
+    yr[i] = y + t * ld_y;
+    w[i] = plan.weight(t, entries[i].slot);
+  }
+  return {plan.offsets().data(), xr, yr, w, plan.num_experts()};
+}
+
+/// Work lists of a dense pass: every expert of the bank on every token, with weight `gates[t]`
+/// (1 when gates is null).
+inline ffn_work make_dense_work(index experts, index tokens, const float* x, index ld_x, float* y,
+                                index ld_y, const float* gates, workspace& ws) {
+  const auto a = static_cast<std::size_t>(std::max<index>(experts * tokens, 1));
+  auto* off = ws.take<index>(static_cast<std::size_t>(experts + 1));
+  auto** xr = ws.take<const float*>(a);
+  auto** yr = ws.take<float*>(a);
+  auto* w = ws.take<float>(a);
+  for (index e = 0; e <= experts; ++e) off[e] = e * tokens;
+  for (index e = 0; e < experts; ++e) {
+    for (index t = 0; t < tokens; ++t) {
+      xr[e * tokens + t] = x + t * ld_x;
+      yr[e * tokens + t] = y + t * ld_y;
+      w[e * tokens + t] = gates ? gates[t] : 1.0f;
+    }
+  }
+  return {off, xr, yr, w, experts};
+}
+
+/// Checks the operands of a dispatch; `where` names the device.
+template <class Bank>
+void check_dispatch(const char* where, const routing_plan& plan, const_matrix_map<float> x,
+                    const Bank& bank, matrix_map<float> y) {
+  if (!plan.has_expert_major()) {
+    throw_error(error_id::plan, concat(where, ": parameter 'plan' must have its expert-major view "
+                                              "built (routing_plan::build_expert_major())"));
+  }
+  check_extent(where, "plan.num_experts()", plan.num_experts(), bank.num_experts());
+  check_extent(where, "x.rows()", x.rows(), plan.num_tokens());
+  check_extent(where, "x.cols()", x.cols(), bank.hidden());
+  check_extent(where, "y.rows()", y.rows(), x.rows());
+  check_extent(where, "y.cols()", y.cols(), bank.hidden());
+}
+
+/// Runs the schedule on thread `tid` of `threads`; `barrier` synchronises the team.
+template <expert_bank Bank, class Barrier>
+void run_ffn(const Bank& bank, const ffn_work& work, const ffn_scratch& s, float* y, index y_rows,
+             index ld_y, bool zero_y, int tid, int threads, Barrier&& barrier) noexcept {
+  const index d = bank.hidden();
+  const index f = bank.intermediate();
+  const index up_p = bank.up_panels();
+  const index dn_p = bank.down_panels();
+  const index u0 = up_p * tid / threads, u1 = up_p * (tid + 1) / threads;
+  const index d0 = dn_p * tid / threads, d1 = dn_p * (tid + 1) / threads;
+  float* packed = s.packed + s.packed_floats * static_cast<std::size_t>(tid);
+  const float** act_rows = s.act_rows + s.chunk * tid;
+
+  if (zero_y) {
+    const index r0 = y_rows * tid / threads, r1 = y_rows * (tid + 1) / threads;
+    for (index r = r0; r < r1; ++r) std::memset(y + r * ld_y, 0, static_cast<std::size_t>(d) * sizeof(float));
+  }
+  const index chunk_up = std::min(s.chunk, kernels::rows_per_chunk(d));
+  if (u0 < u1) {
+    for (index e = 0; e < work.experts; ++e) {
+      const index begin = work.offsets[e], n = work.offsets[e + 1] - begin;
+      for (index c = 0; c < n; c += chunk_up) {
+        const index m = std::min(chunk_up, n - c);
+        kernels::pack_rows(work.x_rows + begin + c, m, d, packed);
+        bank.up(e, packed, m, u0, u1, s.act + (begin + c) * s.ld_act, s.ld_act);
+      }
+    }
+  }
+  barrier();
+  const index chunk_dn = std::min(s.chunk, kernels::rows_per_chunk(f));
+  if (d0 < d1) {
+    for (index e = 0; e < work.experts; ++e) {
+      const index begin = work.offsets[e], n = work.offsets[e + 1] - begin;
+      for (index c = 0; c < n; c += chunk_dn) {
+        const index m = std::min(chunk_dn, n - c);
+        for (index i = 0; i < m; ++i) act_rows[i] = s.act + (begin + c + i) * s.ld_act;
+        kernels::pack_rows(act_rows, m, f, packed);
+        bank.down(e, packed, m, d0, d1, work.weights + begin + c, work.y_rows + begin + c);
+      }
+    }
+  }
+}
+
+}  // namespace moe::detail

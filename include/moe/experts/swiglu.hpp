@@ -1,0 +1,174 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: The moe authors
+#pragma once
+
+#include <type_traits>
+
+#include "moe/concepts.hpp"
+#include "moe/config.hpp"
+#include "moe/core/error.hpp"
+#include "moe/core/views.hpp"
+#include "moe/kernels/gemm.hpp"
+#include "moe/kernels/math.hpp"
+
+namespace moe {
+
+/// Extents of a SwiGLU expert bank.
+struct swiglu_shape {
+  index experts = 0;       ///< E
+  index hidden = 0;        ///< d, the token width
+  index intermediate = 0;  ///< f, the expert width
+};
+
+/// A bank of SwiGLU experts, `Expert_e(x) = W_down,e · (silu(W_gate,e x) ⊙ W_up,e x)`.
+///
+/// @tparam Scalar weight type; `float` (bf16 storage arrives with the CPU-speed work).
+///
+/// Weights are given as checkpoints store them: `gate, up [E·f × d]` and `down [E·d × f]`,
+/// row-major (`[out × in]`), experts stacked. The constructor repacks them once into the
+/// kernel's panel layout (gate and up interleaved so that one pass computes both), owned by the
+/// bank; the caller's buffers are not referenced afterwards. The bank is immutable and can be
+/// shared by threads.
+template <class Scalar = float>
+class swiglu_experts {
+  static_assert(std::is_same_v<Scalar, float>,
+                "moe::swiglu_experts<Scalar>: only Scalar = float is implemented; use "
+                "moe::swiglu_experts<float>");
+
+ public:
+  using scalar_type = Scalar;
+  using arch = kernels::gemm_arch;
+
+  /// @param gate `[E·f × d]`, @param up `[E·f × d]`, @param down `[E·d × f]`.
+  swiglu_experts(const_matrix_map<float> gate, const_matrix_map<float> up,
+                 const_matrix_map<float> down) {
+    constexpr const char* where = "moe::swiglu_experts";
+    const index d = gate.cols();
+    const index f = down.cols();
+    if (d < 1) detail::fail_parameter(error_id::shape, where, "gate.cols()", ">= 1", d);
+    if (f < 1) detail::fail_parameter(error_id::shape, where, "down.cols()", ">= 1", f);
+    if (gate.rows() < f || gate.rows() % f != 0) {
+      detail::fail_parameter(error_id::shape, where, "gate.rows()",
+                             detail::concat("a positive multiple of down.cols() = ", f), gate.rows());
+    }
+    const index E = gate.rows() / f;
+    detail::check_extent(where, "up.rows()", up.rows(), E * f);
+    detail::check_extent(where, "up.cols()", up.cols(), d);
+    detail::check_extent(where, "down.rows()", down.rows(), E * d);
+    init({E, d, f}, gate.data(), gate.outerStride(), up.data(), up.outerStride(), down.data(),
+         down.outerStride());
+  }
+
+  /// Convenience: any row-major Eigen matrices, Maps or Blocks with the shapes above.
+  template <class G, class U, class D>
+    requires(!std::is_same_v<G, const_matrix_map<float>> || !std::is_same_v<U, const_matrix_map<float>> ||
+             !std::is_same_v<D, const_matrix_map<float>>)
+  swiglu_experts(const Eigen::DenseBase<G>& gate, const Eigen::DenseBase<U>& up,
+                 const Eigen::DenseBase<D>& down)
+      : swiglu_experts(view(gate), view(up), view(down)) {}
+
+  /// From contiguous stacked arrays: `gate, up` hold `E·f·d` floats, `down` holds `E·d·f`.
+  swiglu_experts(const float* gate, const float* up, const float* down, swiglu_shape shape) {
+    constexpr const char* where = "moe::swiglu_experts";
+    if (shape.experts < 1) detail::fail_parameter(error_id::shape, where, "shape.experts", ">= 1", shape.experts);
+    if (shape.hidden < 1) detail::fail_parameter(error_id::shape, where, "shape.hidden", ">= 1", shape.hidden);
+    if (shape.intermediate < 1) {
+      detail::fail_parameter(error_id::shape, where, "shape.intermediate", ">= 1", shape.intermediate);
+    }
+    init(shape, gate, shape.hidden, up, shape.hidden, down, shape.intermediate);
+  }
+
+  [[nodiscard]] index num_experts() const noexcept { return m_shape.experts; }
+  [[nodiscard]] index hidden() const noexcept { return m_shape.hidden; }
+  [[nodiscard]] index intermediate() const noexcept { return m_shape.intermediate; }
+  [[nodiscard]] const swiglu_shape& shape() const noexcept { return m_shape; }
+  /// Panels of the fused gate|up matrix of one expert (each gives width/2 intermediate columns).
+  [[nodiscard]] index up_panels() const noexcept { return m_up[0].panels; }
+  /// Panels of the down matrix of one expert (each gives width output columns).
+  [[nodiscard]] index down_panels() const noexcept { return m_down[0].panels; }
+  /// FLOPs of one token through one expert (three matrices).
+  [[nodiscard]] double flops_per_row() const noexcept {
+    return 6.0 * static_cast<double>(m_shape.hidden) * static_cast<double>(m_shape.intermediate);
+  }
+  /// Bytes of weights of one expert.
+  [[nodiscard]] double bytes_per_expert() const noexcept {
+    return 3.0 * static_cast<double>(m_shape.hidden * m_shape.intermediate) * sizeof(Scalar);
+  }
+
+  /// Stage 1 for expert e: `act[i][c] = silu(g) · u` for the intermediate columns of up-panels
+  /// `[p0, p1)`, from `rows` packed input rows (kernels::pack_rows, k = hidden()).
+  void up(index e, const float* packed, index rows, index p0, index p1, float* act,
+          index ld_act) const noexcept {
+    using batch = xsimd::batch<float, arch>;
+    constexpr index L = static_cast<index>(batch::size);
+    const index f = m_shape.intermediate;
+    kernels::gemm_packed<arch>(
+        packed, rows, m_up[e], p0, p1,
+        [&](index r0, index mr, index p, const kernels::accumulators<arch>& acc) {
+          const index c0 = p * L;
+          for (index i = 0; i < mr; ++i) {
+            const batch h = kernels::silu(acc[i][0]) * acc[i][1];
+            float* dst = act + (r0 + i) * ld_act + c0;
+            if (c0 + L <= f) {
+              h.store_unaligned(dst);
+            } else {
+              alignas(64) float tmp[L];
+              h.store_aligned(tmp);
+              for (index j = 0; c0 + j < f; ++j) dst[j] = tmp[j];
+            }
+          }
+        });
+  }
+
+  /// Stage 2 for expert e: `y[i][c] = fma(w[i], out[i][c], y[i][c])` for the output columns of
+  /// down-panels `[p0, p1)`, from `rows` packed intermediate rows (k = intermediate()).
+  void down(index e, const float* packed, index rows, index p0, index p1, const float* w,
+            float* const* y) const noexcept {
+    using batch = xsimd::batch<float, arch>;
+    constexpr index L = static_cast<index>(batch::size);
+    const index d = m_shape.hidden;
+    kernels::gemm_packed<arch>(
+        packed, rows, m_down[e], p0, p1,
+        [&](index r0, index mr, index p, const kernels::accumulators<arch>& acc) {
+          const index c0 = p * 2 * L;
+          for (index i = 0; i < mr; ++i) {
+            const batch wi(w[r0 + i]);
+            float* dst = y[r0 + i] + c0;
+            if (c0 + 2 * L <= d) {
+              kernels::fmadd(wi, acc[i][0], batch::load_unaligned(dst)).store_unaligned(dst);
+              kernels::fmadd(wi, acc[i][1], batch::load_unaligned(dst + L)).store_unaligned(dst + L);
+            } else {
+              alignas(64) float tmp[2 * L];
+              alignas(64) float cur[2 * L] = {};
+              for (index j = 0; c0 + j < d; ++j) cur[j] = dst[j];
+              kernels::fmadd(wi, acc[i][0], batch::load_aligned(cur)).store_aligned(tmp);
+              kernels::fmadd(wi, acc[i][1], batch::load_aligned(cur + L)).store_aligned(tmp + L);
+              for (index j = 0; c0 + j < d; ++j) dst[j] = tmp[j];
+            }
+          }
+        });
+  }
+
+ private:
+  void init(swiglu_shape shape, const float* gate, index ldg, const float* up, index ldu,
+            const float* down, index ldd) {
+    m_shape = shape;
+    const index d = shape.hidden, f = shape.intermediate;
+    constexpr index W = kernels::panel_width<arch>;
+    m_up.reserve(static_cast<std::size_t>(shape.experts));
+    m_down.reserve(static_cast<std::size_t>(shape.experts));
+    for (index e = 0; e < shape.experts; ++e) {
+      m_up.push_back(kernels::pack_panels_interleaved(gate + e * f * ldg, ldg, up + e * f * ldu,
+                                                      ldu, f, d, W));
+      m_down.push_back(kernels::pack_panels(down + e * d * ldd, d, f, ldd, W));
+    }
+  }
+
+  swiglu_shape m_shape;
+  std::vector<kernels::packed_weights> m_up;    // per expert: gate|up interleaved, k = d
+  std::vector<kernels::packed_weights> m_down;  // per expert: down, k = f
+};
+
+static_assert(expert_bank<swiglu_experts<float>>);
+
+}  // namespace moe

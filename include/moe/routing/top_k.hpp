@@ -1,0 +1,202 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: The moe authors
+#pragma once
+
+#include <cmath>
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "moe/concepts.hpp"
+#include "moe/config.hpp"
+#include "moe/core/context.hpp"
+#include "moe/core/error.hpp"
+#include "moe/core/plan.hpp"
+#include "moe/core/views.hpp"
+#include "moe/core/workspace.hpp"
+#include "moe/kernels/gemm.hpp"
+#include "moe/routing/gates.hpp"
+
+namespace moe {
+
+/// Options of moe::top_k (routing-spec §2 softmax, §3 sigmoid).
+struct top_k_options {
+  /// Experts per token, in [1, num_experts].
+  int k = 2;
+  /// Divide the selected scores by their sum (Mixtral, Qwen `norm_topk_prob`). If that sum is
+  /// <= 0 (every selected sigmoid score underflowed), the weights are 0, never NaN.
+  bool renormalize = false;
+  /// Multiplies every combine weight after renormalisation (DeepSeek-V3: 2.5).
+  float route_scale = 1.0f;
+  /// Logits are divided by this before the gate (> 0).
+  float temperature = 1.0f;
+  /// Selection-only bias, one value per expert or empty: experts are chosen by `gate(z) + bias`,
+  /// weighed by the unbiased `gate(z)` (DeepSeek-V3 auxiliary-loss-free balancing).
+  std::vector<float> selection_bias = {};
+  /// NaN logits: an error (default) or mapped to -inf.
+  nan_policy nan = nan_policy::error;
+};
+
+/// Token-choice top-k router: logits `z = W x / temperature`, scores `gate(z)`, the k best experts
+/// per token (ties: lower expert index; -inf logits never selected), weights from the scores.
+///
+/// @tparam Gate moe::softmax_gate (default) or moe::sigmoid_gate.
+///
+/// Selection runs on the logits when the gate is monotone and there is no selection bias (so
+/// every ISA selects the same experts); with a bias it runs on `gate(z) + bias`.
+/// Batch invariant: a token's route depends on its own row only.
+template <class Gate = softmax_gate>
+class top_k {
+ public:
+  using router_type = top_k;
+  using gate_type = Gate;
+  /// Routes each token independently of the others.
+  static constexpr bool needs_whole_batch = false;
+
+  /// @param weight router weight `[E × d]`, one row per expert (copied and packed).
+  top_k(const_matrix_map<float> weight, top_k_options options = {})
+      : m_options(std::move(options)), m_experts(weight.rows()), m_hidden(weight.cols()) {
+    constexpr const char* where = "moe::top_k";
+    if (m_experts < 1) detail::fail_parameter(error_id::shape, where, "weight.rows()", ">= 1", m_experts);
+    if (m_hidden < 1) detail::fail_parameter(error_id::shape, where, "weight.cols()", ">= 1", m_hidden);
+    detail::check_range<index>(where, "k", m_options.k, 1, m_experts);
+    if (!std::isfinite(m_options.route_scale)) {
+      detail::fail_parameter(error_id::config, where, "route_scale", "finite", m_options.route_scale);
+    }
+    if (!(m_options.temperature > 0.0f) || !std::isfinite(m_options.temperature)) {
+      detail::fail_parameter(error_id::config, where, "temperature", "finite and > 0", m_options.temperature);
+    }
+    if (!m_options.selection_bias.empty()) {
+      detail::check_extent(where, "selection_bias.size()",
+                           static_cast<index>(m_options.selection_bias.size()), m_experts);
+      for (float b : m_options.selection_bias) {
+        if (!std::isfinite(b)) detail::fail_parameter(error_id::config, where, "selection_bias[e]", "finite", b);
+      }
+    }
+    m_weight = kernels::pack_panels(weight.data(), m_experts, m_hidden, weight.outerStride(),
+                                    kernels::panel_width<kernels::gemm_arch>);
+  }
+
+  /// Convenience: any row-major Eigen matrix `[E × d]`.
+  template <class Derived>
+  explicit top_k(const Eigen::DenseBase<Derived>& weight, top_k_options options = {})
+      : top_k(view(weight), std::move(options)) {}
+
+  [[nodiscard]] index num_experts() const noexcept { return m_experts; }
+  [[nodiscard]] index hidden() const noexcept { return m_hidden; }
+  [[nodiscard]] index max_slots() const noexcept { return m_options.k; }
+  [[nodiscard]] const top_k_options& options() const noexcept { return m_options; }
+
+  /// Routes `x [T × d]` into `plan` (`[T × k]` over E experts).
+  void route(const_matrix_map<float> x, const route_context& /*ctx*/, routing_plan& plan,
+             workspace& ws) const {
+    detail::check_extent("moe::top_k::route", "x.cols()", x.cols(), m_hidden);
+    const index T = x.rows();
+    float* z = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * m_experts, 1)));
+    logits(x, z, m_experts, ws);
+    route_rows(z, T, m_experts, plan, ws);
+  }
+
+  /// Routes precomputed logits `z [T × E]` (already divided by the temperature, if any): the
+  /// score stage is skipped. The logits are copied; NaN handling follows the options.
+  void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws) const {
+    detail::check_extent("moe::top_k::route_logits", "z.cols()", z.cols(), m_experts);
+    const index T = z.rows();
+    float* copy = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * m_experts, 1)));
+    for (index t = 0; t < T; ++t) {
+      for (index e = 0; e < m_experts; ++e) copy[t * m_experts + e] = z(t, e);
+    }
+    route_rows(copy, T, m_experts, plan, ws);
+  }
+
+  // ---- Stages, public so that wrapper policies (null experts, similarity mixing, capacity)
+  // ---- can reuse them. Each works on one row of E floats unless stated.
+
+  /// Logits `z [T × E]` (row stride ldz) of `x`, divided by the temperature.
+  void logits(const_matrix_map<float> x, float* z, index ldz, workspace& ws) const {
+    kernels::gemm(x.data(), x.rows(), x.outerStride(), m_weight, z, ldz, ws);
+    if (m_options.temperature != 1.0f) {
+      for (index t = 0; t < x.rows(); ++t) {
+        for (index e = 0; e < m_experts; ++e) z[t * ldz + e] /= m_options.temperature;
+      }
+    }
+  }
+
+  /// Applies the NaN policy to a logits row of length n (token t, for the message).
+  void prepare_row(float* z, index n, index t) const {
+    if (!kernels::has_nan(z, n)) return;
+    if (m_options.nan == nan_policy::to_neg_inf) {
+      kernels::nan_to_neg_inf(z, n);
+      return;
+    }
+    index e = 0;
+    while (!std::isnan(z[e])) ++e;
+    detail::throw_error(error_id::input,
+                        detail::concat("moe::top_k::route: parameter 'x' gives a NaN router logit "
+                                       "(token ", t, ", expert ", e,
+                                       "); expected finite or ±inf logits, or set "
+                                       "top_k_options::nan = moe::nan_policy::to_neg_inf"));
+  }
+
+  /// Scores `p = gate(z)` of one row of E logits; false if the row is degenerate (all -inf).
+  bool gate_row(const float* z, float* p) const noexcept { return Gate::apply(z, m_experts, p); }
+
+  /// Selects up to k experts of one row: on the logits `z` when the gate is monotone and there
+  /// is no bias, else on `p + bias` (-inf logits excluded). `scratch` holds E floats.
+  index select_row(const float* z, const float* p, std::int32_t* idx, float* scratch) const noexcept {
+    const index E = m_experts;
+    if (Gate::monotone && m_options.selection_bias.empty()) {
+      return kernels::top_k(z, E, m_options.k, idx);
+    }
+    constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+    const float* b = m_options.selection_bias.empty() ? nullptr : m_options.selection_bias.data();
+    for (index e = 0; e < E; ++e) scratch[e] = z[e] == neg_inf ? neg_inf : (b ? p[e] + b[e] : p[e]);
+    return kernels::top_k(scratch, E, m_options.k, idx);
+  }
+
+  /// Combine weights of the `count` selected experts from the unbiased scores `p`:
+  /// renormalised (zero-denominator rule) if asked, then scaled by route_scale.
+  void weigh_row(const float* p, const std::int32_t* idx, index count, float* w) const noexcept {
+    float total = 0.0f;
+    for (index s = 0; s < count; ++s) {
+      w[s] = p[idx[s]];
+      total += w[s];
+    }
+    if (m_options.renormalize) {
+      for (index s = 0; s < count; ++s) w[s] = total > 0.0f ? w[s] / total : 0.0f;
+    }
+    for (index s = 0; s < count; ++s) w[s] *= m_options.route_scale;
+  }
+
+ private:
+  // Gate, select and weigh every row of z (modified in place by the NaN policy).
+  void route_rows(float* z, index T, index ldz, routing_plan& plan, workspace& ws) const {
+    const index E = m_experts;
+    plan.reset(T, m_options.k, E);
+    if (T == 0) return;
+    float* p = ws.take<float>(static_cast<std::size_t>(E));
+    float* scratch = ws.take<float>(static_cast<std::size_t>(E));
+    std::int32_t* idx = ws.take<std::int32_t>(static_cast<std::size_t>(m_options.k));
+    float* w = ws.take<float>(static_cast<std::size_t>(m_options.k));
+    for (index t = 0; t < T; ++t) {
+      float* zt = z + t * ldz;
+      prepare_row(zt, E, t);
+      gate_row(zt, p);
+      plan.set_entropy(t, Gate::entropy(p, E, scratch));
+      const index count = select_row(zt, p, idx, scratch);
+      weigh_row(p, idx, count, w);
+      for (index s = 0; s < count; ++s) plan.set(t, s, idx[s], w[s]);
+    }
+  }
+
+  top_k_options m_options;
+  index m_experts;
+  index m_hidden;
+  kernels::packed_weights m_weight;
+};
+
+static_assert(router<top_k<softmax_gate>>);
+static_assert(router<top_k<sigmoid_gate>>);
+
+}  // namespace moe

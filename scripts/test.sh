@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Builds and runs moe's whole test suite through ctest: dependencies, configure, build, test.
+#   bash scripts/test.sh          release build (tests, examples, benchmarks, consumers)
+#   bash scripts/test.sh asan     the same tests under AddressSanitizer + UndefinedBehaviorSanitizer
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install_deps.sh
+config="${1:-release}"
+case "$config" in
+  release) opts=(-DCMAKE_BUILD_TYPE=Release) ;;
+  asan) opts=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOE_SANITIZE=ON -DMOE_BUILD_EXAMPLES=OFF -DMOE_BUILD_BENCHMARKS=OFF) ;;
+  *) echo "usage: $0 [release|asan]" >&2; exit 2 ;;
+esac
+cmake -S . -B "build/$config" "${opts[@]}" -DCMAKE_CXX_COMPILER_LAUNCHER=ccache >/dev/null
+cmake --build "build/$config" -j "$(nproc)"
+ctest --test-dir "build/$config" --output-on-failure -j "$(nproc)"

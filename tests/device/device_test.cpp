@@ -1,0 +1,108 @@
+// SPDX-License-Identifier: Apache-2.0
+// Tests of include/moe/device/: the device trait, serial and cpu.
+#include <catch2/catch.hpp>
+
+#include <cstring>
+
+#include <moe/device/cpu.hpp>
+#include <moe/device/serial.hpp>
+#include <moe/routing/top_k.hpp>
+
+#include "../support/layers.hpp"
+
+namespace {  // test cases live in an anonymous namespace so `index` is moe::index
+using moe::index;
+
+static_assert(moe::device_for<moe::device::serial, moe::swiglu_experts<float>>);
+static_assert(moe::device_for<moe::device::cpu, moe::swiglu_experts<float>>);
+static_assert(moe::accessible_from<moe::device::cpu, moe::host_memory>);
+static_assert(!moe::device::cpu::is_gpu);
+
+namespace {
+bool bitwise_equal(const moe::row_matrix<float>& a, const moe::row_matrix<float>& b) {
+  return a.rows() == b.rows() && a.cols() == b.cols() &&
+         std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<std::size_t>(a.size())) == 0;
+}
+}  // namespace
+
+TEST_CASE("devices name themselves and their memory space", "[device]") {
+  CHECK(std::string(moe::device::serial::name()) == "serial");
+  CHECK(std::string(moe::device::cpu::name()) == "cpu");
+  CHECK(std::string(moe::device::cpu::memory_space::name()) == "host");
+  CHECK(moe::device::serial::concurrency() == 1);
+  CHECK(moe::device::cpu(2).concurrency() >= 1);
+  CHECK_THROWS_WITH(moe::device::cpu(-1), Catch::Contains("parameter 'threads' must be >= 0, got -1"));
+}
+
+TEST_CASE("serial and cpu are bitwise equal for 1 and 2 threads", "[device][determinism]") {
+  moe_test::rng rng(17);
+  for (const index T : {1, 7, 100, 300}) {
+    const index E = 16, d = 80, f = 48, k = 4;
+    const auto w = moe_test::random_swiglu(rng, E, d, f);
+    const auto bank = moe_test::make_bank(w);
+    const auto router_w = rng.matrix(E, d);
+    const moe::top_k<> router(router_w, {.k = k, .renormalize = true});
+    const auto x = rng.matrix(T, d);
+    moe::routing_plan plan;
+    moe::workspace ws;
+    ws.reset();
+    router.route(moe::view(x), {}, plan, ws);
+    plan.build_expert_major();
+    moe::row_matrix<float> y_serial(T, d), y1(T, d), y2(T, d);
+    ws.reset();
+    moe::device::serial{}.dispatch(plan, moe::view(x), bank, moe::view(y_serial), ws);
+    ws.reset();
+    moe::device::cpu{1}.dispatch(plan, moe::view(x), bank, moe::view(y1), ws);
+    ws.reset();
+    moe::device::cpu{2}.dispatch(plan, moe::view(x), bank, moe::view(y2), ws);
+    INFO("T = " << T);
+    CHECK(bitwise_equal(y_serial, y1));
+    CHECK(bitwise_equal(y_serial, y2));
+    CHECK(moe_test::relative_error(y_serial, moe_test::naive_layer(router_w, w, x, k, true)) < 1e-5);
+  }
+}
+
+TEST_CASE("devices overwrite y and leave tokens routed nowhere at zero", "[device]") {
+  moe_test::rng rng(21);
+  const index E = 4, d = 16, f = 8, T = 5;
+  const auto w = moe_test::random_swiglu(rng, E, d, f);
+  const auto bank = moe_test::make_bank(w);
+  const auto x = rng.matrix(T, d);
+  moe::routing_plan plan;
+  plan.reset(T, 2, E);
+  plan.set(0, 0, 1, 1.0f);
+  plan.set(3, 1, 2, 0.5f);
+  plan.build_expert_major();
+  moe::row_matrix<float> y = moe::row_matrix<float>::Constant(T, d, 42.0f);
+  moe::workspace ws;
+  ws.reset();
+  moe::device::cpu{2}.dispatch(plan, moe::view(x), bank, moe::view(y), ws);
+  for (const index t : {1, 2, 4}) CHECK(y.row(t).isZero(0.0));
+  CHECK_FALSE(y.row(0).isZero(0.0));
+  CHECK_FALSE(y.row(3).isZero(0.0));
+}
+
+TEST_CASE("devices reject plans without the expert-major view and mismatched shapes", "[device][error]") {
+  moe_test::rng rng(22);
+  const auto w = moe_test::random_swiglu(rng, 3, 8, 4);
+  const auto bank = moe_test::make_bank(w);
+  const auto x = rng.matrix(2, 8);
+  moe::row_matrix<float> y(2, 8);
+  moe::workspace ws;
+  moe::routing_plan plan;
+  plan.reset(2, 1, 3);
+  ws.reset();
+  CHECK_THROWS_WITH(moe::device::cpu{}.dispatch(plan, moe::view(x), bank, moe::view(y), ws),
+                    Catch::Contains("parameter 'plan' must have its expert-major view built"));
+  plan.build_expert_major();
+  moe::row_matrix<float> y_bad(3, 8);
+  CHECK_THROWS_WITH(moe::device::serial{}.dispatch(plan, moe::view(x), bank, moe::view(y_bad), ws),
+                    Catch::Contains("parameter 'y.rows()' must be equal to 2, got 3"));
+  moe::routing_plan plan4;
+  plan4.reset(2, 1, 4);
+  plan4.build_expert_major();
+  CHECK_THROWS_WITH(moe::device::serial{}.dispatch(plan4, moe::view(x), bank, moe::view(y), ws),
+                    Catch::Contains("parameter 'plan.num_experts()' must be equal to 3, got 4"));
+}
+
+}  // namespace

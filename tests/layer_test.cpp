@@ -1,0 +1,167 @@
+// SPDX-License-Identifier: Apache-2.0
+// Tests of include/moe/layer.hpp: the generic layer against the naive reference.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+#include <sstream>
+
+#include <moe/moe.hpp>
+
+#include "support/layers.hpp"
+
+namespace {  // test cases live in an anonymous namespace so `index` is moe::index
+using moe::index;
+
+namespace {
+using softmax_layer = moe::layer<moe::top_k<moe::softmax_gate>, moe::swiglu_experts<float>, moe::device::cpu>;
+
+bool rows_bitwise_equal(const float* a, const float* b, index d) {
+  return std::memcmp(a, b, sizeof(float) * static_cast<std::size_t>(d)) == 0;
+}
+}  // namespace
+
+TEST_CASE("layer output equals the naive reference for E in {1, 8, 64}, k in {1, 2, 8}, T in {0, 1, 7, 513}",
+          "[layer]") {
+  moe_test::rng rng(31);
+  const index d = 72, f = 40;
+  for (const index E : {1, 8, 64}) {
+    const auto w = moe_test::random_swiglu(rng, E, d, f);
+    const auto router_w = rng.matrix(E, d);
+    for (const int k : {1, 2, 8}) {
+      if (k > E) continue;
+      const bool renorm = k % 2 == 0;
+      softmax_layer layer(moe::top_k<>(router_w, {.k = k, .renormalize = renorm}), moe_test::make_bank(w),
+                          moe::device::cpu{2});
+      for (const index T : {0, 1, 7, 513}) {
+        const auto x = rng.matrix(T, d);
+        moe::row_matrix<float> y(T, d);
+        layer.forward(x, y);
+        INFO("E = " << E << ", k = " << k << ", T = " << T);
+        if (T == 0) {
+          CHECK(layer.plan().num_tokens() == 0);
+          continue;
+        }
+        CHECK(moe_test::relative_error(y, moe_test::naive_layer(router_w, w, x, k, renorm)) < 1e-5);
+        CHECK(layer.stats().mean_experts_per_token == Approx(k));
+      }
+    }
+  }
+}
+
+TEST_CASE("layer is batch invariant: a token's bits do not depend on the other tokens", "[layer][determinism]") {
+  moe_test::rng rng(32);
+  const index E = 32, d = 64, f = 48, k = 4;
+  const auto w = moe_test::random_swiglu(rng, E, d, f);
+  const auto router_w = rng.matrix(E, d);
+  softmax_layer layer(moe::top_k<>(router_w, {.k = k, .renormalize = true}), moe_test::make_bank(w), moe::device::cpu{2});
+  const index T = 41;
+  const auto x = rng.matrix(T, d);
+  moe::row_matrix<float> y(T, d);
+  layer.forward(x, y);
+
+  // Each token alone.
+  for (index t = 0; t < T; t += 5) {
+    moe::row_matrix<float> xt = x.row(t), yt(1, d);
+    layer.forward(xt, yt);
+    CHECK(rows_bitwise_equal(yt.data(), y.data() + t * d, d));
+  }
+  // Shuffled and mixed with 200 other tokens.
+  const auto extra = rng.matrix(200, d);
+  moe::row_matrix<float> big(T + 200, d);
+  std::vector<index> order(static_cast<std::size_t>(T + 200));
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), rng.engine());
+  for (index i = 0; i < T + 200; ++i) {
+    const index src = order[static_cast<std::size_t>(i)];
+    big.row(i) = src < T ? x.row(src) : extra.row(src - T);
+  }
+  moe::row_matrix<float> ybig(T + 200, d);
+  layer.forward(big, ybig);
+  for (index i = 0; i < T + 200; ++i) {
+    const index src = order[static_cast<std::size_t>(i)];
+    if (src < T) CHECK(rows_bitwise_equal(ybig.data() + i * d, y.data() + src * d, d));
+  }
+}
+
+TEST_CASE("layer: serial and cpu devices give the same bits, shared experts included", "[layer][determinism]") {
+  moe_test::rng rng(33);
+  const index E = 8, d = 48, f = 32, k = 2, T = 77;
+  const auto w = moe_test::random_swiglu(rng, E, d, f);
+  const auto ws = moe_test::random_swiglu(rng, 1, d, 24);
+  const auto router_w = rng.matrix(E, d);
+  std::vector<float> gate(static_cast<std::size_t>(d));
+  for (auto& g : gate) g = rng.uniform();
+  const auto x = rng.matrix(T, d);
+  using shared_t = moe::shared_experts<moe::swiglu_experts<float>>;
+  moe::layer<moe::top_k<>, moe::swiglu_experts<float>, moe::device::serial> serial(
+      moe::top_k<>(router_w, {.k = k}), moe_test::make_bank(w), shared_t(moe_test::make_bank(ws), gate));
+  moe::layer<moe::top_k<>, moe::swiglu_experts<float>, moe::device::cpu> threaded(
+      moe::top_k<>(router_w, {.k = k}), moe_test::make_bank(w), shared_t(moe_test::make_bank(ws), gate),
+      moe::device::cpu{2});
+  CHECK(serial.has_shared_experts());
+  moe::row_matrix<float> y1(T, d), y2(T, d);
+  serial.forward(x, y1);
+  threaded.forward(x, y2);
+  CHECK(std::memcmp(y1.data(), y2.data(), sizeof(float) * static_cast<std::size_t>(T * d)) == 0);
+  // Shared part: y - routed part equals sigmoid(gate · x) · Shared(x).
+  auto want = moe_test::naive_layer(router_w, w, x, k, false);
+  for (index t = 0; t < T; ++t) {
+    double logit = 0;
+    for (index i = 0; i < d; ++i) logit += static_cast<double>(gate[static_cast<std::size_t>(i)]) * x(t, i);
+    ws.accumulate(0, x.data() + t * d, 1.0 / (1.0 + std::exp(-logit)), want.data() + t * d);
+  }
+  CHECK(moe_test::relative_error(y1, want) < 1e-5);
+}
+
+TEST_CASE("layer: route() returns the plan and stats() summarise it", "[layer]") {
+  moe_test::rng rng(34);
+  const index E = 8, d = 16, f = 8;
+  const auto w = moe_test::random_swiglu(rng, E, d, f);
+  softmax_layer layer(moe::top_k<>(rng.matrix(E, d), {.k = 2}), moe_test::make_bank(w));
+  const auto x = rng.matrix(50, d);
+  const auto& plan = layer.route(x);
+  CHECK(plan.num_tokens() == 50);
+  CHECK(plan.has_expert_major());
+  const auto s = layer.stats();
+  CHECK(s.assignments == 100);
+  index total = 0;
+  for (auto l : s.load) total += l;
+  CHECK(total == 100);
+  CHECK(s.routing_entropy > 0.0);
+  CHECK(s.routing_entropy < std::log(8.0) + 1e-6);
+  std::ostringstream out;
+  out << s;
+  CHECK(out.str().find("mean experts/token 2.000") != std::string::npos);
+}
+
+TEST_CASE("layer: bad configurations and shapes throw moe::error naming the parameter", "[layer][error]") {
+  moe_test::rng rng(35);
+  const auto w = moe_test::random_swiglu(rng, 4, 8, 4);
+  CHECK_THROWS_WITH(softmax_layer(moe::top_k<>(rng.matrix(5, 8), {.k = 2}), moe_test::make_bank(w)),
+                    Catch::Contains("parameter 'router.num_experts()' must be equal to 4, got 5"));
+  CHECK_THROWS_WITH(softmax_layer(moe::top_k<>(rng.matrix(4, 9), {.k = 2}), moe_test::make_bank(w)),
+                    Catch::Contains("parameter 'router.hidden()' must be equal to 8, got 9"));
+  softmax_layer layer(moe::top_k<>(rng.matrix(4, 8), {.k = 2}), moe_test::make_bank(w));
+  moe::row_matrix<float> x(3, 8), y(3, 8), y_short(2, 8), x_wide(3, 9), y_wide(3, 9);
+  x.setOnes();
+  CHECK_THROWS_WITH(layer.forward(x_wide, y_wide), Catch::Contains("parameter 'x.cols()' must be equal to 8, got 9"));
+  CHECK_THROWS_WITH(layer.forward(x, y_short), Catch::Contains("parameter 'y.rows()' must be equal to 3, got 2"));
+  CHECK_THROWS_WITH(layer.forward(x, x), Catch::Contains("parameter 'y' must not overlap 'x'"));
+  x(1, 3) = std::numeric_limits<float>::quiet_NaN();
+  CHECK_THROWS_WITH(layer.forward(x, y), Catch::Contains("NaN router logit (token 1"));
+}
+
+TEST_CASE("layer: a steady-state forward reuses its workspace", "[layer]") {
+  moe_test::rng rng(36);
+  const auto w = moe_test::random_swiglu(rng, 8, 32, 16);
+  softmax_layer layer(moe::top_k<>(rng.matrix(8, 32), {.k = 2}), moe_test::make_bank(w), moe::device::cpu{2});
+  const auto x = rng.matrix(64, 32);
+  moe::row_matrix<float> y(64, 32), y2(64, 32);
+  layer.forward(x, y);
+  layer.forward(x, y2);
+  CHECK(y == y2);
+}
+
+}  // namespace
