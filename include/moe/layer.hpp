@@ -110,6 +110,14 @@ class layer {
   /// Statistics of the last forward() or route(): load, experts per token, entropy.
   [[nodiscard]] routing_stats stats() const { return compute_stats(m_plan); }
 
+  /// Statistics specific to the router policy (what its paper reports), when the policy
+  /// provides `policy_stats(const routing_plan&) const`.
+  [[nodiscard]] auto policy_stats() const
+    requires requires(const Router& r, const routing_plan& p) { r.policy_stats(p); }
+  {
+    return m_router.policy_stats(m_plan);
+  }
+
   [[nodiscard]] index hidden() const noexcept { return m_experts.hidden(); }
   [[nodiscard]] index num_experts() const noexcept { return m_experts.num_experts(); }
   [[nodiscard]] const Router& router() const noexcept { return m_router; }
