@@ -7,62 +7,18 @@
 // Counters: tokens_per_second, gflops (active FLOPs = 6·T·k·d·f per forward).
 #include <benchmark/benchmark.h>
 
-#include <cmath>
-#include <cstdint>
-#include <memory>
 #include <vector>
 
-#include <Eigen/Core>
-
-#include <moe/moe.hpp>
+#include "olmoe_fixture.hpp"
 
 namespace {
 
-constexpr moe::index d = 2048, f = 1024, E = 64;
-constexpr int k = 8;
-
-struct olmoe_fixture {
-  std::vector<float> router_w, gate, up, down;  // checkpoint layout
-  moe::layer<moe::top_k<>, moe::swiglu_experts<float>, moe::device::cpu> layer;
-
-  static std::vector<float> random(std::size_t n, float scale, std::uint64_t seed) {
-    std::vector<float> v(n);
-    std::uint64_t s = seed;
-    for (auto& x : v) {
-      s = s * 6364136223846793005ULL + 1442695040888963407ULL;
-      x = scale * (static_cast<float>(s >> 40) * 0x1.0p-23f - 1.0f);
-    }
-    return v;
-  }
-
-  olmoe_fixture()
-      : router_w(random(E * d, 1.0f / std::sqrt(float(d)), 1)),
-        gate(random(E * f * d, 1.0f / std::sqrt(float(d)), 2)),
-        up(random(E * f * d, 1.0f / std::sqrt(float(d)), 3)),
-        down(random(E * d * f, 1.0f / std::sqrt(float(f)), 4)),
-        layer(moe::top_k<>(moe::map(router_w.data(), E, d), {.k = k}),
-              moe::swiglu_experts<float>(gate.data(), up.data(), down.data(), {E, d, f})) {}
-
-  static olmoe_fixture& get() {
-    static olmoe_fixture instance;
-    return instance;
-  }
-
-  using row_map = Eigen::Map<const moe::row_matrix<float>>;
-  row_map gate_of(moe::index e) const { return row_map(gate.data() + e * f * d, f, d); }
-  row_map up_of(moe::index e) const { return row_map(up.data() + e * f * d, f, d); }
-  row_map down_of(moe::index e) const { return row_map(down.data() + e * d * f, d, f); }
-};
+using namespace moe_bench;
 
 void set_counters(benchmark::State& state, moe::index T) {
   state.counters["tokens_per_second"] = benchmark::Counter(double(T), benchmark::Counter::kIsIterationInvariantRate);
   state.counters["gflops"] =
       benchmark::Counter(6.0 * double(T) * k * d * f / 1e9, benchmark::Counter::kIsIterationInvariantRate);
-}
-
-moe::row_matrix<float> tokens(moe::index T) {
-  const auto v = olmoe_fixture::random(static_cast<std::size_t>(T * d), 1.0f, 7);
-  return Eigen::Map<const moe::row_matrix<float>>(v.data(), T, d);
 }
 
 void layer_forward(benchmark::State& state) {

@@ -6,8 +6,8 @@ function(moe_target_defaults target)
   if(MOE_TARGET_ARCH)
     target_compile_options(${target} PRIVATE -march=${MOE_TARGET_ARCH})
   endif()
-  # g++ 12 warns falsely inside its own AVX-512 headers (maybe-uninitialized) with xsimd.
-  target_compile_options(${target} PRIVATE -Wall -Wextra -Wno-maybe-uninitialized)
+  # g++ 12 warns falsely inside its own AVX-512 headers ((maybe-)uninitialized) with xsimd.
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Wno-maybe-uninitialized -Wno-uninitialized)
 endfunction()
 
 # A benchmark executable: always optimised, whatever the build type.

@@ -73,7 +73,7 @@ class layer {
                                            "'x' (in-place forward is not supported)");
     }
     m_ws.reset();
-    m_router.route(x, ctx, m_plan, m_ws);
+    m_router.route(x, with_threads(ctx), m_plan, m_ws);
     m_plan.build_expert_major();
     m_device.dispatch(m_plan, x, m_experts, y, m_ws);
     if (m_shared) {
@@ -96,7 +96,7 @@ class layer {
   const routing_plan& route(const_matrix_map<float> x, const route_context& ctx = {}) {
     detail::check_extent("moe::layer::route", "x.cols()", x.cols(), hidden());
     m_ws.reset();
-    m_router.route(x, ctx, m_plan, m_ws);
+    m_router.route(x, with_threads(ctx), m_plan, m_ws);
     m_plan.build_expert_major();
     return m_plan;
   }
@@ -127,6 +127,14 @@ class layer {
   [[nodiscard]] bool has_shared_experts() const noexcept { return m_shared.has_value(); }
 
  private:
+  // The router runs with the device's threads unless the caller set a number.
+  route_context with_threads(route_context ctx) const noexcept {
+    if constexpr (requires(const Device& d) { d.concurrency(); }) {
+      if (ctx.threads == 0) ctx.threads = m_device.concurrency();
+    }
+    return ctx;
+  }
+
   void check_parts() const {
     constexpr const char* where = "moe::layer";
     detail::check_extent(where, "router.num_experts()", m_router.num_experts(), m_experts.num_experts());

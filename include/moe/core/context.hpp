@@ -15,6 +15,8 @@ struct route_context {
   /// the last sequence ending at T). Empty: the whole batch is one sequence. Per-token policies
   /// ignore it.
   std::span<const index> sequence_starts = {};
+  /// Threads a router may use (0: as many as the layer's device uses; moe::layer fills it in).
+  int threads = 0;
 };
 
 }  // namespace moe

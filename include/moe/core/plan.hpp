@@ -111,6 +111,10 @@ class routing_plan {
     m_has_entropy = true;
   }
   [[nodiscard]] bool has_entropy() const noexcept { return m_has_entropy; }
+  /// The `[T]` entropies, for routers that fill them in bulk (then call mark_entropy()).
+  [[nodiscard]] float* entropy_data() noexcept { return m_entropy.data(); }
+  /// Declares that entropy(t) holds the routing entropy of every token.
+  void mark_entropy() noexcept { m_has_entropy = true; }
 
   /// Marks the expert-major view stale after writes through experts(t) / weights(t).
   void invalidate() noexcept { m_expert_major_valid = false; }

@@ -2,13 +2,10 @@
 // SPDX-FileCopyrightText: The moe authors
 #pragma once
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 #include "moe/concepts.hpp"
 #include "moe/config.hpp"
 #include "moe/core/error.hpp"
+#include "moe/core/parallel.hpp"
 #include "moe/core/plan.hpp"
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
@@ -36,11 +33,7 @@ class cpu {
 
   /// Threads a dispatch uses.
   [[nodiscard]] int concurrency() const noexcept {
-#if defined(_OPENMP)
-    return m_threads > 0 ? m_threads : omp_get_max_threads();
-#else
-    return 1;
-#endif
+    return m_threads > 0 ? m_threads : detail::default_threads();
   }
 
   template <class Bank>
@@ -73,20 +66,10 @@ class cpu {
  private:
   template <class Bank>
   static void run(const Bank& bank, const detail::ffn_work& work, const detail::ffn_scratch& scratch,
-                  matrix_map<float> y, bool zero_y, int nt) {
-#if defined(_OPENMP)
-    if (nt > 1) {
-#pragma omp parallel num_threads(nt)
-      {
-        detail::run_ffn(bank, work, scratch, y.data(), y.rows(), y.outerStride(), zero_y,
-                        omp_get_thread_num(), omp_get_num_threads(), [] {
-#pragma omp barrier
-                        });
-      }
-      return;
-    }
-#endif
-    detail::run_ffn(bank, work, scratch, y.data(), y.rows(), y.outerStride(), zero_y, 0, 1, [] {});
+                  matrix_map<float> y, bool zero_y, int nt) noexcept {
+    detail::parallel_region(nt, [&](int tid, int team, auto&& barrier) {
+      detail::run_ffn(bank, work, scratch, y.data(), y.rows(), y.outerStride(), zero_y, tid, team, barrier);
+    });
   }
 
   int m_threads = 0;

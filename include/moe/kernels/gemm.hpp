@@ -103,14 +103,21 @@ inline packed_weights pack_panels_interleaved(const float* a, index lda, const f
 /// block `b` element `(kk, i)` at `out[b*mr_max*k + kk*mr_max + i]`; missing rows are zero.
 inline void pack_rows(const float* const* x, index rows, index k, float* MOE_RESTRICT out) noexcept {
   for (index b = 0; b * mr_max < rows; ++b) {
-    float* dst = out + b * mr_max * k;
+    float* MOE_RESTRICT dst = out + b * mr_max * k;
     const index r = std::min(mr_max, rows - b * mr_max);
-    for (index i = 0; i < r; ++i) {
-      const float* src = x[b * mr_max + i];
-      for (index kk = 0; kk < k; ++kk) dst[kk * mr_max + i] = src[kk];
-    }
-    for (index i = r; i < mr_max; ++i) {
-      for (index kk = 0; kk < k; ++kk) dst[kk * mr_max + i] = 0.0f;
+    const float* src[mr_max];
+    for (index i = 0; i < r; ++i) src[i] = x[b * mr_max + i];
+    // k outer: contiguous writes, one sequential read stream per row.
+    if (r == mr_max) {
+      for (index kk = 0; kk < k; ++kk) {
+#pragma GCC unroll 12
+        for (index i = 0; i < mr_max; ++i) dst[kk * mr_max + i] = src[i][kk];
+      }
+    } else {
+      for (index kk = 0; kk < k; ++kk) {
+        for (index i = 0; i < r; ++i) dst[kk * mr_max + i] = src[i][kk];
+        for (index i = r; i < mr_max; ++i) dst[kk * mr_max + i] = 0.0f;
+      }
     }
   }
 }
@@ -218,24 +225,46 @@ MOE_FORCEINLINE void store_tile(const accumulators<A>& acc, index mr, float* c, 
   }
 }
 
-/// `c [rows × w.n] = x · Wᵀ` on one thread for contiguous rows (`ldx`, `ldc` strides), using
-/// workspace memory for the packed rows. Used for router logits.
+/// Scratch of gemm_rows(): a packed-rows buffer and a row-pointer buffer.
+struct gemm_scratch {
+  float* packed = nullptr;          ///< packed_rows_size(chunk, k) floats
+  const float** rows = nullptr;     ///< chunk pointers
+  index chunk = 0;                  ///< rows packed at a time
+};
+
+/// Scratch needed by gemm_rows for up to `rows` rows of length k.
+inline gemm_scratch make_gemm_scratch(index rows, index k, workspace& ws) {
+  gemm_scratch s;
+  s.chunk = std::min(std::max<index>(rows, 1), rows_per_chunk(k));
+  s.packed = ws.take<float>(packed_rows_size(s.chunk, k));
+  s.rows = ws.take<const float*>(static_cast<std::size_t>(s.chunk));
+  return s;
+}
+
+/// `c [rows × cols of panels p0..p1) = x · Wᵀ` on the calling thread, for contiguous rows
+/// (`ldx`, `ldc` strides; column j of c is output j of w). Results do not depend on how rows or
+/// panels are split between calls.
 template <class A = gemm_arch>
-void gemm(const float* x, index rows, index ldx, const packed_weights& w, float* c, index ldc,
-          workspace& ws) {
-  if (rows == 0 || w.n == 0) return;
-  const index chunk = rows_per_chunk(w.k);
-  float* packed = ws.take<float>(packed_rows_size(std::min(rows, chunk), w.k));
-  const float** ptrs = ws.take<const float*>(static_cast<std::size_t>(std::min(rows, chunk)));
-  for (index r0 = 0; r0 < rows; r0 += chunk) {
-    const index n = std::min(chunk, rows - r0);
-    for (index i = 0; i < n; ++i) ptrs[i] = x + (r0 + i) * ldx;
-    pack_rows(ptrs, n, w.k, packed);
-    gemm_packed<A>(packed, n, w, 0, w.panels,
+void gemm_rows(const float* x, index rows, index ldx, const packed_weights& w, index p0, index p1,
+               float* c, index ldc, const gemm_scratch& s) noexcept {
+  if (rows == 0 || p0 >= p1) return;
+  for (index r0 = 0; r0 < rows; r0 += s.chunk) {
+    const index n = std::min(s.chunk, rows - r0);
+    for (index i = 0; i < n; ++i) s.rows[i] = x + (r0 + i) * ldx;
+    pack_rows(s.rows, n, w.k, s.packed);
+    gemm_packed<A>(s.packed, n, w, p0, p1,
                    [&](index t0, index mr, index p, const accumulators<A>& acc) {
                      store_tile<A>(acc, mr, c + (r0 + t0) * ldc, ldc, p * w.width, w.n);
                    });
   }
+}
+
+/// `c [rows × w.n] = x · Wᵀ` on one thread, with scratch from the workspace.
+template <class A = gemm_arch>
+void gemm(const float* x, index rows, index ldx, const packed_weights& w, float* c, index ldc,
+          workspace& ws) {
+  if (rows == 0 || w.n == 0) return;
+  gemm_rows<A>(x, rows, ldx, w, 0, w.panels, c, ldc, make_gemm_scratch(rows, w.k, ws));
 }
 
 }  // namespace moe::kernels

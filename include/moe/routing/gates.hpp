@@ -21,11 +21,11 @@ struct softmax_gate {
   static constexpr const char* name() noexcept { return "softmax"; }
   /// Selecting on the logits selects the same experts, in the same order, as on the scores.
   static constexpr bool monotone = true;
-  /// `p = gate(z)`; returns false for a degenerate (all -inf) row.
-  static bool apply(const float* z, index n, float* p) noexcept { return kernels::softmax(z, n, p); }
-  /// Entropy (nats) of the distribution `p`; `scratch` has room for n floats.
-  static float entropy(const float* p, index n, float* /*scratch*/) noexcept {
-    return kernels::entropy(p, n);
+  /// `p = gate(z)`; returns false for a degenerate (all -inf) row. If `entropy` is not null it
+  /// receives the entropy (nats) of p; `scratch` has room for n floats.
+  static bool apply(const float* z, index n, float* p, float* entropy = nullptr,
+                    float* /*scratch*/ = nullptr) noexcept {
+    return kernels::softmax(z, n, p, entropy);
   }
 };
 
@@ -35,16 +35,20 @@ struct softmax_gate {
 struct sigmoid_gate {
   static constexpr const char* name() noexcept { return "sigmoid"; }
   static constexpr bool monotone = true;
-  static bool apply(const float* z, index n, float* s) noexcept {
+  /// `s = sigmoid(z)`; false if every logit is -inf. If `entropy` is not null it receives the
+  /// entropy of the normalised scores `s / Σ s` (0 if every score is 0), using `scratch` (n floats).
+  static bool apply(const float* z, index n, float* s, float* entropy = nullptr,
+                    float* scratch = nullptr) noexcept {
     kernels::sigmoid(z, n, s);
+    if (entropy) {
+      const float total = kernels::sum(s, n);
+      *entropy = 0.0f;
+      if (total > 0.0f) {
+        for (index i = 0; i < n; ++i) scratch[i] = s[i] / total;
+        *entropy = kernels::entropy(scratch, n);
+      }
+    }
     return kernels::max(z, n) > -std::numeric_limits<float>::infinity();
-  }
-  /// Entropy of the normalised scores `s / Σ s` (0 if every score is 0).
-  static float entropy(const float* s, index n, float* scratch) noexcept {
-    const float total = kernels::sum(s, n);
-    if (!(total > 0.0f)) return 0.0f;
-    for (index i = 0; i < n; ++i) scratch[i] = s[i] / total;
-    return kernels::entropy(scratch, n);
   }
 };
 

@@ -12,6 +12,7 @@
 #include "moe/config.hpp"
 #include "moe/core/context.hpp"
 #include "moe/core/error.hpp"
+#include "moe/core/parallel.hpp"
 #include "moe/core/plan.hpp"
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
@@ -88,32 +89,55 @@ class top_k {
   [[nodiscard]] index max_slots() const noexcept { return m_options.k; }
   [[nodiscard]] const top_k_options& options() const noexcept { return m_options; }
 
-  /// Routes `x [T × d]` into `plan` (`[T × k]` over E experts).
-  void route(const_matrix_map<float> x, const route_context& /*ctx*/, routing_plan& plan,
+  /// Routes `x [T × d]` into `plan` (`[T × k]` over E experts), on up to `ctx.threads` threads.
+  ///
+  /// Dispatch: 1. T <= decode_rows: every thread computes the logits of its share of the router's
+  /// panels for all tokens in one pass over the weights, then (after a barrier) gates its share of
+  /// the tokens; 2. larger T: every thread computes and gates its share of the tokens.
+  void route(const_matrix_map<float> x, const route_context& ctx, routing_plan& plan,
              workspace& ws) const {
     detail::check_extent("moe::top_k::route", "x.cols()", x.cols(), m_hidden);
     const index T = x.rows();
-    float* z = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * m_experts, 1)));
-    logits(x, z, m_experts, ws);
-    route_rows(z, T, m_experts, plan, ws);
+    const int nt = threads_for(ctx, T);
+    const bool decode = T <= decode_rows;
+    auto* scratch = ws.take<kernels::gemm_scratch>(static_cast<std::size_t>(nt));
+    for (int i = 0; i < nt; ++i) scratch[i] = kernels::make_gemm_scratch(decode ? T : (T + nt - 1) / nt, m_hidden, ws);
+    route_rows(T, nt, plan, ws, [&](float* z, int tid, int team, auto&& barrier) {
+      const auto rows = detail::share_of(T, tid, team);
+      if (decode) {
+        const auto panels = detail::share_of(m_weight.panels, tid, team);
+        kernels::gemm_rows(x.data(), T, x.outerStride(), m_weight, panels.begin, panels.end, z, m_experts, scratch[tid]);
+        barrier();
+      } else {
+        kernels::gemm_rows(x.data() + rows.begin * x.outerStride(), rows.end - rows.begin, x.outerStride(),
+                           m_weight, 0, m_weight.panels, z + rows.begin * m_experts, m_experts, scratch[tid]);
+      }
+      if (m_options.temperature != 1.0f) divide_rows(z, rows.begin, rows.end);
+    });
   }
 
-  /// Routes precomputed logits `z [T × E]` (already divided by the temperature, if any): the
-  /// score stage is skipped. The logits are copied; NaN handling follows the options.
-  void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws) const {
+  /// Routes precomputed logits `z [T × E]` (not yet divided by the temperature): the score
+  /// stage is skipped. NaN handling follows the options.
+  void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws,
+                    const route_context& ctx = {}) const {
     detail::check_extent("moe::top_k::route_logits", "z.cols()", z.cols(), m_experts);
     const index T = z.rows();
-    float* copy = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * m_experts, 1)));
-    for (index t = 0; t < T; ++t) {
-      for (index e = 0; e < m_experts; ++e) copy[t * m_experts + e] = z(t, e);
-    }
-    route_rows(copy, T, m_experts, plan, ws);
+    route_rows(T, threads_for(ctx, T), plan, ws, [&](float* copy, int tid, int team, auto&&) {
+      const auto rows = detail::share_of(T, tid, team);
+      for (index t = rows.begin; t < rows.end; ++t) {
+        for (index e = 0; e < m_experts; ++e) copy[t * m_experts + e] = z(t, e);
+      }
+      if (m_options.temperature != 1.0f) divide_rows(copy, rows.begin, rows.end);
+    });
   }
+
+  /// Token count up to which route() splits the router's panels (not the tokens) between threads.
+  static constexpr index decode_rows = 8;
 
   // ---- Stages, public so that wrapper policies (null experts, similarity mixing, capacity)
   // ---- can reuse them. Each works on one row of E floats unless stated.
 
-  /// Logits `z [T × E]` (row stride ldz) of `x`, divided by the temperature.
+  /// Logits `z [T × E]` (row stride ldz) of `x`, divided by the temperature (one thread).
   void logits(const_matrix_map<float> x, float* z, index ldz, workspace& ws) const {
     kernels::gemm(x.data(), x.rows(), x.outerStride(), m_weight, z, ldz, ws);
     if (m_options.temperature != 1.0f) {
@@ -122,6 +146,9 @@ class top_k {
       }
     }
   }
+
+  /// The router weight, packed for kernels::gemm_rows (`[E × d]` in panels).
+  [[nodiscard]] const kernels::packed_weights& packed_weight() const noexcept { return m_weight; }
 
   /// Applies the NaN policy to a logits row of length n (token t, for the message).
   void prepare_row(float* z, index n, index t) const {
@@ -140,7 +167,10 @@ class top_k {
   }
 
   /// Scores `p = gate(z)` of one row of E logits; false if the row is degenerate (all -inf).
-  bool gate_row(const float* z, float* p) const noexcept { return Gate::apply(z, m_experts, p); }
+  /// With `entropy`, also the entropy of the routing distribution (`scratch`: E floats).
+  bool gate_row(const float* z, float* p, float* entropy = nullptr, float* scratch = nullptr) const noexcept {
+    return Gate::apply(z, m_experts, p, entropy, scratch);
+  }
 
   /// Selects up to k experts of one row: on the logits `z` when the gate is monotone and there
   /// is no bias, else on `p + bias` (-inf logits excluded). `scratch` holds E floats.
@@ -158,35 +188,68 @@ class top_k {
   /// Combine weights of the `count` selected experts from the unbiased scores `p`:
   /// renormalised (zero-denominator rule) if asked, then scaled by route_scale.
   void weigh_row(const float* p, const std::int32_t* idx, index count, float* w) const noexcept {
-    float total = 0.0f;
-    for (index s = 0; s < count; ++s) {
-      w[s] = p[idx[s]];
-      total += w[s];
-    }
-    if (m_options.renormalize) {
-      for (index s = 0; s < count; ++s) w[s] = total > 0.0f ? w[s] / total : 0.0f;
-    }
-    for (index s = 0; s < count; ++s) w[s] *= m_options.route_scale;
+    for (index s = 0; s < count; ++s) w[s] = p[idx[s]];
+    kernels::renormalize_scale(w, count, m_options.renormalize, m_options.route_scale);
   }
 
  private:
-  // Gate, select and weigh every row of z (modified in place by the NaN policy).
-  void route_rows(float* z, index T, index ldz, routing_plan& plan, workspace& ws) const {
-    const index E = m_experts;
-    plan.reset(T, m_options.k, E);
+  int threads_for(const route_context& ctx, index T) const noexcept {
+    const int nt = ctx.threads > 0 ? ctx.threads : detail::default_threads();
+    return static_cast<int>(std::max<index>(1, std::min<index>(nt, T)));
+  }
+
+  void divide_rows(float* z, index begin, index end) const noexcept {
+    for (index t = begin; t < end; ++t) {
+      for (index e = 0; e < m_experts; ++e) z[t * m_experts + e] /= m_options.temperature;
+    }
+  }
+
+  // Runs scores(z, tid, team, barrier), which fills the team's logits, then gates, selects and
+  // weighs each thread's share of the rows. A NaN logit under nan_policy::error is reported after
+  // the parallel region, for the lowest such token.
+  template <class Scores>
+  void route_rows(index T, int nt, routing_plan& plan, workspace& ws, Scores&& scores) const {
+    const index E = m_experts, k = m_options.k;
+    plan.reset(T, k, E);
     if (T == 0) return;
-    float* p = ws.take<float>(static_cast<std::size_t>(E));
-    float* scratch = ws.take<float>(static_cast<std::size_t>(E));
-    std::int32_t* idx = ws.take<std::int32_t>(static_cast<std::size_t>(m_options.k));
-    float* w = ws.take<float>(static_cast<std::size_t>(m_options.k));
-    for (index t = 0; t < T; ++t) {
-      float* zt = z + t * ldz;
-      prepare_row(zt, E, t);
-      gate_row(zt, p);
-      plan.set_entropy(t, Gate::entropy(p, E, scratch));
-      const index count = select_row(zt, p, idx, scratch);
-      weigh_row(p, idx, count, w);
-      for (index s = 0; s < count; ++s) plan.set(t, s, idx[s], w[s]);
+    float* z = ws.take<float>(static_cast<std::size_t>(T * E));  // [T × E]
+    float* p = ws.take<float>(static_cast<std::size_t>(nt * E));
+    float* scratch = ws.take<float>(static_cast<std::size_t>(nt * E));
+    auto* idx = ws.take<std::int32_t>(static_cast<std::size_t>(nt * k));
+    float* w = ws.take<float>(static_cast<std::size_t>(nt * k));
+    auto* nan_token = ws.take<index>(static_cast<std::size_t>(nt));
+    std::fill(nan_token, nan_token + nt, index{-1});
+    float* entropy = plan.entropy_data();
+    detail::parallel_region(nt, [&](int tid, int team, auto&& barrier) {
+      scores(z, tid, team, barrier);
+      float* pt = p + tid * E;
+      float* st = scratch + tid * E;
+      std::int32_t* it = idx + tid * k;
+      float* wt = w + tid * k;
+      const auto rows = detail::share_of(T, tid, team);
+      for (index t = rows.begin; t < rows.end; ++t) {
+        float* zt = z + t * E;
+        if (kernels::has_nan(zt, E)) {
+          if (m_options.nan == nan_policy::error) {
+            nan_token[tid] = t;
+            break;
+          }
+          kernels::nan_to_neg_inf(zt, E);
+        }
+        gate_row(zt, pt, entropy + t, st);
+        const index count = select_row(zt, pt, it, st);
+        weigh_row(pt, it, count, wt);
+        auto experts = plan.experts(t);
+        auto weights = plan.weights(t);
+        for (index s = 0; s < count; ++s) {
+          experts[static_cast<std::size_t>(s)] = it[s];
+          weights[static_cast<std::size_t>(s)] = wt[s];
+        }
+      }
+    });
+    plan.mark_entropy();
+    for (int i = 0; i < nt; ++i) {
+      if (nan_token[i] >= 0) prepare_row(z + nan_token[i] * E, E, nan_token[i]);  // throws
     }
   }
 

@@ -68,12 +68,27 @@ inline void nan_to_neg_inf(float* x, index n) noexcept {
   }
 }
 
-/// Softmax of `z[0..n)` into `p` (may alias z). If max = +inf the +inf entries share the mass
-/// equally; if every entry is -inf, p = 0. Returns false for that all -inf (degenerate) row.
-inline bool softmax(const float* z, index n, float* p) noexcept {
+/// Canonical dot product `Σ a[i] b[i]`: lane i mod 16 accumulates by fused multiply-add.
+inline float dot(const float* a, const float* b, index n) noexcept {
+  float lane[reduce_lanes] = {};
+  for (index i = 0; i < n; ++i) lane[i % reduce_lanes] = kernels::fmadd(a[i], b[i], lane[i % reduce_lanes]);
+  for (index w = reduce_lanes / 2; w >= 1; w /= 2) {
+    for (index j = 0; j < w; ++j) lane[j] += lane[j + w];
+  }
+  return lane[0];
+}
+
+/// Softmax of `z[0..n)` into `p` (may alias z): `p_i = e_i · (1 / S)`, `e_i = exp(z_i - M)`,
+/// `S = sum(e)` (one division per row). If M = +inf the +inf entries share the mass equally; if every entry is -inf,
+/// p = 0. Returns false for that all -inf (degenerate) row.
+/// If `entropy` is not null it receives the entropy of p in nats, from the logits:
+/// `H = log S - sum(t) / S` with `t_i = e_i (z_i - M)` (0 where e_i = 0); log(n) for the +inf case,
+/// 0 for a degenerate row.
+inline bool softmax(const float* z, index n, float* p, float* entropy = nullptr) noexcept {
   const float m = max(z, n);
   if (m == -std::numeric_limits<float>::infinity()) {
     for (index i = 0; i < n; ++i) p[i] = 0.0f;
+    if (entropy) *entropy = 0.0f;
     return false;
   }
   if (m == std::numeric_limits<float>::infinity()) {
@@ -81,17 +96,87 @@ inline bool softmax(const float* z, index n, float* p) noexcept {
     for (index i = 0; i < n; ++i) count += z[i] == m;
     const float share = 1.0f / static_cast<float>(count);
     for (index i = 0; i < n; ++i) p[i] = z[i] == m ? share : 0.0f;
+    if (entropy) *entropy = kernels::log(static_cast<float>(count));
     return true;
   }
-  for (index i = 0; i < n; ++i) p[i] = kernels::exp(z[i] - m);
-  const float total = sum(p, n);
-  for (index i = 0; i < n; ++i) p[i] /= total;
+  float lane[reduce_lanes] = {}, tlane[reduce_lanes] = {};
+  for (index i = 0; i < n; ++i) {
+    const float d = z[i] - m;
+    const float e = kernels::exp(d);
+    lane[i % reduce_lanes] += e;
+    tlane[i % reduce_lanes] += e > 0.0f ? e * d : 0.0f;
+    p[i] = e;
+  }
+  for (index w = reduce_lanes / 2; w >= 1; w /= 2) {
+    for (index j = 0; j < w; ++j) {
+      lane[j] += lane[j + w];
+      tlane[j] += tlane[j + w];
+    }
+  }
+  const float total = lane[0];
+  const float inv = 1.0f / total;
+  for (index i = 0; i < n; ++i) p[i] *= inv;
+  if (entropy) *entropy = kernels::log(total) - tlane[0] / total;
   return true;
 }
 
 /// Elementwise logistic sigmoid of `z` into `s` (may alias).
 inline void sigmoid(const float* z, index n, float* s) noexcept {
   for (index i = 0; i < n; ++i) s[i] = kernels::sigmoid(z[i]);
+}
+
+/// `sqrt(softplus(z))` elementwise (a DeepSeek-style scoring function).
+inline void sqrt_softplus(const float* z, index n, float* s) noexcept {
+  for (index i = 0; i < n; ++i) s[i] = std::sqrt(kernels::softplus(z[i]));
+}
+
+/// BlockFFN router activation: `a = relu(r)`, `out = a / sqrt(mean(a^2) + eps) * gamma` (gamma
+/// null: 1). `mean(a^2) = dot(a, a) / n`. A row with no positive score gives 0. Returns the
+/// number of active (positive) entries.
+inline index relu_rmsnorm(const float* r, index n, const float* gamma, float eps, float* out) noexcept {
+  index active = 0;
+  for (index i = 0; i < n; ++i) {
+    out[i] = r[i] > 0.0f ? r[i] : 0.0f;
+    active += r[i] > 0.0f;
+  }
+  const float ms = dot(out, out, n) / static_cast<float>(n);
+  const float inv = 1.0f / std::sqrt(ms + eps);
+  for (index i = 0; i < n; ++i) out[i] = gamma ? (out[i] * inv) * gamma[i] : out[i] * inv;
+  return active;
+}
+
+/// Cosine similarity `dot(a, b) / (max(|a|, eps) max(|b|, eps))`, `|a| = sqrt(dot(a, a))`
+/// (0 when either vector is 0).
+inline float cosine(const float* a, const float* b, index n, float eps = 1e-12f) noexcept {
+  const float na = std::sqrt(dot(a, a, n));
+  const float nb = std::sqrt(dot(b, b, n));
+  return dot(a, b, n) / ((na > eps ? na : eps) * (nb > eps ? nb : eps));
+}
+
+/// Renormalises `w[0..count)` by its canonical sum (weights 0 if the sum is <= 0) when asked,
+/// then multiplies by `scale`.
+inline void renormalize_scale(float* w, index count, bool renormalize, float scale) noexcept {
+  if (renormalize) {
+    const float total = sum(w, count);
+    for (index i = 0; i < count; ++i) w[i] = total > 0.0f ? w[i] / total : 0.0f;
+  }
+  for (index i = 0; i < count; ++i) w[i] *= scale;
+}
+
+/// Tsallis entropy `(1 - Σ (p + eps)^q) / (q - 1)`; for q = 1 the Shannon limit
+/// `-Σ (p + eps) log(p + eps)`. `(p + eps)^q = exp(q log(p + eps))`.
+inline float tsallis_entropy(const float* p, index n, float q, float eps) noexcept {
+  float lane[reduce_lanes] = {};
+  for (index i = 0; i < n; ++i) {
+    const float v = p[i] + eps;
+    const float l = v > 0.0f ? kernels::log(v) : 0.0f;
+    const float term = q == 1.0f ? -(v * l) : (v > 0.0f ? kernels::exp(q * l) : 0.0f);
+    lane[i % reduce_lanes] += term;
+  }
+  for (index w = reduce_lanes / 2; w >= 1; w /= 2) {
+    for (index j = 0; j < w; ++j) lane[j] += lane[j + w];
+  }
+  return q == 1.0f ? lane[0] : (1.0f - lane[0]) / (q - 1.0f);
 }
 
 /// Entropy in nats of a probability vector, `-Σ p log p` with `0 log 0 = 0`, canonical order.
