@@ -156,7 +156,7 @@ TEST_CASE("canonical GEMM equals the sequential-fma reference bit for bit", "[ke
   moe_test::rng rng(11);
   using A = moe::kernels::gemm_arch;
   for (const index n : {1, 5, 32, 33, 70}) {
-    for (const index k : {1, 3, 64, 129}) {
+    for (const index k : {1, 3, 64, 129, 300, 513}) {
       for (const index rows : {1, 2, 11, 12, 13, 30}) {
         auto w = rng.matrix(n, k);
         auto x = rng.matrix(rows, k);
@@ -169,6 +169,31 @@ TEST_CASE("canonical GEMM equals the sequential-fma reference bit for bit", "[ke
         REQUIRE(std::memcmp(got.data(), want.data(), sizeof(float) * static_cast<std::size_t>(rows * n)) == 0);
       }
     }
+  }
+}
+
+TEST_CASE("canonical GEMM results do not depend on the driver's k-block or row-group sizes", "[kernels][gemm]") {
+  moe_test::rng rng(12);
+  using A = moe::kernels::gemm_arch;
+  const index n = 70, k = 301, rows = 41;
+  auto w = rng.matrix(n, k);
+  auto x = rng.matrix(rows, k);
+  const auto packed = moe::kernels::pack_panels(w.data(), n, k, k, moe::kernels::panel_width<A>);
+  std::vector<const float*> ptrs(static_cast<std::size_t>(rows));
+  for (index i = 0; i < rows; ++i) ptrs[static_cast<std::size_t>(i)] = x.data() + i * k;
+  std::vector<float> packed_rows(moe::kernels::packed_rows_size(rows, k));
+  moe::kernels::pack_rows(ptrs.data(), rows, k, packed_rows.data());
+  moe::row_matrix<float> want(rows, n);
+  moe::kernels::gemm_reference(x.data(), rows, k, k, w.data(), n, k, want.data(), n);
+  for (const auto tuning : {moe::kernels::gemm_tuning{7, 1}, moe::kernels::gemm_tuning{64, 2}, moe::kernels::gemm_tuning{1000, 16}}) {
+    moe::row_matrix<float> got(rows, n);
+    moe::kernels::gemm_packed<A>(packed_rows.data(), rows, packed, 0, packed.panels,
+                                 [&](index r0, index mr, index p, const moe::kernels::accumulators<A>& acc) {
+                                   moe::kernels::store_tile<A>(acc, mr, got.data() + r0 * n, n, p * packed.width, n);
+                                 },
+                                 tuning);
+    INFO("k_block " << tuning.k_block << ", block_group " << tuning.block_group);
+    REQUIRE(std::memcmp(got.data(), want.data(), sizeof(float) * static_cast<std::size_t>(rows * n)) == 0);
   }
 }
 

@@ -131,14 +131,19 @@ constexpr std::size_t packed_rows_size(index rows, index k) noexcept {
 template <class A>
 using accumulators = xsimd::batch<float, A>[mr_max][2];
 
-/// `acc[i][h] = Σ_kk rows(kk, i) · panel(kk, h)` for the first MR rows of a packed row block.
+/// `acc[i][h] (+)= Σ_kk rows(kk, i) · panel(kk, h)` over `k` steps for the first MR rows of a
+/// packed row block: starts from zero, or from `acc` when `accumulate` (k-blocking continues
+/// the same fused chain, so the result does not depend on the block size).
 template <class A, int MR>
-MOE_FORCEINLINE void micro_kernel(const float* MOE_RESTRICT rows, index k,
-                                  const float* MOE_RESTRICT panel, accumulators<A>& acc) noexcept {
+MOE_FORCEINLINE void micro_kernel(const float* MOE_RESTRICT rows, index k, const float* MOE_RESTRICT panel,
+                                  accumulators<A>& acc, bool accumulate) noexcept {
   using batch = xsimd::batch<float, A>;
   constexpr index L = static_cast<index>(batch::size);
   batch c[MR][2];
-  for (int i = 0; i < MR; ++i) c[i][0] = c[i][1] = batch(0.0f);
+  for (int i = 0; i < MR; ++i) {
+    c[i][0] = accumulate ? acc[i][0] : batch(0.0f);
+    c[i][1] = accumulate ? acc[i][1] : batch(0.0f);
+  }
   for (index kk = 0; kk < k; ++kk) {
     const batch b0 = batch::load_aligned(panel + kk * 2 * L);
     const batch b1 = batch::load_aligned(panel + kk * 2 * L + L);
@@ -158,29 +163,55 @@ MOE_FORCEINLINE void micro_kernel(const float* MOE_RESTRICT rows, index k,
 
 namespace detail {
 template <class A, int... MR>
-MOE_FORCEINLINE void micro_kernel_dispatch(std::integer_sequence<int, MR...>, index mr,
-                                           const float* rows, index k, const float* panel,
-                                           accumulators<A>& acc) noexcept {
+MOE_FORCEINLINE void micro_kernel_dispatch(std::integer_sequence<int, MR...>, index mr, const float* rows,
+                                           index k, const float* panel, accumulators<A>& acc,
+                                           bool accumulate) noexcept {
   // One instantiation per row count 1..mr_max, chosen through the compile-time list.
-  (void)((mr == MR + 1 ? (micro_kernel<A, MR + 1>(rows, k, panel, acc), true) : false) || ...);
+  (void)((mr == MR + 1 ? (micro_kernel<A, MR + 1>(rows, k, panel, acc, accumulate), true) : false) || ...);
 }
 }  // namespace detail
 
+/// Tuning of the GEMM driver.
+struct gemm_tuning {
+  index k_block = 256;      ///< inputs per pass: a panel's k-block (k_block × width floats) stays in L1
+  index block_group = 16;   ///< row blocks whose accumulators are kept between k-blocks
+};
+
+/// The driver's tuning (one value for every ISA today).
+inline constexpr gemm_tuning default_gemm_tuning{};
+
 /// Runs the micro-kernel over panels `[p_begin, p_end)` of `w` and every block of the packed
-/// rows, calling `epilogue(row0, mr, panel, acc)` for each tile. Panel-outer order keeps one panel
-/// in cache while all row blocks stream past it.
+/// rows, calling `epilogue(row0, mr, panel, acc)` once per finished tile.
+///
+/// Loop order: groups of row blocks → panels → k-blocks → row blocks. One k-block of a panel
+/// stays in L1 while every row block of the group streams past it; the group's accumulators
+/// wait in a stack buffer between k-blocks.
 template <class A, class Epilogue>
 MOE_FORCEINLINE void gemm_packed(const float* packed_rows, index rows, const packed_weights& w,
-                                 index p_begin, index p_end, Epilogue&& epilogue) noexcept {
+                                 index p_begin, index p_end, Epilogue&& epilogue,
+                                 const gemm_tuning& tuning = default_gemm_tuning) noexcept {
   MOE_ASSERT(w.width == panel_width<A>);
-  alignas(64) accumulators<A> acc;
-  for (index p = p_begin; p < p_end; ++p) {
-    const float* panel = w.panel(p);
-    for (index r0 = 0; r0 < rows; r0 += mr_max) {
-      const index mr = std::min(mr_max, rows - r0);
-      detail::micro_kernel_dispatch<A>(std::make_integer_sequence<int, mr_max>{}, mr,
-                                       packed_rows + r0 * w.k, w.k, panel, acc);
-      epilogue(r0, mr, p, acc);
+  constexpr index L = static_cast<index>(xsimd::batch<float, A>::size);
+  constexpr index max_group = 16;
+  const index group = std::min(max_group, tuning.block_group);
+  alignas(64) accumulators<A> tiles[max_group];
+  const index blocks = (rows + mr_max - 1) / mr_max;
+  const index K = w.k;
+  for (index g0 = 0; g0 < blocks; g0 += group) {
+    const index g1 = std::min(blocks, g0 + group);
+    for (index p = p_begin; p < p_end; ++p) {
+      const float* panel = w.panel(p);
+      for (index k0 = 0; k0 < K; k0 += tuning.k_block) {
+        const index kc = std::min(tuning.k_block, K - k0);
+        const bool last = k0 + kc == K;
+        for (index b = g0; b < g1; ++b) {
+          const index mr = std::min(mr_max, rows - b * mr_max);
+          detail::micro_kernel_dispatch<A>(std::make_integer_sequence<int, mr_max>{}, mr,
+                                           packed_rows + b * mr_max * K + k0 * mr_max, kc,
+                                           panel + k0 * 2 * L, tiles[b - g0], k0 > 0);
+          if (last) epilogue(b * mr_max, mr, p, tiles[b - g0]);
+        }
+      }
     }
   }
 }
