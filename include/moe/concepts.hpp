@@ -28,20 +28,21 @@ concept router = requires(const R& r, const_matrix_map<float> x, const route_con
 
 /// An expert bank of two-stage FFN experts, as devices drive them.
 ///
-/// Stage 1 (`up`) maps packed input rows (`k = hidden()`) to the activated intermediate
-/// `act [rows × intermediate()]` for a range of up-panels; stage 2 (`down`) maps packed
-/// intermediate rows (`k = intermediate()`) to `y[row] += weight · out` for a range of
-/// down-panels. Panels are disjoint column ranges, so threads can split them.
+/// Stage 1 (`up`) maps input rows (`x[i]`, hidden() floats each) to the activated intermediate
+/// `act [rows × intermediate()]` for a range of up-panels; stage 2 (`down`) maps intermediate rows
+/// to `y[i] += weight[i] · out_i` for a range of down-panels. Panels are disjoint column ranges,
+/// so threads can split them. Each call packs its rows into `scratch` (scratch_bytes(rows) bytes).
 template <class B>
-concept expert_bank = requires(const B& b, index e, const float* rows, index n, index p0,
-                               index p1, float* act, index ld, const float* w, float* const* y) {
+concept expert_bank = requires(const B& b, index e, const float* const* rows, index n, index p0, index p1,
+                               float* act, index ld, const float* w, float* const* y, void* scratch) {
   { b.num_experts() } -> std::convertible_to<index>;
   { b.hidden() } -> std::convertible_to<index>;
   { b.intermediate() } -> std::convertible_to<index>;
   { b.up_panels() } -> std::convertible_to<index>;
   { b.down_panels() } -> std::convertible_to<index>;
-  b.up(e, rows, n, p0, p1, act, ld);
-  b.down(e, rows, n, p0, p1, w, y);
+  { b.scratch_bytes(n) } -> std::convertible_to<std::size_t>;
+  b.up(e, rows, n, p0, p1, act, ld, scratch);
+  b.down(e, rows, n, p0, p1, w, y, scratch);
 };
 
 /// Memory space of host (CPU) memory.

@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include <moe/device/cpu.hpp>
 #include <moe/device/serial.hpp>
 #include <moe/experts/shared.hpp>
 #include <moe/experts/swiglu.hpp>
@@ -114,6 +115,49 @@ TEST_CASE("shared_experts: ungated and sigmoid-gated (Qwen2-MoE) outputs", "[exp
   }
   CHECK_THROWS_WITH(moe::shared_experts<moe::swiglu_experts<float>>(moe_test::make_bank(w), std::vector<float>(3)),
                     Catch::Contains("parameter 'gate.size()' must be equal to 24, got 3"));
+}
+
+}  // namespace
+
+namespace {
+using moe::index;
+
+TEST_CASE("swiglu_experts<bf16>: within 1e-2 of fp32, thread-count invariant, built from fp32 or bf16 arrays", "[experts][swiglu][bf16]") {
+  moe_test::rng rng(9);
+  const index E = 6, d = 96, f = 40, T = 50;
+  const auto w = moe_test::random_swiglu(rng, E, d, f);
+  const moe::swiglu_experts<float> fp32 = moe_test::make_bank(w);
+  const moe::swiglu_experts<moe::bf16> from_float(w.gate, w.up, w.down);
+  auto to_bf16 = [](const moe::row_matrix<float>& m) {
+    std::vector<moe::bf16> v(static_cast<std::size_t>(m.size()));
+    for (index i = 0; i < m.size(); ++i) v[static_cast<std::size_t>(i)] = moe::bf16(m.data()[i]);
+    return v;
+  };
+  const auto g = to_bf16(w.gate), u = to_bf16(w.up), dn = to_bf16(w.down);
+  const moe::swiglu_experts<moe::bf16> from_bf16(g.data(), u.data(), dn.data(), {E, d, f});
+  CHECK(from_bf16.bytes_per_expert() * 2 == fp32.bytes_per_expert());
+  const auto x = rng.matrix(T, d);
+  moe::routing_plan plan;
+  plan.reset(T, 2, E);
+  for (index t = 0; t < T; ++t) {
+    plan.set(t, 0, static_cast<std::int32_t>(t % E), 0.7f);
+    plan.set(t, 1, static_cast<std::int32_t>((t * 5 + 1) % E), 0.3f);
+  }
+  plan.build_expert_major();
+  moe::workspace ws;
+  auto run = [&](const auto& bank, auto device) {
+    moe::row_matrix<float> y(T, d);
+    ws.reset();
+    device.dispatch(plan, moe::view(x), bank, moe::view(y), ws);
+    return y;
+  };
+  const auto y32 = run(fp32, moe::device::serial{});
+  const auto yb = run(from_float, moe::device::serial{});
+  CHECK((yb - y32).norm() / y32.norm() < 1e-2);
+  CHECK((yb - y32).norm() / y32.norm() > 0.0);  // really bf16
+  CHECK(run(from_bf16, moe::device::serial{}) == yb);
+  CHECK(run(from_float, moe::device::cpu{2}) == yb);
+  CHECK(run(from_float, moe::device::cpu{1}) == yb);
 }
 
 }  // namespace

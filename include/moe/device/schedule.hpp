@@ -40,10 +40,10 @@ struct ffn_work {
 
 /// Scratch of one dispatch, carved from the workspace by the calling thread.
 struct ffn_scratch {
-  float* act = nullptr;        ///< [A × ld_act]
+  float* act = nullptr;  ///< [A × ld_act]
   index ld_act = 0;
-  float* packed = nullptr;     ///< [threads × packed_floats]
-  std::size_t packed_floats = 0;
+  std::byte* packed = nullptr;  ///< [threads × packed_bytes]
+  std::size_t packed_bytes = 0;
   const float** act_rows = nullptr;  ///< [threads × chunk]
   index chunk = 0;
 };
@@ -53,10 +53,9 @@ ffn_scratch make_ffn_scratch(const Bank& bank, index assignments, int threads, w
   ffn_scratch s;
   s.ld_act = (bank.intermediate() + 15) / 16 * 16;
   s.act = ws.take<float>(static_cast<std::size_t>(std::max<index>(assignments, 1) * s.ld_act));
-  const index k_max = std::max(bank.hidden(), bank.intermediate());
   s.chunk = kernels::rows_per_chunk(std::min(bank.hidden(), bank.intermediate()));
-  s.packed_floats = kernels::packed_rows_size(s.chunk, k_max);
-  s.packed = ws.take<float>(s.packed_floats * static_cast<std::size_t>(threads));
+  s.packed_bytes = (bank.scratch_bytes(s.chunk) + buffer_alignment - 1) / buffer_alignment * buffer_alignment;
+  s.packed = ws.take<std::byte>(s.packed_bytes * static_cast<std::size_t>(threads));
   s.act_rows = ws.take<const float*>(static_cast<std::size_t>(s.chunk * threads));
   return s;
 }
@@ -123,7 +122,7 @@ void run_ffn(const Bank& bank, const ffn_work& work, const ffn_scratch& s, float
   const index dn_p = bank.down_panels();
   const index u0 = up_p * tid / threads, u1 = up_p * (tid + 1) / threads;
   const index d0 = dn_p * tid / threads, d1 = dn_p * (tid + 1) / threads;
-  float* packed = s.packed + s.packed_floats * static_cast<std::size_t>(tid);
+  void* packed = s.packed + s.packed_bytes * static_cast<std::size_t>(tid);
   const float** act_rows = s.act_rows + s.chunk * tid;
 
   if (zero_y) {
@@ -136,8 +135,7 @@ void run_ffn(const Bank& bank, const ffn_work& work, const ffn_scratch& s, float
       const index begin = work.offsets[e], n = work.offsets[e + 1] - begin;
       for (index c = 0; c < n; c += chunk_up) {
         const index m = std::min(chunk_up, n - c);
-        kernels::pack_rows(work.x_rows + begin + c, m, d, packed);
-        bank.up(e, packed, m, u0, u1, s.act + (begin + c) * s.ld_act, s.ld_act);
+        bank.up(e, work.x_rows + begin + c, m, u0, u1, s.act + (begin + c) * s.ld_act, s.ld_act, packed);
       }
     }
   }
@@ -149,8 +147,7 @@ void run_ffn(const Bank& bank, const ffn_work& work, const ffn_scratch& s, float
       for (index c = 0; c < n; c += chunk_dn) {
         const index m = std::min(chunk_dn, n - c);
         for (index i = 0; i < m; ++i) act_rows[i] = s.act + (begin + c + i) * s.ld_act;
-        kernels::pack_rows(act_rows, m, f, packed);
-        bank.down(e, packed, m, d0, d1, work.weights + begin + c, work.y_rows + begin + c);
+        bank.down(e, act_rows, m, d0, d1, work.weights + begin + c, work.y_rows + begin + c, packed);
       }
     }
   }

@@ -3,9 +3,11 @@
 #pragma once
 
 #include <type_traits>
+#include <vector>
 
 #include "moe/concepts.hpp"
 #include "moe/config.hpp"
+#include "moe/core/bf16.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/views.hpp"
 #include "moe/kernels/gemm.hpp"
@@ -22,26 +24,26 @@ struct swiglu_shape {
 
 /// A bank of SwiGLU experts, `Expert_e(x) = W_down,e · (silu(W_gate,e x) ⊙ W_up,e x)`.
 ///
-/// @tparam Scalar weight type; `float` (bf16 storage arrives with the CPU-speed work).
+/// @tparam Scalar weight storage: `float`, or `moe::bf16` (half the bytes; activations are
+///         rounded to bf16 at each matrix input, accumulation is fp32; uses vdpbf16ps where the
+///         CPU has avx512_bf16 and widens the weights to fp32 in registers where it has not).
 ///
 /// Weights are given as checkpoints store them: `gate, up [E·f × d]` and `down [E·d × f]`,
-/// row-major (`[out × in]`), experts stacked. The constructor repacks them once into the
-/// kernel's panel layout (gate and up interleaved so that one pass computes both), owned by the
-/// bank; the caller's buffers are not referenced afterwards. The bank is immutable and can be
-/// shared by threads.
+/// row-major (`[out × in]`), experts stacked, as float or bf16 arrays. The constructor repacks
+/// them once into the kernel's panel layout (gate and up interleaved so that one pass computes
+/// both), owned by the bank; the caller's buffers are not referenced afterwards. The bank is
+/// immutable and can be shared by threads.
 template <class Scalar = float>
 class swiglu_experts {
-  static_assert(std::is_same_v<Scalar, float>,
-                "moe::swiglu_experts<Scalar>: only Scalar = float is implemented; use "
-                "moe::swiglu_experts<float>");
+  static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, bf16>,
+                "moe::swiglu_experts<Scalar>: Scalar must be float or moe::bf16");
 
  public:
   using scalar_type = Scalar;
   using arch = kernels::gemm_arch;
 
-  /// @param gate `[E·f × d]`, @param up `[E·f × d]`, @param down `[E·d × f]`.
-  swiglu_experts(const_matrix_map<float> gate, const_matrix_map<float> up,
-                 const_matrix_map<float> down) {
+  /// @param gate `[E·f × d]`, @param up `[E·f × d]`, @param down `[E·d × f]` (fp32).
+  swiglu_experts(const_matrix_map<float> gate, const_matrix_map<float> up, const_matrix_map<float> down) {
     constexpr const char* where = "moe::swiglu_experts";
     const index d = gate.cols();
     const index f = down.cols();
@@ -55,20 +57,21 @@ class swiglu_experts {
     detail::check_extent(where, "up.rows()", up.rows(), E * f);
     detail::check_extent(where, "up.cols()", up.cols(), d);
     detail::check_extent(where, "down.rows()", down.rows(), E * d);
-    init({E, d, f}, gate.data(), gate.outerStride(), up.data(), up.outerStride(), down.data(),
-         down.outerStride());
+    init({E, d, f}, gate.data(), gate.outerStride(), up.data(), up.outerStride(), down.data(), down.outerStride());
   }
 
   /// Convenience: any row-major Eigen matrices, Maps or Blocks with the shapes above.
   template <class G, class U, class D>
     requires(!std::is_same_v<G, const_matrix_map<float>> || !std::is_same_v<U, const_matrix_map<float>> ||
              !std::is_same_v<D, const_matrix_map<float>>)
-  swiglu_experts(const Eigen::DenseBase<G>& gate, const Eigen::DenseBase<U>& up,
-                 const Eigen::DenseBase<D>& down)
+  swiglu_experts(const Eigen::DenseBase<G>& gate, const Eigen::DenseBase<U>& up, const Eigen::DenseBase<D>& down)
       : swiglu_experts(view(gate), view(up), view(down)) {}
 
-  /// From contiguous stacked arrays: `gate, up` hold `E·f·d` floats, `down` holds `E·d·f`.
-  swiglu_experts(const float* gate, const float* up, const float* down, swiglu_shape shape) {
+  /// From contiguous stacked arrays (float or bf16): `gate, up` hold `E·f·d` values, `down`
+  /// holds `E·d·f`.
+  template <class Src>
+    requires(std::is_same_v<Src, float> || std::is_same_v<Src, bf16>)
+  swiglu_experts(const Src* gate, const Src* up, const Src* down, swiglu_shape shape) {
     constexpr const char* where = "moe::swiglu_experts";
     if (shape.experts < 1) detail::fail_parameter(error_id::shape, where, "shape.experts", ">= 1", shape.experts);
     if (shape.hidden < 1) detail::fail_parameter(error_id::shape, where, "shape.hidden", ">= 1", shape.hidden);
@@ -94,16 +97,22 @@ class swiglu_experts {
   [[nodiscard]] double bytes_per_expert() const noexcept {
     return 3.0 * static_cast<double>(m_shape.hidden * m_shape.intermediate) * sizeof(Scalar);
   }
+  /// Bytes of scratch that up() or down() needs for `rows` rows.
+  [[nodiscard]] std::size_t scratch_bytes(index rows) const noexcept {
+    return kernels::packed_rows_size<Scalar>(rows, std::max(m_shape.hidden, m_shape.intermediate)) * sizeof(Scalar);
+  }
 
   /// Stage 1 for expert e: `act[i][c] = silu(g) · u` for the intermediate columns of up-panels
-  /// `[p0, p1)`, from `rows` packed input rows (kernels::pack_rows, k = hidden()).
-  void up(index e, const float* packed, index rows, index p0, index p1, float* act,
-          index ld_act) const noexcept {
+  /// `[p0, p1)`, from `rows` input rows (`x[i]`, hidden() floats each).
+  void up(index e, const float* const* x, index rows, index p0, index p1, float* act, index ld_act,
+          void* scratch) const noexcept {
     using batch = xsimd::batch<float, arch>;
     constexpr index L = static_cast<index>(batch::size);
     const index f = m_shape.intermediate;
+    auto* packed = static_cast<Scalar*>(scratch);
+    kernels::pack_rows<Scalar>(x, rows, m_shape.hidden, packed);
     kernels::gemm_packed<arch>(
-        packed, rows, m_up[e], p0, p1,
+        static_cast<const Scalar*>(packed), rows, m_up[e], p0, p1,
         [&](index r0, index mr, index p, const kernels::accumulators<arch>& acc) {
           const index c0 = p * L;
           for (index i = 0; i < mr; ++i) {
@@ -121,14 +130,16 @@ class swiglu_experts {
   }
 
   /// Stage 2 for expert e: `y[i][c] = fma(w[i], out[i][c], y[i][c])` for the output columns of
-  /// down-panels `[p0, p1)`, from `rows` packed intermediate rows (k = intermediate()).
-  void down(index e, const float* packed, index rows, index p0, index p1, const float* w,
-            float* const* y) const noexcept {
+  /// down-panels `[p0, p1)`, from `rows` intermediate rows (`act[i]`, intermediate() floats).
+  void down(index e, const float* const* act, index rows, index p0, index p1, const float* w, float* const* y,
+            void* scratch) const noexcept {
     using batch = xsimd::batch<float, arch>;
     constexpr index L = static_cast<index>(batch::size);
     const index d = m_shape.hidden;
+    auto* packed = static_cast<Scalar*>(scratch);
+    kernels::pack_rows<Scalar>(act, rows, m_shape.intermediate, packed);
     kernels::gemm_packed<arch>(
-        packed, rows, m_down[e], p0, p1,
+        static_cast<const Scalar*>(packed), rows, m_down[e], p0, p1,
         [&](index r0, index mr, index p, const kernels::accumulators<arch>& acc) {
           const index c0 = p * 2 * L;
           for (index i = 0; i < mr; ++i) {
@@ -150,25 +161,25 @@ class swiglu_experts {
   }
 
  private:
-  void init(swiglu_shape shape, const float* gate, index ldg, const float* up, index ldu,
-            const float* down, index ldd) {
+  template <class Src>
+  void init(swiglu_shape shape, const Src* gate, index ldg, const Src* up, index ldu, const Src* down, index ldd) {
     m_shape = shape;
     const index d = shape.hidden, f = shape.intermediate;
     constexpr index W = kernels::panel_width<arch>;
     m_up.reserve(static_cast<std::size_t>(shape.experts));
     m_down.reserve(static_cast<std::size_t>(shape.experts));
     for (index e = 0; e < shape.experts; ++e) {
-      m_up.push_back(kernels::pack_panels_interleaved(gate + e * f * ldg, ldg, up + e * f * ldu,
-                                                      ldu, f, d, W));
-      m_down.push_back(kernels::pack_panels(down + e * d * ldd, d, f, ldd, W));
+      m_up.push_back(kernels::pack_panels_interleaved<Scalar>(gate + e * f * ldg, ldg, up + e * f * ldu, ldu, f, d, W));
+      m_down.push_back(kernels::pack_panels<Scalar>(down + e * d * ldd, d, f, ldd, W));
     }
   }
 
   swiglu_shape m_shape;
-  std::vector<kernels::packed_weights> m_up;    // per expert: gate|up interleaved, k = d
-  std::vector<kernels::packed_weights> m_down;  // per expert: down, k = f
+  std::vector<kernels::packed_weights<Scalar>> m_up;    // per expert: gate|up interleaved, k = d
+  std::vector<kernels::packed_weights<Scalar>> m_down;  // per expert: down, k = f
 };
 
 static_assert(expert_bank<swiglu_experts<float>>);
+static_assert(expert_bank<swiglu_experts<bf16>>);
 
 }  // namespace moe

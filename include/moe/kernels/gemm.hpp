@@ -2,30 +2,39 @@
 // SPDX-FileCopyrightText: The moe authors
 #pragma once
 
-// Canonical fp32 GEMM `C = X · Wᵀ` for weights stored as checkpoints store them (`W [n × k]`,
-// row-major, one row per output). Every output element is computed the same way, whatever the
-// number of rows, the tile it falls in, the thread that computes it or the ISA:
+// Canonical GEMM `C = X · Wᵀ` for weights stored as checkpoints store them (`W [n × k]`,
+// row-major, one row per output), with fp32 or bf16 weights.
 //
+// fp32: every output element is computed the same way, whatever the number of rows, the tile
+// it falls in, the k-block, the thread that computes it or the ISA:
 //     c = 0;  for kk in 0..k-1:  c = fma(x[kk], w[kk], c)
-//
-// so results are batch invariant and thread-count invariant, bit for bit, and equal to the scalar
-// reference `gemm_reference` below.
+// so results are batch invariant and thread-count invariant, bit for bit, and equal to the
+// scalar reference `gemm_reference`.
+// bf16: rows are rounded to bf16 when packed, and each output element is computed pair by pair
+//     c = 0;  for each pair (k0, k1):  c = fma(x[k1], w[k1], c);  c = fma(x[k0], w[k0], c)
+// which is what `vdpbf16ps` does (products of bf16 values are exact in fp32). The same sequence
+// runs whether the CPU has avx512_bf16 or the weights are widened to fp32 in registers (no
+// avx512_bf16): the two agree bit for bit on normal numbers (vdpbf16ps flushes subnormals).
 //
 // Dispatch of the driver:
 //   1. weights are packed once into panels of `panel_width<A>` outputs, k-major (`pack_panels`);
 //      two matrices can share a panel, half each (`pack_panels_interleaved`, for gate | up);
+//      bf16 panels hold k in pairs (`[k/2][width][2]`);
 //   2. rows are packed per chunk into blocks of `mr_max` rows, k-major (`pack_rows`), so the
-//      micro-kernel broadcasts them from one pointer;
-//   3. for each panel of the caller's range and each row block, `micro_kernel<A, MR>` keeps
-//      MR × 2 SIMD accumulators in registers and calls the epilogue with them.
+//      micro-kernel broadcasts them from one pointer (bf16: one 32-bit pair per row);
+//   3. `gemm_packed`: groups of row blocks → panels → k-blocks → row blocks; the micro-kernel
+//      keeps MR × 2 SIMD accumulators in registers and the epilogue receives finished tiles.
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include <xsimd/xsimd.hpp>
 
 #include "moe/config.hpp"
+#include "moe/core/bf16.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/kernels/math.hpp"
@@ -42,32 +51,72 @@ inline constexpr index mr_max = 12;
 template <class A>
 inline constexpr index panel_width = 2 * static_cast<index>(xsimd::batch<float, A>::size);
 
-/// Weights packed into panels: `panels × k × width` floats, panel `p` holding outputs
-/// `p*width .. p*width+width-1` (zero past `n`).
-struct packed_weights {
-  aligned_buffer<float> data;
-  index n = 0;        ///< outputs (rows of the original matrix)
-  index k = 0;        ///< inputs (columns of the original matrix)
-  index width = 0;    ///< outputs per panel
-  index panels = 0;   ///< number of panels
+/// Inputs consumed per micro-kernel step for weight type W (bf16 works on pairs).
+template <class W>
+inline constexpr index k_step = std::is_same_v<W, bf16> ? 2 : 1;
 
-  [[nodiscard]] const float* panel(index p) const noexcept { return data.data() + p * k * width; }
-  [[nodiscard]] std::size_t bytes() const noexcept { return data.size() * sizeof(float); }
+/// `k` rounded up to whole steps of W.
+template <class W>
+constexpr index padded_k(index k) noexcept {
+  return (k + k_step<W> - 1) / k_step<W> * k_step<W>;
+}
+
+/// Weights packed into panels: `panels × padded_k × width` values of W, panel `p` holding
+/// outputs `p*width .. p*width+width-1` (zero past `n` and past `k`).
+template <class W = float>
+struct packed_weights {
+  static_assert(std::is_same_v<W, float> || std::is_same_v<W, bf16>,
+                "moe::kernels::packed_weights<W>: W must be float or moe::bf16");
+  using value_type = W;
+
+  aligned_buffer<W> data;
+  index n = 0;       ///< outputs (rows of the original matrix)
+  index k = 0;       ///< inputs (columns of the original matrix)
+  index width = 0;   ///< outputs per panel
+  index panels = 0;  ///< number of panels
+
+  [[nodiscard]] const W* panel(index p) const noexcept { return data.data() + p * padded_k<W>(k) * width; }
+  [[nodiscard]] std::size_t bytes() const noexcept { return data.size() * sizeof(W); }
 };
 
-/// Packs `w [n × k]` (row stride `ldw`) into panels of `width` outputs.
-inline packed_weights pack_panels(const float* w, index n, index k, index ldw, index width) {
-  packed_weights out;
+namespace detail {
+template <class W>
+MOE_FORCEINLINE W convert(float x) noexcept {
+  if constexpr (std::is_same_v<W, bf16>) {
+    return bf16(x);
+  } else {
+    return x;
+  }
+}
+template <class W>
+MOE_FORCEINLINE W convert(bf16 x) noexcept {
+  if constexpr (std::is_same_v<W, bf16>) {
+    return x;
+  } else {
+    return static_cast<float>(x);
+  }
+}
+// Offset of element (kk, j) inside a panel of width `width`.
+template <class W>
+constexpr index panel_offset(index kk, index j, index width) noexcept {
+  return kk / k_step<W> * width * k_step<W> + j * k_step<W> + kk % k_step<W>;
+}
+}  // namespace detail
+
+/// Packs `w [n × k]` (row stride `ldw`, float or bf16) into panels of `width` outputs of W.
+template <class W = float, class Src>
+packed_weights<W> pack_panels(const Src* w, index n, index k, index ldw, index width) {
+  packed_weights<W> out;
   out.n = n;
   out.k = k;
   out.width = width;
   out.panels = (n + width - 1) / width;
-  out.data = aligned_buffer<float>(static_cast<std::size_t>(out.panels * k * width));
+  out.data = aligned_buffer<W>(static_cast<std::size_t>(out.panels * padded_k<W>(k) * width));
   for (index p = 0; p < out.panels; ++p) {
-    float* dst = out.data.data() + p * k * width;
+    W* dst = out.data.data() + p * padded_k<W>(k) * width;
     for (index j = 0; j < width && p * width + j < n; ++j) {
-      const float* src = w + (p * width + j) * ldw;
-      for (index kk = 0; kk < k; ++kk) dst[kk * width + j] = src[kk];
+      const Src* src = w + (p * width + j) * ldw;
+      for (index kk = 0; kk < k; ++kk) dst[detail::panel_offset<W>(kk, j, width)] = detail::convert<W>(src[kk]);
     }
   }
   return out;
@@ -76,55 +125,65 @@ inline packed_weights pack_panels(const float* w, index n, index k, index ldw, i
 /// Packs two matrices `a, b [n × k]` (row strides lda, ldb) into shared panels: the first half
 /// of panel `p` holds outputs `p*h .. p*h+h-1` of `a`, the second half the same outputs of `b`
 /// (`h = width / 2`). `n` counts outputs of each matrix; `out.n` is `2 * n` panel columns.
-inline packed_weights pack_panels_interleaved(const float* a, index lda, const float* b, index ldb,
-                                              index n, index k, index width) {
+template <class W = float, class Src>
+packed_weights<W> pack_panels_interleaved(const Src* a, index lda, const Src* b, index ldb, index n,
+                                          index k, index width) {
   const index h = width / 2;
-  packed_weights out;
+  packed_weights<W> out;
   out.n = 2 * n;
   out.k = k;
   out.width = width;
   out.panels = (n + h - 1) / h;
-  out.data = aligned_buffer<float>(static_cast<std::size_t>(out.panels * k * width));
+  out.data = aligned_buffer<W>(static_cast<std::size_t>(out.panels * padded_k<W>(k) * width));
   for (index p = 0; p < out.panels; ++p) {
-    float* dst = out.data.data() + p * k * width;
+    W* dst = out.data.data() + p * padded_k<W>(k) * width;
     for (index j = 0; j < h && p * h + j < n; ++j) {
-      const float* sa = a + (p * h + j) * lda;
-      const float* sb = b + (p * h + j) * ldb;
+      const Src* sa = a + (p * h + j) * lda;
+      const Src* sb = b + (p * h + j) * ldb;
       for (index kk = 0; kk < k; ++kk) {
-        dst[kk * width + j] = sa[kk];
-        dst[kk * width + h + j] = sb[kk];
+        dst[detail::panel_offset<W>(kk, j, width)] = detail::convert<W>(sa[kk]);
+        dst[detail::panel_offset<W>(kk, h + j, width)] = detail::convert<W>(sb[kk]);
       }
     }
   }
   return out;
 }
 
+/// Values of W needed by pack_rows for `rows` rows of length k.
+template <class W = float>
+constexpr std::size_t packed_rows_size(index rows, index k) noexcept {
+  return static_cast<std::size_t>((rows + mr_max - 1) / mr_max * mr_max * padded_k<W>(k));
+}
+
 /// Packs `rows` rows (pointers `x[i]`, `k` floats each) into blocks of `mr_max` rows, k-major:
-/// block `b` element `(kk, i)` at `out[b*mr_max*k + kk*mr_max + i]`; missing rows are zero.
-inline void pack_rows(const float* const* x, index rows, index k, float* MOE_RESTRICT out) noexcept {
+/// fp32 element `(kk, i)` of block `b` at `out[b*mr_max*k + kk*mr_max + i]`; bf16 at
+/// `out[b*mr_max*kp + (kk/2)*2*mr_max + 2*i + kk%2]`. Missing rows and the odd k pad are zero.
+template <class W = float>
+void pack_rows(const float* const* x, index rows, index k, W* MOE_RESTRICT out) noexcept {
+  constexpr index ks = k_step<W>;
+  const index kp = padded_k<W>(k);
   for (index b = 0; b * mr_max < rows; ++b) {
-    float* MOE_RESTRICT dst = out + b * mr_max * k;
+    W* MOE_RESTRICT dst = out + b * mr_max * kp;
     const index r = std::min(mr_max, rows - b * mr_max);
     const float* src[mr_max];
     for (index i = 0; i < r; ++i) src[i] = x[b * mr_max + i];
     // k outer: contiguous writes, one sequential read stream per row.
-    if (r == mr_max) {
-      for (index kk = 0; kk < k; ++kk) {
+    for (index kk = 0; kk < k; kk += ks) {
+      W* d = dst + kk * mr_max;
+      if (r == mr_max) {
 #pragma GCC unroll 12
-        for (index i = 0; i < mr_max; ++i) dst[kk * mr_max + i] = src[i][kk];
-      }
-    } else {
-      for (index kk = 0; kk < k; ++kk) {
-        for (index i = 0; i < r; ++i) dst[kk * mr_max + i] = src[i][kk];
-        for (index i = r; i < mr_max; ++i) dst[kk * mr_max + i] = 0.0f;
+        for (index i = 0; i < mr_max; ++i) {
+          for (index q = 0; q < ks; ++q) d[i * ks + q] = detail::convert<W>(kk + q < k ? src[i][kk + q] : 0.0f);
+        }
+      } else {
+        for (index i = 0; i < mr_max; ++i) {
+          for (index q = 0; q < ks; ++q) {
+            d[i * ks + q] = detail::convert<W>(i < r && kk + q < k ? src[i][kk + q] : 0.0f);
+          }
+        }
       }
     }
   }
-}
-
-/// Floats needed by pack_rows for `rows` rows of `k`.
-constexpr std::size_t packed_rows_size(index rows, index k) noexcept {
-  return static_cast<std::size_t>((rows + mr_max - 1) / mr_max * mr_max * k);
 }
 
 /// Accumulators of one micro-kernel call: `acc[i][0..1]` are outputs of row `i`.
@@ -132,8 +191,8 @@ template <class A>
 using accumulators = xsimd::batch<float, A>[mr_max][2];
 
 /// `acc[i][h] (+)= Σ_kk rows(kk, i) · panel(kk, h)` over `k` steps for the first MR rows of a
-/// packed row block: starts from zero, or from `acc` when `accumulate` (k-blocking continues
-/// the same fused chain, so the result does not depend on the block size).
+/// packed fp32 row block: starts from zero, or from `acc` when `accumulate` (k-blocking
+/// continues the same fused chain, so the result does not depend on the block size).
 template <class A, int MR>
 MOE_FORCEINLINE void micro_kernel(const float* MOE_RESTRICT rows, index k, const float* MOE_RESTRICT panel,
                                   accumulators<A>& acc, bool accumulate) noexcept {
@@ -161,54 +220,147 @@ MOE_FORCEINLINE void micro_kernel(const float* MOE_RESTRICT rows, index k, const
   }
 }
 
+/// bf16 micro-kernel, portable: widens each weight pair to two fp32 registers and runs the
+/// pair's two fused steps (odd element first, as vdpbf16ps does).
+template <class A, int MR>
+MOE_FORCEINLINE void micro_kernel(const bf16* MOE_RESTRICT rows, index k, const bf16* MOE_RESTRICT panel,
+                                  accumulators<A>& acc, bool accumulate) noexcept {
+  using batch = xsimd::batch<float, A>;
+  using ubatch = xsimd::batch<std::uint32_t, A>;
+  constexpr index L = static_cast<index>(batch::size);
+  batch c[MR][2];
+  for (int i = 0; i < MR; ++i) {
+    c[i][0] = accumulate ? acc[i][0] : batch(0.0f);
+    c[i][1] = accumulate ? acc[i][1] : batch(0.0f);
+  }
+  const ubatch high(0xffff0000u);
+  for (index kk = 0; kk < k; kk += 2) {
+    const auto* pw = reinterpret_cast<const std::uint32_t*>(panel + kk * 2 * L);
+    const ubatch w0 = ubatch::load_aligned(pw), w1 = ubatch::load_aligned(pw + L);
+    const batch even0 = xsimd::bitwise_cast<batch>(w0 << 16), odd0 = xsimd::bitwise_cast<batch>(w0 & high);
+    const batch even1 = xsimd::bitwise_cast<batch>(w1 << 16), odd1 = xsimd::bitwise_cast<batch>(w1 & high);
+    const auto* pa = reinterpret_cast<const std::uint32_t*>(rows + kk * mr_max);
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) {
+      const batch a0(std::bit_cast<float>(pa[i] << 16)), a1(std::bit_cast<float>(pa[i] & 0xffff0000u));
+      c[i][0] = fmadd(a1, odd0, c[i][0]);
+      c[i][0] = fmadd(a0, even0, c[i][0]);
+      c[i][1] = fmadd(a1, odd1, c[i][1]);
+      c[i][1] = fmadd(a0, even1, c[i][1]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    acc[i][0] = c[i][0];
+    acc[i][1] = c[i][1];
+  }
+}
+
+#if XSIMD_WITH_AVX512F && (defined(__GNUC__) || defined(__clang__))
+#define MOE_HAS_BF16_DOT_KERNEL 1
+/// bf16 micro-kernel on avx512_bf16 (vdpbf16ps: a pair of products per lane and step). Compiled
+/// for that ISA through a target attribute and called only when the CPU reports it.
+template <int MR>
+__attribute__((target("avx512f,avx512bf16"), noinline)) void micro_kernel_bf16_dot(
+    const bf16* MOE_RESTRICT rows, index k, const bf16* MOE_RESTRICT panel, float* MOE_RESTRICT acc,
+    bool accumulate) noexcept {
+  __m512 c[MR][2];
+  for (int i = 0; i < MR; ++i) {
+    c[i][0] = accumulate ? _mm512_load_ps(acc + (2 * i) * 16) : _mm512_setzero_ps();
+    c[i][1] = accumulate ? _mm512_load_ps(acc + (2 * i + 1) * 16) : _mm512_setzero_ps();
+  }
+  for (index kk = 0; kk < k; kk += 2) {
+    const __m512bh w0 = (__m512bh)_mm512_load_si512(panel + kk * 32);
+    const __m512bh w1 = (__m512bh)_mm512_load_si512(panel + kk * 32 + 32);
+    const auto* pa = reinterpret_cast<const int*>(rows + kk * mr_max);
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(pa[i]);
+      c[i][0] = _mm512_dpbf16_ps(c[i][0], a, w0);
+      c[i][1] = _mm512_dpbf16_ps(c[i][1], a, w1);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    _mm512_store_ps(acc + (2 * i) * 16, c[i][0]);
+    _mm512_store_ps(acc + (2 * i + 1) * 16, c[i][1]);
+  }
+}
+#endif
+
+/// Whether bf16 GEMMs of architecture A run on vdpbf16ps here (decided once from CPUID).
+template <class A>
+inline bool bf16_dot_available() noexcept {
+#if defined(MOE_HAS_BF16_DOT_KERNEL)
+  if constexpr (std::is_base_of_v<xsimd::avx512f, A>) {
+    static const bool has = __builtin_cpu_supports("avx512bf16");
+    return has;
+  }
+#endif
+  return false;
+}
+
 namespace detail {
-template <class A, int... MR>
-MOE_FORCEINLINE void micro_kernel_dispatch(std::integer_sequence<int, MR...>, index mr, const float* rows,
-                                           index k, const float* panel, accumulators<A>& acc,
-                                           bool accumulate) noexcept {
+template <class A, class W, int... MR>
+MOE_FORCEINLINE void micro_kernel_dispatch(std::integer_sequence<int, MR...>, index mr, const W* rows,
+                                           index k, const W* panel, accumulators<A>& acc, bool accumulate,
+                                           [[maybe_unused]] bool dot) noexcept {
   // One instantiation per row count 1..mr_max, chosen through the compile-time list.
+#if defined(MOE_HAS_BF16_DOT_KERNEL)
+  if constexpr (std::is_same_v<W, bf16> && std::is_base_of_v<xsimd::avx512f, A>) {
+    if (dot) {
+      (void)((mr == MR + 1 ? (micro_kernel_bf16_dot<MR + 1>(rows, k, panel, reinterpret_cast<float*>(&acc), accumulate),
+                              true)
+                           : false) ||
+             ...);
+      return;
+    }
+  }
+#endif
   (void)((mr == MR + 1 ? (micro_kernel<A, MR + 1>(rows, k, panel, acc, accumulate), true) : false) || ...);
 }
 }  // namespace detail
 
 /// Tuning of the GEMM driver.
 struct gemm_tuning {
-  index k_block = 256;      ///< inputs per pass: a panel's k-block (k_block × width floats) stays in L1
-  index block_group = 16;   ///< row blocks whose accumulators are kept between k-blocks
+  index k_block = 256;     ///< inputs per pass: a panel's k-block (k_block × width values) stays in L1
+  index block_group = 16;  ///< row blocks whose accumulators are kept between k-blocks (<= 16)
+  bool bf16_dot = true;    ///< bf16 weights: use vdpbf16ps when the CPU has it
 };
 
 /// The driver's tuning (one value for every ISA today).
 inline constexpr gemm_tuning default_gemm_tuning{};
 
 /// Runs the micro-kernel over panels `[p_begin, p_end)` of `w` and every block of the packed
-/// rows, calling `epilogue(row0, mr, panel, acc)` once per finished tile.
+/// rows (packed with pack_rows<W>), calling `epilogue(row0, mr, panel, acc)` once per finished
+/// tile.
 ///
 /// Loop order: groups of row blocks → panels → k-blocks → row blocks. One k-block of a panel
 /// stays in L1 while every row block of the group streams past it; the group's accumulators
 /// wait in a stack buffer between k-blocks.
-template <class A, class Epilogue>
-MOE_FORCEINLINE void gemm_packed(const float* packed_rows, index rows, const packed_weights& w,
-                                 index p_begin, index p_end, Epilogue&& epilogue,
+template <class A, class W, class Epilogue>
+MOE_FORCEINLINE void gemm_packed(const W* packed_rows, index rows, const packed_weights<W>& w, index p_begin,
+                                 index p_end, Epilogue&& epilogue,
                                  const gemm_tuning& tuning = default_gemm_tuning) noexcept {
   MOE_ASSERT(w.width == panel_width<A>);
   constexpr index L = static_cast<index>(xsimd::batch<float, A>::size);
   constexpr index max_group = 16;
-  const index group = std::min(max_group, tuning.block_group);
+  const index group = std::max<index>(1, std::min(max_group, tuning.block_group));
+  const index k_block = std::max(k_step<W>, tuning.k_block / k_step<W> * k_step<W>);
   alignas(64) accumulators<A> tiles[max_group];
   const index blocks = (rows + mr_max - 1) / mr_max;
-  const index K = w.k;
+  const index K = padded_k<W>(w.k);
+  const bool dot = std::is_same_v<W, bf16> && tuning.bf16_dot && bf16_dot_available<A>();
   for (index g0 = 0; g0 < blocks; g0 += group) {
     const index g1 = std::min(blocks, g0 + group);
     for (index p = p_begin; p < p_end; ++p) {
-      const float* panel = w.panel(p);
-      for (index k0 = 0; k0 < K; k0 += tuning.k_block) {
-        const index kc = std::min(tuning.k_block, K - k0);
+      const W* panel = w.panel(p);
+      for (index k0 = 0; k0 < K; k0 += k_block) {
+        const index kc = std::min(k_block, K - k0);
         const bool last = k0 + kc == K;
         for (index b = g0; b < g1; ++b) {
           const index mr = std::min(mr_max, rows - b * mr_max);
           detail::micro_kernel_dispatch<A>(std::make_integer_sequence<int, mr_max>{}, mr,
-                                           packed_rows + b * mr_max * K + k0 * mr_max, kc,
-                                           panel + k0 * 2 * L, tiles[b - g0], k0 > 0);
+                                           packed_rows + b * mr_max * K + k0 * mr_max, kc, panel + k0 * 2 * L,
+                                           tiles[b - g0], k0 > 0, dot);
           if (last) epilogue(b * mr_max, mr, p, tiles[b - g0]);
         }
       }
@@ -216,15 +368,15 @@ MOE_FORCEINLINE void gemm_packed(const float* packed_rows, index rows, const pac
   }
 }
 
-/// Rows per packing chunk for inputs of length k: about 1 MiB of packed rows (half an L2).
+/// Rows per packing chunk for inputs of length k: about 1 MiB of packed fp32 rows (half an L2).
 constexpr index rows_per_chunk(index k) noexcept {
   const index r = (index{1} << 20) / (4 * std::max<index>(k, 1));
   return std::max(mr_max, r / mr_max * mr_max);
 }
 
-/// Scalar reference for the canonical GEMM: `c[i][j] = Σ_kk x[i][kk] w[j][kk]`, sequential fma.
-inline void gemm_reference(const float* x, index rows, index k, index ldx, const float* w, index n,
-                           index ldw, float* c, index ldc) noexcept {
+/// Scalar reference for the canonical fp32 GEMM: `c[i][j] = Σ_kk x[i][kk] w[j][kk]`, sequential fma.
+inline void gemm_reference(const float* x, index rows, index k, index ldx, const float* w, index n, index ldw,
+                           float* c, index ldc) noexcept {
   for (index i = 0; i < rows; ++i) {
     for (index j = 0; j < n; ++j) {
       float acc = 0.0f;
@@ -234,11 +386,29 @@ inline void gemm_reference(const float* x, index rows, index k, index ldx, const
   }
 }
 
+/// Scalar reference for the bf16 GEMM: rows rounded to bf16, pairs as vdpbf16ps takes them.
+inline void gemm_reference_bf16(const float* x, index rows, index k, index ldx, const bf16* w, index n, index ldw,
+                                float* c, index ldc) noexcept {
+  for (index i = 0; i < rows; ++i) {
+    for (index j = 0; j < n; ++j) {
+      float acc = 0.0f;
+      for (index kk = 0; kk < k; kk += 2) {
+        const float x0 = static_cast<float>(bf16(x[i * ldx + kk])), w0 = static_cast<float>(w[j * ldw + kk]);
+        const float x1 = kk + 1 < k ? static_cast<float>(bf16(x[i * ldx + kk + 1])) : 0.0f;
+        const float w1 = kk + 1 < k ? static_cast<float>(w[j * ldw + kk + 1]) : 0.0f;
+        acc = std::fma(x1, w1, acc);
+        acc = std::fma(x0, w0, acc);
+      }
+      c[i * ldc + j] = acc;
+    }
+  }
+}
+
 /// Stores the first `cols` outputs of a tile's rows into `c` (row `r0 + i` at `c + (r0+i)*ldc`,
 /// panel columns starting at `col0`). Columns at or beyond `n` are not written.
 template <class A>
-MOE_FORCEINLINE void store_tile(const accumulators<A>& acc, index mr, float* c, index ldc,
-                                index col0, index n) noexcept {
+MOE_FORCEINLINE void store_tile(const accumulators<A>& acc, index mr, float* c, index ldc, index col0,
+                                index n) noexcept {
   using batch = xsimd::batch<float, A>;
   constexpr index L = static_cast<index>(batch::size);
   if (col0 + 2 * L <= n) {
@@ -258,9 +428,9 @@ MOE_FORCEINLINE void store_tile(const accumulators<A>& acc, index mr, float* c, 
 
 /// Scratch of gemm_rows(): a packed-rows buffer and a row-pointer buffer.
 struct gemm_scratch {
-  float* packed = nullptr;          ///< packed_rows_size(chunk, k) floats
-  const float** rows = nullptr;     ///< chunk pointers
-  index chunk = 0;                  ///< rows packed at a time
+  float* packed = nullptr;       ///< packed_rows_size(chunk, k) floats
+  const float** rows = nullptr;  ///< chunk pointers
+  index chunk = 0;               ///< rows packed at a time
 };
 
 /// Scratch needed by gemm_rows for up to `rows` rows of length k.
@@ -276,23 +446,22 @@ inline gemm_scratch make_gemm_scratch(index rows, index k, workspace& ws) {
 /// (`ldx`, `ldc` strides; column j of c is output j of w). Results do not depend on how rows or
 /// panels are split between calls.
 template <class A = gemm_arch>
-void gemm_rows(const float* x, index rows, index ldx, const packed_weights& w, index p0, index p1,
-               float* c, index ldc, const gemm_scratch& s) noexcept {
+void gemm_rows(const float* x, index rows, index ldx, const packed_weights<float>& w, index p0, index p1, float* c,
+               index ldc, const gemm_scratch& s) noexcept {
   if (rows == 0 || p0 >= p1) return;
   for (index r0 = 0; r0 < rows; r0 += s.chunk) {
     const index n = std::min(s.chunk, rows - r0);
     for (index i = 0; i < n; ++i) s.rows[i] = x + (r0 + i) * ldx;
     pack_rows(s.rows, n, w.k, s.packed);
-    gemm_packed<A>(s.packed, n, w, p0, p1,
-                   [&](index t0, index mr, index p, const accumulators<A>& acc) {
-                     store_tile<A>(acc, mr, c + (r0 + t0) * ldc, ldc, p * w.width, w.n);
-                   });
+    gemm_packed<A>(s.packed, n, w, p0, p1, [&](index t0, index mr, index p, const accumulators<A>& acc) {
+      store_tile<A>(acc, mr, c + (r0 + t0) * ldc, ldc, p * w.width, w.n);
+    });
   }
 }
 
 /// `c [rows × w.n] = x · Wᵀ` on one thread, with scratch from the workspace.
 template <class A = gemm_arch>
-void gemm(const float* x, index rows, index ldx, const packed_weights& w, float* c, index ldc,
+void gemm(const float* x, index rows, index ldx, const packed_weights<float>& w, float* c, index ldc,
           workspace& ws) {
   if (rows == 0 || w.n == 0) return;
   gemm_rows<A>(x, rows, ldx, w, 0, w.panels, c, ldc, make_gemm_scratch(rows, w.k, ws));

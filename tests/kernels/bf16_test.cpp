@@ -1,0 +1,74 @@
+// SPDX-License-Identifier: Apache-2.0
+// Tests of include/moe/core/bf16.hpp and the bf16 paths of include/moe/kernels/gemm.hpp.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include <moe/core/bf16.hpp>
+#include <moe/kernels/gemm.hpp>
+
+#include "../support/random.hpp"
+
+namespace {
+using moe::index;
+using A = moe::kernels::gemm_arch;
+
+TEST_CASE("bf16 rounds to nearest even and keeps inf and NaN", "[kernels][bf16]") {
+  CHECK(static_cast<float>(moe::bf16(1.0f)) == 1.0f);
+  CHECK(static_cast<float>(moe::bf16(-2.5f)) == -2.5f);
+  // 1 + 2^-8 is exactly between 1 and 1 + 2^-7: ties to even (1).
+  CHECK(static_cast<float>(moe::bf16(1.0f + 0x1.0p-8f)) == 1.0f);
+  // 1 + 3·2^-8 is between 1 + 2^-7 and 1 + 2^-6: ties to even (1 + 2^-6).
+  CHECK(static_cast<float>(moe::bf16(1.0f + 3 * 0x1.0p-8f)) == 1.0f + 0x1.0p-6f);
+  CHECK(static_cast<float>(moe::bf16(1.0f + 0x1.0p-8f + 0x1.0p-20f)) == 1.0f + 0x1.0p-7f);
+  const float inf = std::numeric_limits<float>::infinity();
+  CHECK(static_cast<float>(moe::bf16(inf)) == inf);
+  CHECK(static_cast<float>(moe::bf16(-inf)) == -inf);
+  CHECK(std::isnan(static_cast<float>(moe::bf16(std::numeric_limits<float>::quiet_NaN()))));
+  CHECK(static_cast<float>(moe::bf16(std::numeric_limits<float>::max())) == inf);  // rounds up past the top
+  moe_test::rng rng(1);
+  for (int i = 0; i < 10000; ++i) {
+    const float x = rng.uniform(-100, 100);
+    const float r = static_cast<float>(moe::bf16(x));
+    CHECK(std::abs(r - x) <= std::abs(x) * 0x1.0p-8f);
+  }
+}
+
+TEST_CASE("bf16 GEMM equals the pairwise reference bit for bit, portable and vdpbf16ps paths", "[kernels][bf16][gemm]") {
+  moe_test::rng rng(2);
+  for (const index n : {5, 32, 70}) {
+    for (const index k : {1, 2, 7, 300}) {
+      for (const index rows : {1, 12, 13, 30}) {
+        auto w = rng.matrix(n, k);
+        auto x = rng.matrix(rows, k);
+        std::vector<moe::bf16> wb(static_cast<std::size_t>(n * k));
+        for (index i = 0; i < n * k; ++i) wb[static_cast<std::size_t>(i)] = moe::bf16(w.data()[i]);
+        const auto packed = moe::kernels::pack_panels<moe::bf16>(wb.data(), n, k, k, moe::kernels::panel_width<A>);
+        std::vector<const float*> ptrs(static_cast<std::size_t>(rows));
+        for (index i = 0; i < rows; ++i) ptrs[static_cast<std::size_t>(i)] = x.data() + i * k;
+        std::vector<moe::bf16> prow(moe::kernels::packed_rows_size<moe::bf16>(rows, k));
+        moe::kernels::pack_rows<moe::bf16>(ptrs.data(), rows, k, prow.data());
+        moe::row_matrix<float> want(rows, n);
+        moe::kernels::gemm_reference_bf16(x.data(), rows, k, k, wb.data(), n, k, want.data(), n);
+        for (const bool dot : {false, true}) {
+          moe::row_matrix<float> got(rows, n);
+          moe::kernels::gemm_tuning tuning;
+          tuning.bf16_dot = dot;
+          tuning.k_block = 64;
+          moe::kernels::gemm_packed<A>(prow.data(), rows, packed, 0, packed.panels,
+                                       [&](index r0, index mr, index p, const moe::kernels::accumulators<A>& acc) {
+                                         moe::kernels::store_tile<A>(acc, mr, got.data() + r0 * n, n, p * packed.width, n);
+                                       },
+                                       tuning);
+          INFO("n " << n << ", k " << k << ", rows " << rows << ", vdpbf16ps " << (dot && moe::kernels::bf16_dot_available<A>()));
+          REQUIRE(std::memcmp(got.data(), want.data(), sizeof(float) * static_cast<std::size_t>(rows * n)) == 0);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
