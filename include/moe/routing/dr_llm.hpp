@@ -90,11 +90,11 @@ class dr_llm {
     m_w2 = kernels::pack_panels(w2.data(), classes, m_bottleneck, w2.outerStride(), width);
   }
 
-  /// Convenience: row-major Eigen matrices and vectors.
+  /// Convenience: any row-major Eigen matrices.
   template <class W1, class W2>
-  dr_llm(const Eigen::DenseBase<W1>& w1, const std::vector<float>& b1, const Eigen::DenseBase<W2>& w2,
-         const std::vector<float>& b2, dr_llm_options options = {})
-      : dr_llm(view(w1), std::span<const float>(b1), view(w2), std::span<const float>(b2), options) {}
+  dr_llm(const Eigen::DenseBase<W1>& w1, std::span<const float> b1, const Eigen::DenseBase<W2>& w2,
+         std::span<const float> b2, dr_llm_options options = {})
+      : dr_llm(view(w1), b1, view(w2), b2, options) {}
 
   /// d, the token state size.
   [[nodiscard]] index hidden() const noexcept { return m_hidden; }

@@ -113,10 +113,10 @@ class ftp_router {
       if (!std::isfinite(w2[jj])) detail::fail_parameter(error_id::config, where, detail::concat("w2[", j, "]"), "finite", w2[jj]);
     }
   }
-  /// Convenience: row-major Eigen `w1 [h × 4]` and vectors.
+  /// Convenience: any row-major Eigen `w1 [h × 4]`.
   template <class Derived>
-  ftp_router(const Eigen::DenseBase<Derived>& w1, const std::vector<float>& b1, const std::vector<float>& w2, float b2)
-      : ftp_router(view(w1), std::span<const float>(b1), std::span<const float>(w2), b2) {}
+  ftp_router(const Eigen::DenseBase<Derived>& w1, std::span<const float> b1, std::span<const float> w2, float b2)
+      : ftp_router(view(w1), b1, w2, b2) {}
 
   /// h, the hidden width.
   [[nodiscard]] index hidden_units() const noexcept { return m_units; }
