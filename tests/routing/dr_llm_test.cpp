@@ -286,6 +286,20 @@ TEST_CASE("dr_llm: a stack of layers routes depth per sequence; the stack statis
   CHECK(stats.layers_saved() == 0.0);
   CHECK(stats.skip_rate() == 0.25);
   CHECK(stats.repeat_rate() == 0.25);
+
+  // Every layer skips (legal): the stack is the identity on the hidden states.
+  const moe::row_matrix<float> h0 = h;
+  moe::depth_stack_stats none;
+  for (auto& layer : stack) {
+    layer.router().depth().set_forced_decisions({depth_decision::skip, depth_decision::skip});
+    layer.forward(h, y, {.sequence_starts = starts});
+    CHECK(y.isZero(0.0f));
+    h += y;
+    none.add(layer.policy_stats());
+  }
+  CHECK(h == h0);
+  CHECK(none.layers_saved() == 4.0);
+  CHECK(none.skip_rate() == 1.0);
 }
 
 }  // namespace
