@@ -2,6 +2,8 @@
 // SPDX-FileCopyrightText: The moe authors
 #pragma once
 
+#include <algorithm>
+#include <cstdint>
 #include <functional>
 #include <optional>
 #include <utility>
@@ -30,6 +32,20 @@ namespace moe {
 /// connection stays outside (`h += y`). After the first call with a given batch size a forward
 /// allocates nothing. A layer is not thread-safe (it owns its workspace and last plan); use one
 /// layer object per concurrent caller.
+///
+/// Depth decisions of the plan (layer-skip policies, routing-spec §13; moe::layer_skip) are
+/// honoured per token, with `M(x)` the routed + shared output of one pass:
+///   - `passes(t) = 0` (skip): the token computes nothing, `y_t = 0` (the layer is the identity
+///     once the caller adds the residual); its slots are cleared and no shared expert runs;
+///   - `passes(t) = 1`: `y_t = s_t · M(x_t)`, `s_t = output_scale(t)` (1 unless the policy sets
+///     it; the MoD router weight scales routed AND shared experts);
+///   - `passes(t) = n >= 2` (repeat): the block `h <- h + y` runs n times, so the layer returns
+///     the sum of the passes' outputs, `y_t = M(x_t) + M(x_t + M(x_t))` for n = 2. Each pass after
+///     the first routes again, on `h = x + y`, with the router's `route_repeat()` when it has one
+///     (moe::layer_skip routes with its inner router alone) and with `route()` otherwise; in that
+///     re-routing plan passes 0 skips the pass, any other count means one pass, and its output
+///     scale applies.
+/// A plan without skips, scales or repeats takes the plain path (bitwise unchanged).
 template <class Router, class Experts, class Device = device::cpu>
 class layer {
   static_assert(router<Router>,
@@ -74,16 +90,12 @@ class layer {
     }
     m_ws.reset();
     m_router.route(x, with_threads(ctx), m_plan, m_ws);
+    const int max_passes = clear_skipped(m_plan);
     m_plan.build_expert_major();
     m_device.dispatch(m_plan, x, m_experts, y, m_ws);
-    if (m_shared) {
-      float* g = nullptr;
-      if (m_shared->gated()) {
-        g = m_ws.take<float>(static_cast<std::size_t>(std::max<index>(x.rows(), 1)));
-        m_shared->gates(x, g, m_ws);
-      }
-      m_device.accumulate_dense(x, m_shared->bank(), g, y, m_ws);
-    }
+    add_shared(x, y, m_plan, nullptr);
+    if (m_plan.has_output_scale()) scale_rows(y, m_plan, nullptr);
+    if (max_passes > 1) repeat_passes(x, y, ctx, max_passes);
   }
 
   /// Eigen convenience: any row-major matrix, Map or Block.
@@ -93,10 +105,13 @@ class layer {
   }
 
   /// Routes `x` without running the experts; returns the plan (valid until the next call).
+  /// Skipped tokens have their slots cleared; repeated passes are not routed (they need the
+  /// experts' output).
   const routing_plan& route(const_matrix_map<float> x, const route_context& ctx = {}) {
     detail::check_extent("moe::layer::route", "x.cols()", x.cols(), hidden());
     m_ws.reset();
     m_router.route(x, with_threads(ctx), m_plan, m_ws);
+    clear_skipped(m_plan);
     m_plan.build_expert_major();
     return m_plan;
   }
@@ -142,6 +157,111 @@ class layer {
     if (m_shared) detail::check_extent(where, "shared.hidden()", m_shared->hidden(), m_experts.hidden());
   }
 
+  // Clears the slots of skipped tokens (passes 0); returns the largest pass count (0 if T = 0).
+  static int clear_skipped(routing_plan& plan) noexcept {
+    int max_passes = 0;
+    for (index t = 0; t < plan.num_tokens(); ++t) {
+      const int p = plan.passes(t);
+      max_passes = std::max(max_passes, p);
+      if (p != 0) continue;
+      for (index s = 0; s < plan.max_slots(); ++s) {
+        if (plan.expert(t, s) != no_expert) plan.set(t, s, no_expert, 0.0f);
+      }
+    }
+    return max_passes;
+  }
+
+  // Token t runs in this pass: mask[t] != 0 if a mask is given, else passes(t) != 0.
+  static bool runs(const routing_plan& plan, const std::uint8_t* mask, index t) noexcept {
+    return mask ? mask[t] != 0 : plan.passes(t) != 0;
+  }
+
+  // y += shared experts of x for the tokens that run. When every token runs this is one dense
+  // pass; otherwise the running rows of x and y are gathered, the dense pass runs on them and
+  // the rows are scattered back (the same bits per row: the shared bank is batch invariant).
+  void add_shared(const_matrix_map<float> x, matrix_map<float> y, const routing_plan& plan,
+                  const std::uint8_t* mask) {
+    if (!m_shared) return;
+    const index T = x.rows(), d = hidden();
+    index n = 0;
+    for (index t = 0; t < T; ++t) n += runs(plan, mask, t);
+    if (n == 0) return;
+    if (n == T) {
+      float* g = nullptr;
+      if (m_shared->gated()) {
+        g = m_ws.take<float>(static_cast<std::size_t>(T));
+        m_shared->gates(x, g, m_ws);
+      }
+      m_device.accumulate_dense(x, m_shared->bank(), g, y, m_ws);
+      return;
+    }
+    float* xc = m_ws.take<float>(static_cast<std::size_t>(n * d));  // [n × d]
+    float* yc = m_ws.take<float>(static_cast<std::size_t>(n * d));  // [n × d]
+    for (index t = 0, i = 0; t < T; ++t) {
+      if (!runs(plan, mask, t)) continue;
+      std::copy_n(x.data() + t * x.outerStride(), d, xc + i * d);
+      std::copy_n(y.data() + t * y.outerStride(), d, yc + i * d);
+      ++i;
+    }
+    const auto xv = map(static_cast<const float*>(xc), n, d);
+    float* g = nullptr;
+    if (m_shared->gated()) {
+      g = m_ws.take<float>(static_cast<std::size_t>(n));
+      m_shared->gates(xv, g, m_ws);
+    }
+    m_device.accumulate_dense(xv, m_shared->bank(), g, map(yc, n, d), m_ws);
+    for (index t = 0, i = 0; t < T; ++t) {
+      if (!runs(plan, mask, t)) continue;
+      std::copy_n(yc + i * d, d, y.data() + t * y.outerStride());
+      ++i;
+    }
+  }
+
+  // y_t *= output_scale(t) for the tokens that run.
+  static void scale_rows(matrix_map<float> y, const routing_plan& plan, const std::uint8_t* mask) noexcept {
+    for (index t = 0; t < y.rows(); ++t) {
+      const float s = plan.output_scale(t);
+      if (s == 1.0f || !runs(plan, mask, t)) continue;
+      y.row(t) *= s;
+    }
+  }
+
+  // Passes 2..max_passes of repeated tokens: h = x + y, route h again, y += one pass on h.
+  void repeat_passes(const_matrix_map<float> x, matrix_map<float> y, const route_context& ctx, int max_passes) {
+    const index T = x.rows(), d = hidden();
+    float* h = m_ws.take<float>(static_cast<std::size_t>(T * d));   // [T × d]
+    float* yp = m_ws.take<float>(static_cast<std::size_t>(T * d));  // [T × d]
+    auto* mask = m_ws.take<std::uint8_t>(static_cast<std::size_t>(T));
+    const auto hv = map(static_cast<const float*>(h), T, d);
+    for (int pass = 2; pass <= max_passes; ++pass) {
+      for (index t = 0; t < T; ++t) {
+        for (index i = 0; i < d; ++i) h[t * d + i] = x(t, i) + y(t, i);
+      }
+      const route_context pass_ctx = with_threads(ctx);
+      if constexpr (requires { m_router.route_repeat(hv, pass_ctx, m_repeat_plan, m_ws); }) {
+        m_router.route_repeat(hv, pass_ctx, m_repeat_plan, m_ws);
+      } else {
+        m_router.route(hv, pass_ctx, m_repeat_plan, m_ws);
+      }
+      detail::check_extent("moe::layer::forward", "repeat plan num_tokens()", m_repeat_plan.num_tokens(), T);
+      for (index t = 0; t < T; ++t) {
+        mask[t] = m_plan.passes(t) >= pass && m_repeat_plan.passes(t) != 0;
+        if (mask[t]) continue;
+        for (index s = 0; s < m_repeat_plan.max_slots(); ++s) {
+          if (m_repeat_plan.expert(t, s) != no_expert) m_repeat_plan.set(t, s, no_expert, 0.0f);
+        }
+      }
+      m_repeat_plan.build_expert_major();
+      auto yv = map(yp, T, d);
+      m_device.dispatch(m_repeat_plan, hv, m_experts, yv, m_ws);
+      add_shared(hv, yv, m_repeat_plan, mask);
+      if (m_repeat_plan.has_output_scale()) scale_rows(yv, m_repeat_plan, mask);
+      for (index t = 0; t < T; ++t) {
+        if (mask[t]) y.row(t) += yv.row(t);
+      }
+    }
+  }
+
   static bool overlap(const const_matrix_map<float>& x, const matrix_map<float>& y) noexcept {
     const float* xb = x.data();
     const float* xe = xb + (x.rows() - 1) * x.outerStride() + x.cols();
@@ -156,6 +276,7 @@ class layer {
   Device m_device;
   workspace m_ws;
   routing_plan m_plan;
+  routing_plan m_repeat_plan;  // re-routing of the second and later passes of repeated tokens
 };
 
 }  // namespace moe

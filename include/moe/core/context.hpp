@@ -15,6 +15,10 @@ struct route_context {
   /// the last sequence ending at T). Empty: the whole batch is one sequence. Per-token policies
   /// ignore it.
   std::span<const index> sequence_starts = {};
+  /// Head-averaged attention probabilities of the most recent attention layer, one row-major
+  /// `[L × L]` block (query rows, key columns) per sequence, blocks concatenated in sequence order
+  /// (`Σ L²` floats). Used by moe::ftp (token features).
+  std::span<const float> attention = {};
   /// Threads a router may use (0: as many as the layer's device uses; moe::layer fills it in).
   int threads = 0;
 };

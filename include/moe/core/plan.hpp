@@ -29,6 +29,8 @@ struct expert_entry {
 /// - `weight(t, s)`: its combine weight (0 where the expert is `no_expert`);
 /// - `passes(t)`: how many times the layer runs for token `t` (0 = skipped, 1 = the default,
 ///   2 = repeated), for depth-routing policies;
+/// - `output_scale(t)`: a factor on the token's whole layer output, routed and shared experts
+///   (default 1; the Mixture-of-Depths router weight);
 /// - `entropy(t)`: the entropy (nats) of the token's full routing distribution, when the router
 ///   computes one (`has_entropy()`).
 ///
@@ -52,6 +54,8 @@ class routing_plan {
     m_passes.assign(static_cast<std::size_t>(tokens), std::uint8_t{1});
     m_entropy.assign(static_cast<std::size_t>(tokens), 0.0f);
     m_has_entropy = false;
+    m_output_scale.assign(static_cast<std::size_t>(tokens), 1.0f);
+    m_has_output_scale = false;
     m_offsets.assign(static_cast<std::size_t>(experts + 1), 0);
     m_entries.clear();
     m_expert_major_valid = false;
@@ -116,6 +120,17 @@ class routing_plan {
   /// Declares that entropy(t) holds the routing entropy of every token.
   void mark_entropy() noexcept { m_has_entropy = true; }
 
+  /// Factor on the whole layer output of token t (routed and shared experts); 1 by default.
+  [[nodiscard]] float output_scale(index t) const noexcept {
+    return m_output_scale[static_cast<std::size_t>(t)];
+  }
+  void set_output_scale(index t, float s) noexcept {
+    m_output_scale[static_cast<std::size_t>(t)] = s;
+    m_has_output_scale = true;
+  }
+  /// True once set_output_scale() was called since the last reset().
+  [[nodiscard]] bool has_output_scale() const noexcept { return m_has_output_scale; }
+
   /// Marks the expert-major view stale after writes through experts(t) / weights(t).
   void invalidate() noexcept { m_expert_major_valid = false; }
 
@@ -178,6 +193,8 @@ class routing_plan {
   std::vector<std::uint8_t> m_passes;
   std::vector<float> m_entropy;
   bool m_has_entropy = false;
+  std::vector<float> m_output_scale;
+  bool m_has_output_scale = false;
   std::vector<index> m_offsets{0};
   std::vector<index> m_cursor;
   std::vector<expert_entry> m_entries;

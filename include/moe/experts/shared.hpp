@@ -56,7 +56,7 @@ class shared_experts {
 
  private:
   Bank m_bank;
-  kernels::packed_weights<float> m_gate;
+  kernels::packed_weights m_gate;
   bool m_gated = false;
 };
 

@@ -175,8 +175,8 @@ class swiglu_experts {
   }
 
   swiglu_shape m_shape;
-  std::vector<kernels::packed_weights<Scalar>> m_up;    // per expert: gate|up interleaved, k = d
-  std::vector<kernels::packed_weights<Scalar>> m_down;  // per expert: down, k = f
+  std::vector<kernels::packed_matrix<Scalar>> m_up;    // per expert: gate|up interleaved, k = d
+  std::vector<kernels::packed_matrix<Scalar>> m_down;  // per expert: down, k = f
 };
 
 static_assert(expert_bank<swiglu_experts<float>>);

@@ -64,9 +64,9 @@ constexpr index padded_k(index k) noexcept {
 /// Weights packed into panels: `panels × padded_k × width` values of W, panel `p` holding
 /// outputs `p*width .. p*width+width-1` (zero past `n` and past `k`).
 template <class W = float>
-struct packed_weights {
+struct packed_matrix {
   static_assert(std::is_same_v<W, float> || std::is_same_v<W, bf16>,
-                "moe::kernels::packed_weights<W>: W must be float or moe::bf16");
+                "moe::kernels::packed_matrix<W>: W must be float or moe::bf16");
   using value_type = W;
 
   aligned_buffer<W> data;
@@ -78,6 +78,9 @@ struct packed_weights {
   [[nodiscard]] const W* panel(index p) const noexcept { return data.data() + p * padded_k<W>(k) * width; }
   [[nodiscard]] std::size_t bytes() const noexcept { return data.size() * sizeof(W); }
 };
+
+/// Packed fp32 weights (router rows, small MLPs, fp32 experts).
+using packed_weights = packed_matrix<float>;
 
 namespace detail {
 template <class W>
@@ -105,8 +108,8 @@ constexpr index panel_offset(index kk, index j, index width) noexcept {
 
 /// Packs `w [n × k]` (row stride `ldw`, float or bf16) into panels of `width` outputs of W.
 template <class W = float, class Src>
-packed_weights<W> pack_panels(const Src* w, index n, index k, index ldw, index width) {
-  packed_weights<W> out;
+packed_matrix<W> pack_panels(const Src* w, index n, index k, index ldw, index width) {
+  packed_matrix<W> out;
   out.n = n;
   out.k = k;
   out.width = width;
@@ -126,10 +129,10 @@ packed_weights<W> pack_panels(const Src* w, index n, index k, index ldw, index w
 /// of panel `p` holds outputs `p*h .. p*h+h-1` of `a`, the second half the same outputs of `b`
 /// (`h = width / 2`). `n` counts outputs of each matrix; `out.n` is `2 * n` panel columns.
 template <class W = float, class Src>
-packed_weights<W> pack_panels_interleaved(const Src* a, index lda, const Src* b, index ldb, index n,
+packed_matrix<W> pack_panels_interleaved(const Src* a, index lda, const Src* b, index ldb, index n,
                                           index k, index width) {
   const index h = width / 2;
-  packed_weights<W> out;
+  packed_matrix<W> out;
   out.n = 2 * n;
   out.k = k;
   out.width = width;
@@ -337,7 +340,7 @@ inline constexpr gemm_tuning default_gemm_tuning{};
 /// stays in L1 while every row block of the group streams past it; the group's accumulators
 /// wait in a stack buffer between k-blocks.
 template <class A, class W, class Epilogue>
-MOE_FORCEINLINE void gemm_packed(const W* packed_rows, index rows, const packed_weights<W>& w, index p_begin,
+MOE_FORCEINLINE void gemm_packed(const W* packed_rows, index rows, const packed_matrix<W>& w, index p_begin,
                                  index p_end, Epilogue&& epilogue,
                                  const gemm_tuning& tuning = default_gemm_tuning) noexcept {
   MOE_ASSERT(w.width == panel_width<A>);
@@ -446,7 +449,7 @@ inline gemm_scratch make_gemm_scratch(index rows, index k, workspace& ws) {
 /// (`ldx`, `ldc` strides; column j of c is output j of w). Results do not depend on how rows or
 /// panels are split between calls.
 template <class A = gemm_arch>
-void gemm_rows(const float* x, index rows, index ldx, const packed_weights<float>& w, index p0, index p1, float* c,
+void gemm_rows(const float* x, index rows, index ldx, const packed_weights& w, index p0, index p1, float* c,
                index ldc, const gemm_scratch& s) noexcept {
   if (rows == 0 || p0 >= p1) return;
   for (index r0 = 0; r0 < rows; r0 += s.chunk) {
@@ -461,7 +464,7 @@ void gemm_rows(const float* x, index rows, index ldx, const packed_weights<float
 
 /// `c [rows × w.n] = x · Wᵀ` on one thread, with scratch from the workspace.
 template <class A = gemm_arch>
-void gemm(const float* x, index rows, index ldx, const packed_weights<float>& w, float* c, index ldc,
+void gemm(const float* x, index rows, index ldx, const packed_weights& w, float* c, index ldc,
           workspace& ws) {
   if (rows == 0 || w.n == 0) return;
   gemm_rows<A>(x, rows, ldx, w, 0, w.panels, c, ldc, make_gemm_scratch(rows, w.k, ws));

@@ -148,7 +148,7 @@ class top_k {
   }
 
   /// The router weight, packed for kernels::gemm_rows (`[E × d]` in panels).
-  [[nodiscard]] const kernels::packed_weights<float>& packed_weight() const noexcept { return m_weight; }
+  [[nodiscard]] const kernels::packed_weights& packed_weight() const noexcept { return m_weight; }
 
   /// Applies the NaN policy to a logits row of length n (token t, for the message).
   void prepare_row(float* z, index n, index t) const {
@@ -256,7 +256,7 @@ class top_k {
   top_k_options m_options;
   index m_experts;
   index m_hidden;
-  kernels::packed_weights<float> m_weight;
+  kernels::packed_weights m_weight;
 };
 
 static_assert(router<top_k<softmax_gate>>);
