@@ -1,15 +1,24 @@
 // SPDX-License-Identifier: Apache-2.0
-// Layer forward at the OLMoE shape (d = 2048, f = 1024, E = 64, k = 8, fp32), against two
-// baselines in the same binary:
-//   layer_naive/T      per token, per slot: three Eigen matrix-vector products (the naive way)
-//   layer_eigen_gemm/T per expert: gather rows -> Eigen GEMMs -> weighted scatter-add
-//   layer_forward/T    moe::layer<top_k<softmax>, swiglu_experts<float>, device::cpu>
-// Counters: tokens_per_second, gflops (active FLOPs = 6·T·k·d·f per forward).
+// Layer forward at the OLMoE shape (d = 2048, f = 1024, E = 64, k = 8), against baselines and
+// machine probes measured in the same binary (bench/probes.hpp).
+//   layer_forward[_bf16]/T        moe::layer<top_k<softmax>, swiglu_experts<Scalar>, device::cpu>
+//   layer_threads/n               fp32, T = 512, on n threads (1 → 2 thread scaling)
+//   layer_naive/T                 per token, per slot: three Eigen matrix-vector products
+//   layer_eigen_gemm/T            per expert: gather rows -> Eigen GEMMs -> weighted scatter-add
+//   dense_gemm/T                  an Eigen dense FFN of the same FLOPs as a T-token forward
+//   probe_fma, probe_bf16_dot, probe_read_bandwidth
+// Counters of layer_forward: tokens_per_second; gflops (active FLOPs 6·T·k·d·f); frac_peak_flops
+// (vs probe_fma, or probe_bf16_dot for bf16 weights on avx512_bf16); gbytes_per_second (weight
+// bytes of the distinct experts the batch selects, each read once per call) and frac_bandwidth
+// (vs probe_read_bandwidth); ratio_to_dense (dense_gemm time / layer time). Batches of T <= 32
+// rotate through 64 different token batches so that the experts they select are not cache-hot.
 #include <benchmark/benchmark.h>
 
+#include <chrono>
 #include <vector>
 
 #include "olmoe_fixture.hpp"
+#include "probes.hpp"
 
 namespace {
 
@@ -17,20 +26,60 @@ using namespace moe_bench;
 
 void set_counters(benchmark::State& state, moe::index T) {
   state.counters["tokens_per_second"] = benchmark::Counter(double(T), benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["gflops"] =
-      benchmark::Counter(6.0 * double(T) * k * d * f / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["gflops"] = benchmark::Counter(layer_flops(T) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-void layer_forward(benchmark::State& state) {
-  auto& fx = olmoe_fixture::get();
+// Distinct experts selected by a plan.
+moe::index distinct_experts(const moe::routing_plan& plan) {
+  moe::index n = 0;
+  for (moe::index e = 0; e < plan.num_experts(); ++e) n += plan.load(e) > 0;
+  return n;
+}
+
+template <class Scalar>
+void forward_benchmark(benchmark::State& state) {
+  auto& layer = olmoe_fixture::get().layer_of<Scalar>();
   const moe::index T = state.range(0);
-  const auto x = tokens(T);
+  const moe::index pool = T <= 32 ? 64 : 1;
+  const auto x = tokens(T * pool, 7);
   moe::row_matrix<float> y(T, d);
-  fx.layer.forward(x, y);
+  auto batch = [&](moe::index i) { return x.middleRows((i % pool) * T, T); };
+  const double peak = std::is_same_v<Scalar, moe::bf16> && bf16_dot_peak() > 0 ? bf16_dot_peak() : fma_peak();
+  const double bandwidth = read_bandwidth();
+  const double dense = dense_seconds(T);
+  layer.forward(batch(0), y);
+  double seconds = 0, bytes = 0;
+  moe::index it = 0;
   for (auto _ : state) {
-    fx.layer.forward(x, y);
+    const auto t0 = std::chrono::steady_clock::now();
+    layer.forward(batch(it++), y);
+    seconds += seconds_since(t0);
     benchmark::DoNotOptimize(y.data());
-    benchmark::ClobberMemory();
+    bytes += static_cast<double>(distinct_experts(layer.plan())) * layer.experts().bytes_per_expert();
+  }
+  set_counters(state, T);
+  const double per_call = seconds / static_cast<double>(state.iterations());
+  state.counters["frac_peak_flops"] = layer_flops(T) / per_call / 1e9 / peak;
+  state.counters["gbytes_per_second"] = bytes / seconds / 1e9;
+  state.counters["frac_bandwidth"] = bytes / seconds / 1e9 / bandwidth;
+  state.counters["ratio_to_dense"] = dense / per_call;
+}
+
+void layer_forward(benchmark::State& state) { forward_benchmark<float>(state); }
+void layer_forward_bf16(benchmark::State& state) { forward_benchmark<moe::bf16>(state); }
+
+void layer_threads(benchmark::State& state) {
+  auto& fx = olmoe_fixture::get();
+  const moe::index T = 512;
+  const auto x = tokens(T, 7);
+  moe::row_matrix<float> y(T, d);
+  olmoe_layer<float> layer(moe::top_k<>(moe::map(fx.router_w.data(), E, d), {.k = k}),
+                           moe::swiglu_experts<float>(fx.gate.data(), fx.up.data(), fx.down.data(), {E, d, f}),
+                           moe::device::cpu(static_cast<int>(state.range(0))));
+  layer.forward(x, y);
+  for (auto _ : state) {
+    layer.forward(x, y);
+    benchmark::DoNotOptimize(y.data());
   }
   set_counters(state, T);
 }
@@ -90,8 +139,33 @@ void layer_eigen_gemm(benchmark::State& state) {
   set_counters(state, T);
 }
 
+void dense_gemm(benchmark::State& state) {
+  const moe::index T = state.range(0);
+  for (auto _ : state) state.SetIterationTime(dense_seconds(T));
+  set_counters(state, T);
+}
+
+void probe_fma(benchmark::State& state) {
+  for (auto _ : state) state.SetIterationTime(1.0);
+  state.counters["gflops"] = fma_peak();
+}
+void probe_bf16_dot(benchmark::State& state) {
+  for (auto _ : state) state.SetIterationTime(1.0);
+  state.counters["gflops"] = bf16_dot_peak();
+}
+void probe_read_bandwidth(benchmark::State& state) {
+  for (auto _ : state) state.SetIterationTime(1.0);
+  state.counters["gbytes_per_second"] = read_bandwidth();
+}
+
 }  // namespace
 
-BENCHMARK(layer_forward)->ArgName("T")->Arg(1)->Arg(32)->Arg(512)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(probe_fma)->UseManualTime()->Iterations(1);
+BENCHMARK(probe_bf16_dot)->UseManualTime()->Iterations(1);
+BENCHMARK(probe_read_bandwidth)->UseManualTime()->Iterations(1);
+BENCHMARK(dense_gemm)->ArgName("T")->Arg(512)->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
+BENCHMARK(layer_forward)->ArgName("T")->Arg(1)->Arg(8)->Arg(32)->Arg(512)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(layer_forward_bf16)->ArgName("T")->Arg(1)->Arg(8)->Arg(32)->Arg(512)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(layer_threads)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(layer_eigen_gemm)->ArgName("T")->Arg(1)->Arg(32)->Arg(512)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(layer_naive)->ArgName("T")->Arg(1)->Arg(32)->Arg(512)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(0.5);

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include <Eigen/Core>
@@ -34,9 +35,13 @@ inline moe::row_matrix<float> tokens(moe::index T, std::uint64_t seed = 7) {
   return Eigen::Map<const moe::row_matrix<float>>(v.data(), T, d);
 }
 
+/// The OLMoE layer with fp32 or bf16 expert weights, on the cpu device.
+template <class Scalar>
+using olmoe_layer = moe::layer<moe::top_k<>, moe::swiglu_experts<Scalar>, moe::device::cpu>;
+
 struct olmoe_fixture {
   std::vector<float> router_w, gate, up, down;  // checkpoint layout
-  moe::layer<moe::top_k<>, moe::swiglu_experts<float>, moe::device::cpu> layer;
+  olmoe_layer<float> layer;
 
   olmoe_fixture()
       : router_w(random(E * d, 1.0f / std::sqrt(float(d)), 1)),
@@ -49,6 +54,22 @@ struct olmoe_fixture {
   static olmoe_fixture& get() {
     static olmoe_fixture instance;
     return instance;
+  }
+
+  /// The same layer with its expert weights rounded to bf16 (built on first use).
+  olmoe_layer<moe::bf16>& bf16_layer() {
+    static olmoe_layer<moe::bf16> instance(moe::top_k<>(moe::map(router_w.data(), E, d), {.k = k}),
+                                           moe::swiglu_experts<moe::bf16>(gate.data(), up.data(), down.data(), {E, d, f}));
+    return instance;
+  }
+
+  template <class Scalar>
+  olmoe_layer<Scalar>& layer_of() {
+    if constexpr (std::is_same_v<Scalar, float>) {
+      return layer;
+    } else {
+      return bf16_layer();
+    }
   }
 
   using row_map = Eigen::Map<const moe::row_matrix<float>>;

@@ -53,17 +53,22 @@ TEST_CASE("bf16 GEMM equals the pairwise reference bit for bit, portable and vdp
         moe::kernels::pack_rows<moe::bf16>(ptrs.data(), rows, k, prow.data());
         moe::row_matrix<float> want(rows, n);
         moe::kernels::gemm_reference_bf16(x.data(), rows, k, k, wb.data(), n, k, want.data(), n);
-        for (const bool dot : {false, true}) {
+        for (const auto kernel : {moe::kernels::bf16_kernel::widen, moe::kernels::bf16_kernel::dot,
+                                  moe::kernels::bf16_kernel::automatic}) {
+          const bool dot = kernel == moe::kernels::bf16_kernel::dot;
           moe::row_matrix<float> got(rows, n);
           moe::kernels::gemm_tuning tuning;
-          tuning.bf16_dot = dot;
+          tuning.bf16 = kernel;
           tuning.k_block = 64;
           moe::kernels::gemm_packed<A>(prow.data(), rows, packed, 0, packed.panels,
                                        [&](index r0, index mr, index p, const moe::kernels::accumulators<A>& acc) {
                                          moe::kernels::store_tile<A>(acc, mr, got.data() + r0 * n, n, p * packed.width, n);
                                        },
                                        tuning);
-          INFO("n " << n << ", k " << k << ", rows " << rows << ", vdpbf16ps " << (dot && moe::kernels::bf16_dot_available<A>()));
+          INFO("n " << n << ", k " << k << ", rows " << rows << ", kernel " << static_cast<int>(kernel)
+                    << ", vdpbf16ps available " << moe::kernels::bf16_dot_available<A>() << ", preferred "
+                    << moe::kernels::bf16_dot_preferred<A>());
+          (void)dot;
           REQUIRE(std::memcmp(got.data(), want.data(), sizeof(float) * static_cast<std::size_t>(rows * n)) == 0);
         }
       }

@@ -26,6 +26,7 @@
 //      keeps MR × 2 SIMD accumulators in registers and the epilogue receives finished tiles.
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -289,7 +290,7 @@ __attribute__((target("avx512f,avx512bf16"), noinline)) void micro_kernel_bf16_d
 }
 #endif
 
-/// Whether bf16 GEMMs of architecture A run on vdpbf16ps here (decided once from CPUID).
+/// Whether the CPU has vdpbf16ps for architecture A (CPUID, checked once).
 template <class A>
 inline bool bf16_dot_available() noexcept {
 #if defined(MOE_HAS_BF16_DOT_KERNEL)
@@ -300,6 +301,13 @@ inline bool bf16_dot_available() noexcept {
 #endif
   return false;
 }
+
+/// Whether vdpbf16ps is faster than widening bf16 to fp32 here. Both kernels give the same bits
+/// on normal numbers, so this choice changes speed only. Some CPUs that have vdpbf16ps issue it
+/// at half the rate of fp32 FMA, so the answer comes from timing both micro-kernels once on an
+/// L1-resident tile (about a millisecond, at first use).
+template <class A>
+bool bf16_dot_preferred() noexcept;
 
 namespace detail {
 template <class A, class W, int... MR>
@@ -322,11 +330,18 @@ MOE_FORCEINLINE void micro_kernel_dispatch(std::integer_sequence<int, MR...>, in
 }
 }  // namespace detail
 
+/// Which micro-kernel runs bf16 weights.
+enum class bf16_kernel {
+  automatic,  ///< vdpbf16ps if the CPU has it and it is faster here (bf16_dot_preferred)
+  dot,        ///< vdpbf16ps when the CPU has it
+  widen       ///< widen to fp32 in registers and use fp32 FMA
+};
+
 /// Tuning of the GEMM driver.
 struct gemm_tuning {
-  index k_block = 256;     ///< inputs per pass: a panel's k-block (k_block × width values) stays in L1
-  index block_group = 16;  ///< row blocks whose accumulators are kept between k-blocks (<= 16)
-  bool bf16_dot = true;    ///< bf16 weights: use vdpbf16ps when the CPU has it
+  index k_block = 256;                    ///< inputs per pass: a panel's k-block stays in L1
+  index block_group = 16;                 ///< row blocks whose accumulators wait between k-blocks (<= 16)
+  bf16_kernel bf16 = bf16_kernel::automatic;  ///< micro-kernel for bf16 weights
 };
 
 /// The driver's tuning (one value for every ISA today).
@@ -351,7 +366,11 @@ MOE_FORCEINLINE void gemm_packed(const W* packed_rows, index rows, const packed_
   alignas(64) accumulators<A> tiles[max_group];
   const index blocks = (rows + mr_max - 1) / mr_max;
   const index K = padded_k<W>(w.k);
-  const bool dot = std::is_same_v<W, bf16> && tuning.bf16_dot && bf16_dot_available<A>();
+  bool dot = false;
+  if constexpr (std::is_same_v<W, bf16>) {
+    dot = tuning.bf16 == bf16_kernel::dot ? bf16_dot_available<A>()
+                                          : tuning.bf16 == bf16_kernel::automatic && bf16_dot_preferred<A>();
+  }
   for (index g0 = 0; g0 < blocks; g0 += group) {
     const index g1 = std::min(blocks, g0 + group);
     for (index p = p_begin; p < p_end; ++p) {
@@ -369,6 +388,34 @@ MOE_FORCEINLINE void gemm_packed(const W* packed_rows, index rows, const packed_
       }
     }
   }
+}
+
+template <class A>
+bool bf16_dot_preferred() noexcept {
+  static const bool preferred = [] {
+    if (!bf16_dot_available<A>()) return false;
+    constexpr index k = 512, width = panel_width<A>;
+    aligned_buffer<bf16> rows(static_cast<std::size_t>(mr_max * k)), panel(static_cast<std::size_t>(width * k));
+    for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = bf16(0.5f + 0.001f * static_cast<float>(i % 97));
+    for (std::size_t i = 0; i < panel.size(); ++i) panel[i] = bf16(0.25f - 0.001f * static_cast<float>(i % 89));
+    alignas(64) accumulators<A> acc;
+    auto time = [&](bool dot) {
+      double best = 1e30;
+      for (int rep = 0; rep < 3; ++rep) {
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int i = 0; i < 64; ++i) {
+          detail::micro_kernel_dispatch<A>(std::make_integer_sequence<int, mr_max>{}, mr_max, rows.data(), k,
+                                           panel.data(), acc, i > 0, dot);
+        }
+        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      }
+      return best;
+    };
+    time(true);  // warm up both paths and the clock
+    time(false);
+    return time(true) < time(false);
+  }();
+  return preferred;
 }
 
 /// Rows per packing chunk for inputs of length k: about 1 MiB of packed fp32 rows (half an L2).
