@@ -52,6 +52,7 @@ class routing_plan {
     m_passes.assign(static_cast<std::size_t>(tokens), std::uint8_t{1});
     m_entropy.assign(static_cast<std::size_t>(tokens), 0.0f);
     m_has_entropy = false;
+    m_dropped = 0;
     m_offsets.assign(static_cast<std::size_t>(experts + 1), 0);
     m_entries.clear();
     m_expert_major_valid = false;
@@ -111,6 +112,12 @@ class routing_plan {
     m_has_entropy = true;
   }
   [[nodiscard]] bool has_entropy() const noexcept { return m_has_entropy; }
+
+  /// Assignments that a capacity limit removed from this plan (their slots are `no_expert`);
+  /// 0 unless a capacity policy ran. reset() sets it to 0.
+  [[nodiscard]] index dropped() const noexcept { return m_dropped; }
+  /// Adds `n` to dropped().
+  void add_dropped(index n) noexcept { m_dropped += n; }
 
   /// Marks the expert-major view stale after writes through experts(t) / weights(t).
   void invalidate() noexcept { m_expert_major_valid = false; }
@@ -174,6 +181,7 @@ class routing_plan {
   std::vector<std::uint8_t> m_passes;
   std::vector<float> m_entropy;
   bool m_has_entropy = false;
+  index m_dropped = 0;
   std::vector<index> m_offsets{0};
   std::vector<index> m_cursor;
   std::vector<expert_entry> m_entries;
