@@ -19,6 +19,20 @@ struct sigmoid_gate;
 struct top_k_options;
 template <class Gate>
 class top_k;
+struct group_limited_options;
+template <class Gate>
+class group_limited;
+struct capacity_options;
+template <class Base>
+class capacity;
+struct expert_choice_options;
+class expert_choice;
+struct adaptive_k_options;
+template <class Gate>
+class adaptive_k;
+struct top_p_options;
+template <class Gate>
+class top_p;
 template <class Scalar>
 class swiglu_experts;
 template <class Bank>

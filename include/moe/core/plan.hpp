@@ -56,6 +56,7 @@ class routing_plan {
     m_has_entropy = false;
     m_output_scale.assign(static_cast<std::size_t>(tokens), 1.0f);
     m_has_output_scale = false;
+    m_dropped = 0;
     m_offsets.assign(static_cast<std::size_t>(experts + 1), 0);
     m_entries.clear();
     m_expert_major_valid = false;
@@ -131,6 +132,12 @@ class routing_plan {
   /// True once set_output_scale() was called since the last reset().
   [[nodiscard]] bool has_output_scale() const noexcept { return m_has_output_scale; }
 
+  /// Assignments that a capacity limit removed from this plan (their slots are `no_expert`);
+  /// 0 unless a capacity policy ran. reset() sets it to 0.
+  [[nodiscard]] index dropped() const noexcept { return m_dropped; }
+  /// Adds `n` to dropped().
+  void add_dropped(index n) noexcept { m_dropped += n; }
+
   /// Marks the expert-major view stale after writes through experts(t) / weights(t).
   void invalidate() noexcept { m_expert_major_valid = false; }
 
@@ -195,6 +202,7 @@ class routing_plan {
   bool m_has_entropy = false;
   std::vector<float> m_output_scale;
   bool m_has_output_scale = false;
+  index m_dropped = 0;
   std::vector<index> m_offsets{0};
   std::vector<index> m_cursor;
   std::vector<expert_entry> m_entries;

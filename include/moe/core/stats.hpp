@@ -22,6 +22,7 @@ struct routing_stats {
   double mean_experts_per_token = 0;   ///< assignments / T (0 if T = 0)
   index tokens_routed_nowhere = 0;     ///< tokens with no active slot (degenerate, all-null, dropped, skipped)
   index tokens_skipped = 0;            ///< tokens with passes = 0
+  index assignments_dropped = 0;       ///< assignments a capacity limit removed (plan.dropped())
   /// Mean entropy (nats) of the tokens' full routing distributions; NaN if the router gives none.
   double routing_entropy = std::numeric_limits<double>::quiet_NaN();
   /// Entropy (nats) of the load distribution `load / assignments`; log(E) is perfect balance.
@@ -36,6 +37,7 @@ inline routing_stats compute_stats(const routing_plan& plan) {
   s.tokens = plan.num_tokens();
   s.experts = plan.num_experts();
   s.load.assign(static_cast<std::size_t>(s.experts), 0);
+  s.assignments_dropped = plan.dropped();
   double entropy_sum = 0;
   for (index t = 0; t < s.tokens; ++t) {
     index active = 0;
@@ -74,7 +76,9 @@ inline std::ostream& operator<<(std::ostream& out, const routing_stats& s) {
       << ", mean experts/token " << s.mean_experts_per_token << ", routing entropy "
       << s.routing_entropy << " nats, load entropy " << s.load_entropy << " nats (max "
       << std::log(static_cast<double>(std::max<index>(s.experts, 1))) << "), max/mean load "
-      << s.max_over_mean_load << ", routed nowhere " << s.tokens_routed_nowhere << '\n';
+      << s.max_over_mean_load << ", routed nowhere " << s.tokens_routed_nowhere;
+  if (s.assignments_dropped > 0) out << ", dropped " << s.assignments_dropped;
+  out << '\n';
   out << "load per expert:";
   for (std::size_t e = 0; e < s.load.size(); ++e) {
     if (e % 16 == 0) out << "\n  [" << std::setw(3) << e << "]";
