@@ -96,6 +96,7 @@ class layer {
     add_shared(x, y, m_plan, nullptr);
     if (m_plan.has_output_scale()) scale_rows(y, m_plan, nullptr);
     if (max_passes > 1) repeat_passes(x, y, ctx, max_passes);
+    m_ws.reset();  // a pass that grew the workspace consolidates it now, not in the next forward
   }
 
   /// Eigen convenience: any row-major matrix, Map or Block.
@@ -113,6 +114,7 @@ class layer {
     m_router.route(x, with_threads(ctx), m_plan, m_ws);
     clear_skipped(m_plan);
     m_plan.build_expert_major();
+    m_ws.reset();
     return m_plan;
   }
   template <class X>

@@ -73,7 +73,8 @@ class workspace {
   workspace(workspace&&) noexcept = default;
   workspace& operator=(workspace&&) noexcept = default;
 
-  /// Starts a new pass; invalidates every buffer taken since the last reset.
+  /// Starts a new pass; invalidates every buffer taken since the last reset. If the last pass
+  /// overflowed, the block is replaced here by one of the peak size (the only allocation).
   void reset() {
     if (!m_overflow.empty() || m_peak > m_capacity) {
       m_overflow.clear();
