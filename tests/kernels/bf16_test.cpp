@@ -77,3 +77,54 @@ TEST_CASE("bf16 GEMM equals the pairwise reference bit for bit, portable and vdp
 }
 
 }  // namespace
+
+namespace {
+using moe::index;
+using A = moe::kernels::gemm_arch;
+
+// C = X · Wᵀ through gemm_rows_any with the given bf16 kernel request.
+moe::row_matrix<float> run_any(const moe::row_matrix<float>& x, const moe::kernels::packed_matrix<moe::bf16>& w,
+                               moe::kernels::bf16_kernel kernel) {
+  const index rows = x.rows(), n = w.n;
+  std::vector<const float*> ptrs(static_cast<std::size_t>(rows));
+  for (index i = 0; i < rows; ++i) ptrs[static_cast<std::size_t>(i)] = x.data() + i * x.cols();
+  moe::aligned_buffer<std::byte> scratch(moe::kernels::gemm_rows_scratch_bytes<moe::bf16>(rows, w.k));
+  moe::row_matrix<float> c(rows, n);
+  moe::kernels::gemm_tuning tuning;
+  tuning.bf16 = kernel;
+  moe::kernels::gemm_rows_any<A>(ptrs.data(), rows, w, 0, w.panels, scratch.data(),
+                                 [&](index r0, index mr, index p, const moe::kernels::accumulators<A>& acc) {
+                                   moe::kernels::store_tile<A>(acc, mr, c.data() + r0 * n, n, p * w.width, n);
+                                 },
+                                 tuning);
+  return c;
+}
+
+TEST_CASE("bf16 GEMM on every kernel this CPU runs: close to the reference and batch invariant", "[kernels][bf16][amx]") {
+  moe_test::rng rng(3);
+  const index n = 70, k = 300, rows = 45;
+  auto w = rng.matrix(n, k);
+  auto x = rng.matrix(rows, k);
+  std::vector<moe::bf16> wb(static_cast<std::size_t>(n * k));
+  for (index i = 0; i < n * k; ++i) wb[static_cast<std::size_t>(i)] = moe::bf16(w.data()[i]);
+  const auto packed = moe::kernels::pack_panels<moe::bf16>(wb.data(), n, k, k, moe::kernels::panel_width<A>);
+  moe::row_matrix<float> want(rows, n);
+  moe::kernels::gemm_reference_bf16(x.data(), rows, k, k, wb.data(), n, k, want.data(), n);
+  INFO("AMX usable: " << moe::kernels::amx_available());
+  for (const auto kernel : {moe::kernels::bf16_kernel::automatic, moe::kernels::bf16_kernel::amx,
+                            moe::kernels::bf16_kernel::dot, moe::kernels::bf16_kernel::widen}) {
+    INFO("kernel " << static_cast<int>(kernel) << " resolves to "
+                   << static_cast<int>(moe::kernels::resolve_bf16_kernel<A>(kernel)));
+    const auto got = run_any(x, packed, kernel);
+    CHECK((got - want).norm() / want.norm() < 1e-6);
+    if (moe::kernels::resolve_bf16_kernel<A>(kernel) != moe::kernels::bf16_kernel::amx) {
+      CHECK(got == want);  // the FMA kernels follow the reference's order exactly
+    }
+    for (const index r : {index{0}, index{17}, index{44}}) {
+      const moe::row_matrix<float> alone = run_any(x.row(r), packed, kernel);
+      CHECK(std::memcmp(alone.data(), got.data() + r * n, sizeof(float) * static_cast<std::size_t>(n)) == 0);
+    }
+  }
+}
+
+}  // namespace

@@ -99,7 +99,7 @@ class swiglu_experts {
   }
   /// Bytes of scratch that up() or down() needs for `rows` rows.
   [[nodiscard]] std::size_t scratch_bytes(index rows) const noexcept {
-    return kernels::packed_rows_size<Scalar>(rows, std::max(m_shape.hidden, m_shape.intermediate)) * sizeof(Scalar);
+    return kernels::gemm_rows_scratch_bytes<Scalar>(rows, std::max(m_shape.hidden, m_shape.intermediate));
   }
 
   /// Stage 1 for expert e: `act[i][c] = silu(g) · u` for the intermediate columns of up-panels
@@ -109,10 +109,8 @@ class swiglu_experts {
     using batch = xsimd::batch<float, arch>;
     constexpr index L = static_cast<index>(batch::size);
     const index f = m_shape.intermediate;
-    auto* packed = static_cast<Scalar*>(scratch);
-    kernels::pack_rows<Scalar>(x, rows, m_shape.hidden, packed);
-    kernels::gemm_packed<arch>(
-        static_cast<const Scalar*>(packed), rows, m_up[e], p0, p1,
+    kernels::gemm_rows_any<arch>(
+        x, rows, m_up[e], p0, p1, scratch,
         [&](index r0, index mr, index p, const kernels::accumulators<arch>& acc) {
           const index c0 = p * L;
           for (index i = 0; i < mr; ++i) {
@@ -136,10 +134,8 @@ class swiglu_experts {
     using batch = xsimd::batch<float, arch>;
     constexpr index L = static_cast<index>(batch::size);
     const index d = m_shape.hidden;
-    auto* packed = static_cast<Scalar*>(scratch);
-    kernels::pack_rows<Scalar>(act, rows, m_shape.intermediate, packed);
-    kernels::gemm_packed<arch>(
-        static_cast<const Scalar*>(packed), rows, m_down[e], p0, p1,
+    kernels::gemm_rows_any<arch>(
+        act, rows, m_down[e], p0, p1, scratch,
         [&](index r0, index mr, index p, const kernels::accumulators<arch>& acc) {
           const index c0 = p * 2 * L;
           for (index i = 0; i < mr; ++i) {

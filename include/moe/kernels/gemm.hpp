@@ -27,6 +27,10 @@
 
 #include <algorithm>
 #include <chrono>
+#if defined(__x86_64__) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -56,10 +60,12 @@ inline constexpr index panel_width = 2 * static_cast<index>(xsimd::batch<float, 
 template <class W>
 inline constexpr index k_step = std::is_same_v<W, bf16> ? 2 : 1;
 
-/// `k` rounded up to whole steps of W.
+/// `k` as W's packed layouts store it: fp32 as is, bf16 rounded up to a multiple of 32 (whole
+/// AMX tiles; the pair kernels run over the zero padding harmlessly).
 template <class W>
 constexpr index padded_k(index k) noexcept {
-  return (k + k_step<W> - 1) / k_step<W> * k_step<W>;
+  constexpr index q = std::is_same_v<W, bf16> ? 32 : 1;
+  return (k + q - 1) / q * q;
 }
 
 /// Weights packed into panels: `panels × padded_k × width` values of W, panel `p` holding
@@ -207,6 +213,7 @@ MOE_FORCEINLINE void micro_kernel(const float* MOE_RESTRICT rows, index k, const
     c[i][0] = accumulate ? acc[i][0] : batch(0.0f);
     c[i][1] = accumulate ? acc[i][1] : batch(0.0f);
   }
+#pragma GCC unroll 4
   for (index kk = 0; kk < k; ++kk) {
     const batch b0 = batch::load_aligned(panel + kk * 2 * L);
     const batch b1 = batch::load_aligned(panel + kk * 2 * L + L);
@@ -330,10 +337,11 @@ MOE_FORCEINLINE void micro_kernel_dispatch(std::integer_sequence<int, MR...>, in
 }
 }  // namespace detail
 
-/// Which micro-kernel runs bf16 weights.
+/// Which kernel runs bf16 weights.
 enum class bf16_kernel {
-  automatic,  ///< vdpbf16ps if the CPU has it and it is faster here (bf16_dot_preferred)
-  dot,        ///< vdpbf16ps when the CPU has it
+  automatic,  ///< AMX if usable, else vdpbf16ps if present and faster here, else widen
+  amx,        ///< AMX tiles (tdpbf16ps) when usable, else as automatic
+  dot,        ///< vdpbf16ps when the CPU has it, else widen
   widen       ///< widen to fp32 in registers and use fp32 FMA
 };
 
@@ -346,6 +354,140 @@ struct gemm_tuning {
 
 /// The driver's tuning (one value for every ISA today).
 inline constexpr gemm_tuning default_gemm_tuning{};
+
+#if XSIMD_WITH_AVX512F && defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#define MOE_HAS_AMX_KERNEL 1
+#endif
+
+/// Whether AMX bf16 tiles can run here: the CPU reports amx-tile and amx-bf16 and the OS grants
+/// the process the tile state (Linux arch_prctl, asked once).
+inline bool amx_available() noexcept {
+#if defined(MOE_HAS_AMX_KERNEL)
+  static const bool ok = [] {
+    if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16")) return false;
+    constexpr long arch_req_xcomp_perm = 0x1023, xfeature_xtiledata = 18;
+    return syscall(SYS_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata) == 0;
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+/// The bf16 kernel a request resolves to on this CPU (the same for every call of a process, so
+/// that results stay batch invariant).
+template <class A>
+bf16_kernel resolve_bf16_kernel(bf16_kernel requested) noexcept;
+
+
+/// Values of bf16 needed by pack_rows_amx for `rows` rows of length k.
+constexpr std::size_t packed_rows_amx_size(index rows, index k) noexcept {
+  return static_cast<std::size_t>((rows + 15) / 16 * 16 * padded_k<bf16>(k));
+}
+
+/// Packs rows for AMX: row-major bf16, `[rows rounded up to 16] × [k rounded up to 32]`, zero
+/// padded.
+inline void pack_rows_amx(const float* const* x, index rows, index k, bf16* MOE_RESTRICT out) noexcept {
+  const index kp = padded_k<bf16>(k), rp = (rows + 15) / 16 * 16;
+  for (index i = 0; i < rp; ++i) {
+    bf16* dst = out + i * kp;
+    index kk = 0;
+    if (i < rows) {
+      for (; kk < k; ++kk) dst[kk] = bf16(x[i][kk]);
+    }
+    for (; kk < kp; ++kk) dst[kk] = bf16();
+  }
+}
+
+#if defined(MOE_HAS_AMX_KERNEL)
+namespace detail {
+struct amx_config {
+  std::uint8_t palette = 1, start_row = 0;
+  std::uint8_t reserved[14] = {};
+  std::uint16_t colsb[16] = {};
+  std::uint8_t rows[16] = {};
+};
+
+// Tiles 0-3: C (16 rows × 16 fp32), 4-5: A (16 rows × 32 bf16), 6-7: B (16 k-pairs × 16 outputs).
+constexpr amx_config make_amx_config() noexcept {
+  amx_config cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  return cfg;
+}
+
+// The configuration lives in static storage: g++ 12 does not treat ldtilecfg as reading its
+// operand, so a configuration built on the stack just before it is optimised away.
+__attribute__((target("amx-tile"), noinline)) inline void amx_begin() noexcept {
+  alignas(64) static const amx_config cfg = make_amx_config();
+  _tile_loadconfig(&cfg);
+}
+__attribute__((target("amx-tile"), noinline)) inline void amx_end() noexcept { _tile_release(); }
+
+// One panel (32 outputs) for 16 or 32 rows of a row-major bf16 block (ld elements per row) over
+// k (a multiple of 32): c [32 rows × 32 outputs] row-major.
+__attribute__((target("amx-tile,amx-bf16"), noinline)) inline void amx_panel(const bf16* a, index ld,
+                                                                             const bf16* panel, index k,
+                                                                             bool two, float* c) noexcept {
+  const long stride_a = static_cast<long>(ld * 2);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (index kt = 0; kt < k; kt += 32) {
+    const bf16* b = panel + kt * 32;  // 16 k-pairs × 32 outputs × 2
+    _tile_loadd(4, a + kt, stride_a);
+    _tile_loadd(6, b, 128);
+    _tile_loadd(7, b + 32, 128);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    if (two) {
+      _tile_loadd(5, a + 16 * ld + kt, stride_a);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  _tile_stored(0, c, 128);
+  _tile_stored(1, c + 16, 128);
+  if (two) {
+    _tile_stored(2, c + 16 * 32, 128);
+    _tile_stored(3, c + 16 * 32 + 16, 128);
+  }
+}
+}  // namespace detail
+
+/// bf16 GEMM on AMX tiles: rows packed by pack_rows_amx; the epilogue receives the same tiles
+/// as gemm_packed's (up to mr_max rows of accumulators). Every output row depends only on its
+/// own input row, so results are batch invariant; they differ from the FMA kernels' in the last
+/// bits (AMX accumulates in its own order) and flush subnormals.
+template <class A, class Epilogue>
+void gemm_packed_amx(const bf16* rows_rm, index rows, const packed_matrix<bf16>& w, index p_begin, index p_end,
+                     Epilogue&& epilogue) noexcept {
+  using batch = xsimd::batch<float, A>;
+  static_assert(batch::size == 16, "AMX tiles pair with 16-lane registers (32-output panels)");
+  const index K = padded_k<bf16>(w.k);
+  alignas(64) float c[32 * 32];
+  alignas(64) accumulators<A> acc;
+  detail::amx_begin();
+  for (index r0 = 0; r0 < rows; r0 += 32) {
+    const index n = std::min<index>(32, rows - r0);
+    for (index p = p_begin; p < p_end; ++p) {
+      detail::amx_panel(rows_rm + r0 * K, K, w.panel(p), K, n > 16, c);
+      for (index i0 = 0; i0 < n; i0 += mr_max) {
+        const index mr = std::min(mr_max, n - i0);
+        for (index i = 0; i < mr; ++i) {
+          acc[i][0] = batch::load_aligned(c + (i0 + i) * 32);
+          acc[i][1] = batch::load_aligned(c + (i0 + i) * 32 + 16);
+        }
+        epilogue(r0 + i0, mr, p, acc);
+      }
+    }
+  }
+  detail::amx_end();
+}
+#endif
 
 /// Runs the micro-kernel over panels `[p_begin, p_end)` of `w` and every block of the packed
 /// rows (packed with pack_rows<W>), calling `epilogue(row0, mr, panel, acc)` once per finished
@@ -368,8 +510,10 @@ MOE_FORCEINLINE void gemm_packed(const W* packed_rows, index rows, const packed_
   const index K = padded_k<W>(w.k);
   bool dot = false;
   if constexpr (std::is_same_v<W, bf16>) {
-    dot = tuning.bf16 == bf16_kernel::dot ? bf16_dot_available<A>()
-                                          : tuning.bf16 == bf16_kernel::automatic && bf16_dot_preferred<A>();
+    // Pair layouts run vdpbf16ps or the widening kernel; AMX takes its own layout (gemm_rows_any).
+    const bf16_kernel pair = tuning.bf16 == bf16_kernel::amx ? bf16_kernel::automatic : tuning.bf16;
+    dot = resolve_bf16_kernel<A>(pair) == bf16_kernel::dot ||
+          (pair == bf16_kernel::automatic && bf16_dot_preferred<A>());
   }
   for (index g0 = 0; g0 < blocks; g0 += group) {
     const index g1 = std::min(blocks, g0 + group);
@@ -378,7 +522,17 @@ MOE_FORCEINLINE void gemm_packed(const W* packed_rows, index rows, const packed_
       for (index k0 = 0; k0 < K; k0 += k_block) {
         const index kc = std::min(k_block, K - k0);
         const bool last = k0 + kc == K;
+        // Ask for the next k-block of weights (or the next panel's first) while this one
+        // computes, a share before each row block: at prefill the weights stream from memory
+        // once per call, and the hardware prefetchers alone leave the FMA units waiting.
+        const W* next = k0 + kc < K ? panel + (k0 + kc) * 2 * L : (p + 1 < p_end ? w.panel(p + 1) : nullptr);
+        const auto* next_bytes = reinterpret_cast<const char*>(next);
+        const index span = next ? std::min(k_block, K) * 2 * L * static_cast<index>(sizeof(W)) : 0;
+        const index share = (span / 64 + (g1 - g0) - 1) / (g1 - g0) * 64;
         for (index b = g0; b < g1; ++b) {
+          for (index off = (b - g0) * share; off < std::min(span, (b - g0 + 1) * share); off += 64) {
+            __builtin_prefetch(next_bytes + off, 0, 2);
+          }
           const index mr = std::min(mr_max, rows - b * mr_max);
           detail::micro_kernel_dispatch<A>(std::make_integer_sequence<int, mr_max>{}, mr,
                                            packed_rows + b * mr_max * K + k0 * mr_max, kc, panel + k0 * 2 * L,
@@ -416,6 +570,49 @@ bool bf16_dot_preferred() noexcept {
     return time(true) < time(false);
   }();
   return preferred;
+}
+
+template <class A>
+bf16_kernel resolve_bf16_kernel(bf16_kernel requested) noexcept {
+  const bool avx512 = std::is_base_of_v<xsimd::avx512f, A>;
+  if ((requested == bf16_kernel::automatic || requested == bf16_kernel::amx) && avx512 && amx_available()) {
+    return bf16_kernel::amx;
+  }
+  if (requested == bf16_kernel::dot) return bf16_dot_available<A>() ? bf16_kernel::dot : bf16_kernel::widen;
+  if (requested != bf16_kernel::widen && bf16_dot_preferred<A>()) return bf16_kernel::dot;
+  return bf16_kernel::widen;
+}
+
+/// Bytes of scratch that gemm_rows_any needs for `rows` rows of length k with weights W.
+template <class W>
+constexpr std::size_t gemm_rows_scratch_bytes(index rows, index k) noexcept {
+  std::size_t bytes = packed_rows_size<W>(rows, k) * sizeof(W);
+  if constexpr (std::is_same_v<W, bf16>) bytes = std::max(bytes, packed_rows_amx_size(rows, k) * sizeof(bf16));
+  return bytes;
+}
+
+/// Packs `rows` input rows (pointers) for the kernel this CPU runs and multiplies them by panels
+/// `[p0, p1)` of w, calling `epilogue(row0, mr, panel, acc)` per finished tile. The entry point
+/// of the expert banks: fp32 runs the canonical FMA kernel; bf16 runs AMX where usable, else
+/// vdpbf16ps or the widening kernel (resolve_bf16_kernel).
+template <class A, class W, class Epilogue>
+void gemm_rows_any(const float* const* x, index rows, const packed_matrix<W>& w, index p0, index p1, void* scratch,
+                   Epilogue&& epilogue, const gemm_tuning& tuning = default_gemm_tuning) noexcept {
+  if constexpr (std::is_same_v<W, bf16>) {
+#if defined(MOE_HAS_AMX_KERNEL)
+    if constexpr (std::is_base_of_v<xsimd::avx512f, A>) {
+      if (resolve_bf16_kernel<A>(tuning.bf16) == bf16_kernel::amx) {
+        auto* packed = static_cast<bf16*>(scratch);
+        pack_rows_amx(x, rows, w.k, packed);
+        gemm_packed_amx<A>(packed, rows, w, p0, p1, epilogue);
+        return;
+      }
+    }
+#endif
+  }
+  auto* packed = static_cast<W*>(scratch);
+  pack_rows<W>(x, rows, w.k, packed);
+  gemm_packed<A>(static_cast<const W*>(packed), rows, w, p0, p1, epilogue, tuning);
 }
 
 /// Rows per packing chunk for inputs of length k: about 1 MiB of packed fp32 rows (half an L2).
