@@ -2,6 +2,7 @@
 // SPDX-FileCopyrightText: The moe authors
 #pragma once
 
+#include <cstdint>
 #include <span>
 
 #include "moe/config.hpp"
@@ -15,6 +16,16 @@ struct route_context {
   /// the last sequence ending at T). Empty: the whole batch is one sequence. Per-token policies
   /// ignore it.
   std::span<const index> sequence_starts = {};
+  /// Per-token condition flags, `[T]` (ProMoE conditional routing, moe::prototypical): nonzero
+  /// = conditional (routed by prototypes), 0 = unconditional (sent to the unconditional
+  /// experts). Empty: every token is conditional. Expand a per-sample label with
+  /// sequence_starts.
+  std::span<const std::uint8_t> conditional = {};
+  /// Head-averaged attention probabilities of the attention sublayer before this MoE layer
+  /// (attention-aware routing, moe::similarity_aware): for each sequence in order, its
+  /// `[L × L]` row-major block (row i: the weights token i gives tokens 0..L-1 of its own
+  /// sequence), so `Σ L²` floats in all; one sequence of T tokens is a `[T × T]` matrix.
+  std::span<const float> attention = {};
 };
 
 }  // namespace moe
