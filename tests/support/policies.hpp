@@ -84,6 +84,9 @@ inline moe::row_matrix<float> fmatrix(std::initializer_list<std::initializer_lis
   return dmatrix(rows).cast<float>();
 }
 
+/// Identity router weight `[n × n]` (with x = z the logits are the token states).
+inline moe::row_matrix<float> eye(index n) { return moe::row_matrix<float>::Identity(n, n); }
+
 /// The active (expert, weight) pairs of token t, in slot order.
 inline std::vector<std::pair<int, double>> active(const moe::routing_plan& plan, index t) {
   std::vector<std::pair<int, double>> out;
