@@ -19,6 +19,10 @@ struct sigmoid_gate;
 struct top_k_options;
 template <class Gate>
 class top_k;
+class prototypical;
+class scaled_dot_similarity;
+class dynmole;
+class blockffn;
 template <class Scalar>
 class swiglu_experts;
 template <class Bank>

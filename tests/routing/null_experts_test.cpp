@@ -12,6 +12,7 @@
 #include <moe/routing/token_choice.hpp>
 
 #include "../support/naive.hpp"
+#include "../support/naive_policies.hpp"
 #include "../support/policies.hpp"
 #include "../support/random.hpp"
 
@@ -27,21 +28,6 @@ moe::row_matrix<float> identity_rows(index first, index count, index d) {
   moe::row_matrix<float> w = moe::row_matrix<float>::Zero(count, d);
   for (index i = 0; i < count; ++i) w(i, first + i) = 1.0f;
   return w;
-}
-
-// Naive AdaMoE routing of one token in double: softmax over E + m, brute-force top-k, weights
-// renormalised over the selected true experts; null slots are -1.
-moe_test::naive_route naive_null_route(const std::vector<float>& z, index E, index k) {
-  moe_test::naive_route r;
-  const auto p = moe_test::naive_softmax(z);
-  const auto sel = moe_test::brute_force_top_k(z, k);
-  double D = 0;
-  for (auto c : sel) D += c < E ? p[static_cast<std::size_t>(c)] : 0.0;
-  for (auto c : sel) {
-    r.experts.push_back(c < E ? c : -1);
-    r.weights.push_back(c < E && D > 0 ? p[static_cast<std::size_t>(c)] / D : 0.0);
-  }
-  return r;
 }
 
 TEST_CASE("null_experts: golden example of spec §7", "[routing][null_experts][golden]") {
@@ -125,7 +111,7 @@ TEST_CASE("null_experts equals the naive AdaMoE reference on random tokens", "[r
         all.bottomRows(m) = w_null;
         for (index t = 0; t < T; ++t) {
           const auto z = moe_test::naive_logits(all, x.data() + t * d);
-          const auto want = naive_null_route(z, E, k);
+          const auto want = moe_test::naive_null_route(z, E, k);
           INFO("E " << E << " m " << m << " k " << k << " t " << t);
           for (index s = 0; s < k; ++s) {
             REQUIRE(plan.expert(t, s) == want.experts[static_cast<std::size_t>(s)]);

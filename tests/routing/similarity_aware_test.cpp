@@ -12,6 +12,7 @@
 #include <moe/routing/similarity_aware.hpp>
 
 #include "../support/naive.hpp"
+#include "../support/naive_policies.hpp"
 #include "../support/policies.hpp"
 #include "../support/random.hpp"
 
@@ -128,44 +129,6 @@ TEST_CASE("similarity_aware: one-token sequences route exactly as the base polic
   }
 }
 
-// Naive similarity-aware routing in double (probability or logit space, token similarity).
-std::vector<moe_test::naive_route> naive_similarity(const moe::row_matrix<float>& w, const moe::row_matrix<float>& x,
-                                                    index k, bool causal, bool logit, bool own, double tau) {
-  const index T = x.rows(), d = x.cols(), E = w.rows();
-  std::vector<std::vector<float>> z(T);
-  std::vector<std::vector<double>> pi(T);
-  for (index t = 0; t < T; ++t) {
-    z[t] = moe_test::naive_logits(w, x.data() + t * d);
-    pi[t] = moe_test::naive_softmax(z[t]);
-  }
-  std::vector<moe_test::naive_route> out(T);
-  for (index i = 0; i < T; ++i) {
-    const index n = causal ? i + 1 : T;
-    std::vector<double> s(n);
-    double m = -1e300, total = 0;
-    for (index j = 0; j < n; ++j) {
-      s[j] = x.row(i).cast<double>().dot(x.row(j).cast<double>()) / tau;
-      m = std::max(m, s[j]);
-    }
-    for (auto& v : s) total += v = std::exp(v - m);
-    for (auto& v : s) v /= total;
-    std::vector<double> q(E, 0.0);
-    for (index j = 0; j < n; ++j)
-      for (index e = 0; e < E; ++e) q[e] += s[j] * (logit ? z[j][e] : pi[j][e]);
-    if (logit) {
-      std::vector<float> qf(q.begin(), q.end());
-      q = moe_test::naive_softmax(qf);
-    }
-    std::vector<float> key(q.begin(), q.end());
-    auto& r = out[i];
-    r.experts = moe_test::brute_force_top_k(key, k);
-    double D = 0;
-    for (auto e : r.experts) D += own ? pi[i][e] : q[e];
-    for (auto e : r.experts) r.weights.push_back((own ? pi[i][e] : q[e]) / D);
-  }
-  return out;
-}
-
 TEST_CASE("similarity_aware equals a naive double reference on random sequences", "[routing][similarity_aware]") {
   moe_test::rng rng(903);
   const index E = 8, d = 16, T = 37;
@@ -180,7 +143,7 @@ TEST_CASE("similarity_aware equals a naive double reference on random sequences"
                     .combine = own ? moe::combine_weights::own : moe::combine_weights::mixed},
                    moe::scaled_dot_similarity(2.0f));
         const auto plan = moe_test::route(r, x);
-        const auto want = naive_similarity(w, x, 2, causal, logit, own, 2.0);
+        const auto want = moe_test::naive_similarity(w, x, 2, causal, logit, own, 2.0);
         for (index t = 0; t < T; ++t) {
           INFO("causal " << causal << " logit " << logit << " own " << own << " token " << t);
           for (index s = 0; s < 2; ++s) {
