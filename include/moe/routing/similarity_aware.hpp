@@ -78,7 +78,14 @@ class scaled_dot_similarity {
   }
   void scores(const_matrix_map<float> x, float* s, index lds, bool causal, workspace& ws) const {
     const index L = x.rows();
-    kernels::pairwise_dots(x.data(), L, x.outerStride(), x.data(), L, x.outerStride(), x.cols(), s, lds, causal, ws);
+    // The dot products are symmetric bit for bit (fma(a, b, c) = fma(b, a, c)): compute the lower
+    // triangle only and mirror it, which halves the cost of the non-causal case.
+    kernels::pairwise_dots(x.data(), L, x.outerStride(), x.data(), L, x.outerStride(), x.cols(), s, lds, true, ws);
+    if (!causal) {
+      for (index i = 0; i < L; ++i) {
+        for (index j = i + 1; j < L; ++j) s[i * lds + j] = s[j * lds + i];
+      }
+    }
     const float t = tau(x.cols());
     if (t == 1.0f) return;
     for (index i = 0; i < L; ++i) {
