@@ -185,6 +185,26 @@ TEST_CASE("similarity_aware: sequences are independent and results deterministic
   CHECK(moe::routing_fluctuation(both, moe_test::route(r, ab)) > 0.0);
 }
 
+TEST_CASE("similarity_aware: the workspace does not grow with the number of sequences", "[routing][similarity_aware]") {
+  moe_test::rng rng(906);
+  const index E = 8, d = 512, T = 256;
+  const auto w = rng.matrix(E, d);
+  const auto x = rng.matrix(T, d);
+  std::vector<index> starts;
+  for (index t = 0; t < T; t += 2) starts.push_back(t);  // 128 sequences of 2 tokens
+  const sa r(moe::top_k<>(w, {.k = 2}), {.causal = false});
+  moe::routing_plan plan;
+  moe::workspace ws;
+  for (int pass = 0; pass < 2; ++pass) {
+    ws.reset();
+    r.route(moe::view(x), {.sequence_starts = starts}, plan, ws);
+  }
+  // The pairwise kernel takes d · 2·SIMD-width floats per sequence (64 KiB at AVX-512): 128 of
+  // them would be 8 MiB; released after each sequence, the pass needs well under 1 MiB.
+  CHECK(ws.capacity() < (std::size_t{1} << 20));
+  CHECK(plan.active_slots(0) == 2);
+}
+
 TEST_CASE("similarity_aware: attention-aware routing with sharpness", "[routing][similarity_aware][attention]") {
   // Two sequences: [t0, t1] and [t2]; attention rows given directly.
   const auto x = common_x();

@@ -257,11 +257,13 @@ class similarity_aware {
     buf.idx = ws.take<std::int32_t>(static_cast<std::size_t>(std::max<index>(K, 1)));
     buf.w = ws.take<float>(static_cast<std::size_t>(std::max<index>(K, 1)));
     index attention_offset = 0;
+    const auto per_sequence = ws.mark();  // the kernel's scratch is released after each sequence
     for (index q = 0; q < n_seq; ++q) {
       const auto [s0, s1] = detail::token_choice::sequence_range(ctx.sequence_starts, q, T);
       const index L = s1 - s0;
       if (L == 0) continue;
       mixing_rows(x, ctx, s0, L, attention_offset, buf.S, buf.row_ok, ws);
+      ws.rewind(per_sequence);
       attention_offset += L * L;
       for (index i = 0; i < L; ++i) route_token(s0, L, i, z, pi, ok, buf, plan);
     }
