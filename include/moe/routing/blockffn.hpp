@@ -39,11 +39,11 @@ struct blockffn_options {
 
 /// Token- and chunk-level activation sparsity of a plan (BlockFFN's TLS and CLS).
 struct blockffn_stats {
-  index tokens = 0;
-  double mean_experts_per_token = 0;
+  index tokens = 0;                   ///< T
+  double mean_experts_per_token = 0;  ///< active (token, expert) pairs / T
   /// `1 − (active (token, expert) pairs) / (T · E)`.
   double token_sparsity = 0;
-  index chunk_length = 0;
+  index chunk_length = 0;  ///< tokens per chunk of chunk_sparsity
   /// `1 − mean over chunks of |experts used by the chunk| / E`.
   double chunk_sparsity = 0;
 };

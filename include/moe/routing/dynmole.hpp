@@ -40,6 +40,7 @@ struct dynmole_options {
   float entropy_threshold = 0.9f;
   /// Added to every probability inside the entropy; finite and >= 0.
   float entropy_eps = 1e-5f;
+  /// Tsallis (default) or Rényi entropy (q = 1 is Shannon's for both).
   dynmole_entropy entropy = dynmole_entropy::tsallis;
   /// NaN logits: an error (default) or -inf.
   nan_policy nan = nan_policy::error;
@@ -47,8 +48,8 @@ struct dynmole_options {
 
 /// What DynMoLE routing did on a plan.
 struct dynmole_stats {
-  index tokens = 0;
-  double mean_experts_per_token = 0;
+  index tokens = 0;                 ///< T
+  double mean_experts_per_token = 0;  ///< active (token, expert) pairs / T
   /// Fraction of tokens that use every expert (entropy broadcast, or top-p keeping all).
   double all_experts_fraction = 0;
 };

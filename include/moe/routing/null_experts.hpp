@@ -124,11 +124,17 @@ class null_experts {
 
   // ---- Stages (moe::token_choice_policy): the base's, over E + m columns, except weigh.
 
+  /// E + m: the base's columns, true experts first.
   [[nodiscard]] index columns() const noexcept { return m_base.columns(); }
+  /// The base's logits `z [T × (E + m)]`.
   void logits(const_matrix_map<float> x, float* z, index ldz, workspace& ws) const { m_base.logits(x, z, ldz, ws); }
+  /// The base's NaN policy.
   void prepare_row(float* z, index n, index t) const { m_base.prepare_row(z, n, t); }
+  /// The base's gate over all E + m columns (softmax over E + m for moe::top_k<softmax_gate>).
   bool gate_row(const float* z, float* s) const { return m_base.gate_row(z, s); }
+  /// The base's entropy of the E + m scores.
   [[nodiscard]] float row_entropy(const float* s, float* scratch) const { return m_base.row_entropy(s, scratch); }
+  /// The base's selection of k columns, null columns competing with the true ones.
   index select_row(const float* z, const float* s, std::int32_t* idx, float* scratch) const {
     return m_base.select_row(z, s, idx, scratch);
   }
@@ -143,6 +149,7 @@ class null_experts {
       if (idx[slot] >= first_null) w[slot] = 0.0f;
     }
   }
+  /// moe::no_expert for a null column, else the base's expert.
   [[nodiscard]] std::int32_t column_expert(index c) const noexcept {
     return c >= columns() - m_nulls ? no_expert : m_base.column_expert(c);
   }

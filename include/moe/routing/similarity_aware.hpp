@@ -45,11 +45,14 @@ enum class combine_weights {
 
 /// Options of moe::similarity_aware (routing-spec §9 and its Additions).
 struct similarity_aware_options {
+  /// Token similarity (default) or the caller's attention.
   similarity_source source = similarity_source::tokens;
   /// Token similarity sees only `j <= i` (decoders; false for encoders and ViT). Attention mode
   /// ignores it: the attention carries its own mask.
   bool causal = true;
+  /// Mix probabilities (default) or logits.
   mix_space space = mix_space::probability;
+  /// Weigh with the mixed scores (default) or the token's own.
   combine_weights combine = combine_weights::mixed;
   /// Attention sharpness sigma > 0: `S_ij ∝ A_ij^(1/sigma)`, row-renormalised (1: A itself).
   float sharpness = 1.0f;
@@ -76,6 +79,7 @@ class scaled_dot_similarity {
   [[nodiscard]] float tau(index d) const noexcept {
     return m_tau > 0.0f ? m_tau : std::sqrt(static_cast<float>(d));
   }
+  /// `s[i][j] = x_i · x_j / tau` for the tokens `x [L × d]` of one sequence.
   void scores(const_matrix_map<float> x, float* s, index lds, bool causal, workspace& ws) const {
     const index L = x.rows();
     // The dot products are symmetric bit for bit (fma(a, b, c) = fma(b, a, c)): compute the lower
@@ -107,10 +111,12 @@ class bilinear_similarity {
     m_packed = kernels::pack_panels(w_s.data(), m_hidden, m_hidden, w_s.outerStride(),
                                     kernels::panel_width<kernels::gemm_arch>);
   }
+  /// Convenience: any row-major Eigen matrix `[d × d]`.
   template <class Derived>
   explicit bilinear_similarity(const Eigen::DenseBase<Derived>& w_s, float tau = 0.0f)
       : bilinear_similarity(view(w_s), tau) {}
 
+  /// `s[i][j] = x_i^T W_s x_j / tau` for the tokens `x [L × d]` of one sequence.
   void scores(const_matrix_map<float> x, float* s, index lds, bool causal, workspace& ws) const {
     const index L = x.rows(), d = x.cols();
     detail::check_extent("moe::bilinear_similarity::scores", "x.cols()", d, m_hidden);
@@ -168,10 +174,10 @@ inline double routing_fluctuation(const routing_plan& a, const routing_plan& b) 
 
 /// What the Graph-of-Tokens paper watches: routing entropy and fluctuation.
 struct similarity_aware_stats {
-  index tokens = 0;
+  index tokens = 0;  ///< T
   /// Mean entropy (nats) of the mixed routing distributions the experts were selected from.
   double routing_entropy = 0;
-  double mean_experts_per_token = 0;
+  double mean_experts_per_token = 0;  ///< active (token, slot) pairs / T
   /// routing_fluctuation() against a previous plan of the same batch; NaN without one.
   double fluctuation = std::numeric_limits<double>::quiet_NaN();
 };
@@ -208,6 +214,7 @@ class similarity_aware {
   /// A token's route depends on the other tokens of its sequence.
   static constexpr bool needs_whole_batch = true;
 
+  /// Wraps a configured base policy; `similarity` is used with similarity_source::tokens.
   explicit similarity_aware(Base base, similarity_aware_options options = {}, Similarity similarity = {})
       : m_base(std::move(base)), m_options(options), m_similarity(std::move(similarity)) {
     if (!(m_options.sharpness > 0.0f) || !std::isfinite(m_options.sharpness)) {
@@ -216,6 +223,7 @@ class similarity_aware {
     }
   }
 
+  /// The base's experts, slots and hidden size.
   [[nodiscard]] index num_experts() const noexcept { return m_base.num_experts(); }
   [[nodiscard]] index hidden() const noexcept { return m_base.hidden(); }
   [[nodiscard]] index max_slots() const noexcept { return m_base.max_slots(); }
