@@ -81,7 +81,9 @@ void forward_loop(benchmark::State& state, routing_fixture& fx) {
     benchmark::DoNotOptimize(fx.y.data());
     benchmark::ClobberMemory();
   }
-  const double k_eff = fx.layer.stats().mean_experts_per_token;
+  const auto stats = fx.layer.stats();
+  const double k_eff = stats.mean_experts_per_token;
+  state.counters["max_over_mean_load"] = stats.max_over_mean_load;
   state.counters["k_eff"] = k_eff;
   state.counters["k_eff_ratio"] = k_eff / olmoe_k;
   state.counters["tokens_per_second"] = benchmark::Counter(double(T), benchmark::Counter::kIsIterationInvariantRate);
