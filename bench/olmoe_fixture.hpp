@@ -82,4 +82,26 @@ struct olmoe_fixture {
 /// Active FLOPs of a forward of T tokens.
 inline double layer_flops(moe::index T) { return 6.0 * double(T) * k * d * f; }
 
+// Spelled-out names, as routing_bench.cpp uses them.
+inline constexpr moe::index olmoe_d = d, olmoe_f = f, olmoe_experts = E;
+inline constexpr int olmoe_k = k;
+
+/// `n` uniform floats in [-scale, scale) from a seeded 64-bit LCG.
+inline std::vector<float> random_weights(std::size_t n, float scale, std::uint64_t seed) { return random(n, scale, seed); }
+
+/// The router weight `[E × d]` (seed 1).
+inline std::vector<float> olmoe_router_weight() { return random(E * d, 1.0f / std::sqrt(float(d)), 1); }
+
+/// A fresh SwiGLU expert bank with the fixture's weights (seeds 2, 3, 4).
+inline moe::swiglu_experts<float> olmoe_expert_bank() {
+  const float sd = 1.0f / std::sqrt(float(d)), sf = 1.0f / std::sqrt(float(f));
+  const auto gate = random(E * f * d, sd, 2);
+  const auto up = random(E * f * d, sd, 3);
+  const auto down = random(E * d * f, sf, 4);
+  return moe::swiglu_experts<float>(gate.data(), up.data(), down.data(), {E, d, f});
+}
+
+/// `T` tokens `[T × d]` of uniform values in [-1, 1) (seed 7).
+inline moe::row_matrix<float> olmoe_tokens(moe::index T) { return tokens(T, 7); }
+
 }  // namespace moe_bench

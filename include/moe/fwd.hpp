@@ -33,6 +33,10 @@ class adaptive_k;
 struct top_p_options;
 template <class Gate>
 class top_p;
+class prototypical;
+class scaled_dot_similarity;
+class dynmole;
+class blockffn;
 template <class Scalar>
 class swiglu_experts;
 template <class Bank>

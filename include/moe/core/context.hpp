@@ -2,6 +2,7 @@
 // SPDX-FileCopyrightText: The moe authors
 #pragma once
 
+#include <cstdint>
 #include <span>
 
 #include "moe/config.hpp"
@@ -15,9 +16,15 @@ struct route_context {
   /// the last sequence ending at T). Empty: the whole batch is one sequence. Per-token policies
   /// ignore it.
   std::span<const index> sequence_starts = {};
-  /// Head-averaged attention probabilities of the most recent attention layer, one row-major
-  /// `[L × L]` block (query rows, key columns) per sequence, blocks concatenated in sequence order
-  /// (`Σ L²` floats). Used by moe::ftp (token features).
+  /// Per-token condition flags, `[T]` (ProMoE conditional routing, moe::prototypical): nonzero
+  /// = conditional (routed by prototypes), 0 = unconditional (sent to the unconditional
+  /// experts). Empty: every token is conditional. Expand a per-sample label with
+  /// sequence_starts.
+  std::span<const std::uint8_t> conditional = {};
+  /// Head-averaged attention probabilities of the attention sublayer before this MoE layer: for
+  /// each sequence in order, its `[L × L]` row-major block (row i: the weights token i gives
+  /// tokens 0..L-1 of its own sequence), so `Σ L²` floats in all; one sequence of T tokens is a
+  /// `[T × T]` matrix. Used by moe::similarity_aware (attention mode) and moe::ftp (features).
   std::span<const float> attention = {};
   /// Threads a router may use (0: as many as the layer's device uses; moe::layer fills it in).
   int threads = 0;

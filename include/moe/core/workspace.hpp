@@ -145,6 +145,20 @@ class workspace {
     return p;
   }
 
+  /// A position in the current pass, for scoped scratch (see rewind()).
+  struct checkpoint {
+    std::size_t used = 0;
+    std::size_t peak_this_pass = 0;
+  };
+  /// The current position: buffers taken after it can be released together by rewind().
+  [[nodiscard]] checkpoint mark() const noexcept { return {m_used, m_peak_this_pass}; }
+  /// Releases every buffer taken since `c` (they must no longer be used; earlier buffers stay
+  /// valid), so that scratch taken in a loop does not add up. The peak size still counts them.
+  void rewind(const checkpoint& c) noexcept {
+    m_used = c.used;
+    m_peak_this_pass = c.peak_this_pass;
+  }
+
   /// Bytes held by the main block.
   [[nodiscard]] std::size_t capacity() const noexcept { return m_capacity; }
 

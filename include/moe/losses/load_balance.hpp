@@ -13,14 +13,9 @@
 #include "moe/core/plan.hpp"
 #include "moe/core/views.hpp"
 #include "moe/losses/common.hpp"
+#include "moe/losses/lbl_normalization.hpp"
 
 namespace moe {
-
-/// How the load-balancing loss normalises the expert counts `f` (routing-spec §1.3).
-enum class lbl_normalization {
-  per_assignment,  ///< `f_e = count_e / (T·K)`, so `Σ f = 1` for a full top-K plan (the library's default)
-  hf_mixtral       ///< `f_e = count_e / T` (Hugging Face Mixtral): K times the per-assignment value
-};
 
 /// Which assignments the load-balancing loss counts.
 enum class lbl_count {

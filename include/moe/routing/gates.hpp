@@ -22,10 +22,15 @@ struct softmax_gate {
   /// Selecting on the logits selects the same experts, in the same order, as on the scores.
   static constexpr bool monotone = true;
   /// `p = gate(z)`; returns false for a degenerate (all -inf) row. If `entropy` is not null it
-  /// receives the entropy (nats) of p; `scratch` has room for n floats.
-  static bool apply(const float* z, index n, float* p, float* entropy = nullptr,
-                    float* /*scratch*/ = nullptr) noexcept {
-    return kernels::softmax(z, n, p, entropy);
+  /// receives entropy(p); `scratch` has room for n floats.
+  static bool apply(const float* z, index n, float* p, float* entropy = nullptr, float* scratch = nullptr) noexcept {
+    const bool ok = kernels::softmax(z, n, p);
+    if (entropy) *entropy = softmax_gate::entropy(p, n, scratch);
+    return ok;
+  }
+  /// Entropy (nats) of the routing distribution p, the one plans record (0 for all-zero p).
+  static float entropy(const float* p, index n, float* /*scratch*/ = nullptr) noexcept {
+    return kernels::entropy(p, n);
   }
 };
 
@@ -40,15 +45,16 @@ struct sigmoid_gate {
   static bool apply(const float* z, index n, float* s, float* entropy = nullptr,
                     float* scratch = nullptr) noexcept {
     kernels::sigmoid(z, n, s);
-    if (entropy) {
-      const float total = kernels::sum(s, n);
-      *entropy = 0.0f;
-      if (total > 0.0f) {
-        for (index i = 0; i < n; ++i) scratch[i] = s[i] / total;
-        *entropy = kernels::entropy(scratch, n);
-      }
-    }
+    if (entropy) *entropy = sigmoid_gate::entropy(s, n, scratch);
     return kernels::max(z, n) > -std::numeric_limits<float>::infinity();
+  }
+  /// Entropy (nats) of the normalised scores `s / Σ s` (0 if every score is 0), using
+  /// `scratch` (n floats): the one plans record.
+  static float entropy(const float* s, index n, float* scratch) noexcept {
+    const float total = kernels::sum(s, n);
+    if (!(total > 0.0f)) return 0.0f;
+    for (index i = 0; i < n; ++i) scratch[i] = s[i] / total;
+    return kernels::entropy(scratch, n);
   }
 };
 

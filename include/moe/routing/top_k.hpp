@@ -137,6 +137,17 @@ class top_k {
   // ---- Stages, public so that wrapper policies (null experts, similarity mixing, capacity)
   // ---- can reuse them. Each works on one row of E floats unless stated.
 
+  /// Score columns per token: E here (wrappers such as moe::null_experts add columns).
+  [[nodiscard]] index columns() const noexcept { return m_experts; }
+
+  /// Expert computed for score column `c`: the identity here.
+  [[nodiscard]] std::int32_t column_expert(index c) const noexcept { return static_cast<std::int32_t>(c); }
+
+  /// Entropy (nats) of one row of E scores, as the plan records it; `scratch` holds E floats.
+  [[nodiscard]] float row_entropy(const float* p, float* scratch) const noexcept {
+    return Gate::entropy(p, m_experts, scratch);
+  }
+
   /// Logits `z [T × E]` (row stride ldz) of `x`, divided by the temperature (one thread).
   void logits(const_matrix_map<float> x, float* z, index ldz, workspace& ws) const {
     kernels::gemm(x.data(), x.rows(), x.outerStride(), m_weight, z, ldz, ws);

@@ -1,0 +1,174 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: The moe authors
+#pragma once
+
+// The stage protocol of token-choice policies, which wrapper policies build on.
+//
+// A token-choice policy routes each token by five stages over one row of C score columns
+// (C = columns(); a column is an expert, or something that computes nothing such as a null
+// expert):
+//
+//   1. logits(x, z, ldz, ws)           z [T × C] (row stride ldz) from the token states x [T × d]
+//   2. prepare_row(z, C, t)            the NaN policy on one row (throws or maps NaN to -inf)
+//   3. gate_row(z, s) -> bool          scores s [C] = gate(z); false for a degenerate row
+//      row_entropy(s, scratch)         the entropy the plan records for the token
+//   4. select_row(z, s, idx, scratch)  up to max_slots() columns, best first (ties: lower
+//                                      column); a -inf entry of z is never selected
+//   5. weigh_row(s, idx, n, w)         combine weights of the n selected columns; it may
+//                                      overwrite s (the row is scratch after selection)
+//
+// and maps each selected column to its expert with column_expert(c) (moe::no_expert for a
+// column that computes nothing). `scratch` always holds C floats.
+//
+// A wrapper takes its base as a template parameter and either forwards these stages, changing
+// one (moe::null_experts adds columns and changes step 5), or runs them itself with other
+// inputs (moe::similarity_aware passes mixed scores to steps 4 and 5). Step 4 is called with the
+// logits as its first argument; a wrapper that selects on scores passes its key row there
+// (a monotone gate selects on that argument). moe::route_by_stages() runs the five stages for a
+// batch, which is all that route() of a per-token policy has to do.
+
+#include <algorithm>
+#include <concepts>
+#include <cstdint>
+#include <span>
+#include <type_traits>
+#include <utility>
+
+#include "moe/concepts.hpp"
+#include "moe/config.hpp"
+#include "moe/core/error.hpp"
+#include "moe/core/plan.hpp"
+#include "moe/core/views.hpp"
+#include "moe/core/workspace.hpp"
+#include "moe/routing/top_k.hpp"
+
+namespace moe {
+
+/// A router whose per-token stages (logits, prepare, gate, select, weigh) are public, so that
+/// wrapper policies (moe::null_experts, moe::similarity_aware) can reuse them. See the comment
+/// at the top of routing/token_choice.hpp.
+template <class P>
+concept token_choice_policy =
+    router<P> && requires(const P& p, const_matrix_map<float> x, float* z, float* s,
+                          std::int32_t* idx, const std::int32_t* cidx, index n, workspace& ws) {
+      { p.columns() } -> std::convertible_to<index>;
+      p.logits(x, z, n, ws);
+      p.prepare_row(z, n, n);
+      { p.gate_row(z, s) } -> std::convertible_to<bool>;
+      { p.row_entropy(s, z) } -> std::convertible_to<float>;
+      { p.select_row(z, s, idx, z) } -> std::convertible_to<index>;
+      p.weigh_row(s, cidx, n, z);
+      { p.column_expert(n) } -> std::convertible_to<std::int32_t>;
+    };
+
+static_assert(token_choice_policy<top_k<softmax_gate>>);
+static_assert(token_choice_policy<top_k<sigmoid_gate>>);
+
+namespace detail::token_choice {
+
+/// Runs prepare, gate, select and weigh on the rows of `z [T × C]` (modified in place).
+template <class P>
+void route_rows(const P& policy, float* z, index T, routing_plan& plan, workspace& ws) {
+  const index C = policy.columns();
+  const index K = policy.max_slots();
+  float* s = ws.take<float>(static_cast<std::size_t>(C));        // [C]
+  float* scratch = ws.take<float>(static_cast<std::size_t>(C));  // [C]
+  std::int32_t* idx = ws.take<std::int32_t>(static_cast<std::size_t>(std::max<index>(K, 1)));
+  float* w = ws.take<float>(static_cast<std::size_t>(std::max<index>(K, 1)));
+  for (index t = 0; t < T; ++t) {
+    float* zt = z + t * C;
+    policy.prepare_row(zt, C, t);
+    if (!policy.gate_row(zt, s)) {
+      plan.set_entropy(t, 0.0f);
+      continue;  // degenerate: routes nowhere
+    }
+    plan.set_entropy(t, policy.row_entropy(s, scratch));
+    const index count = policy.select_row(zt, s, idx, scratch);
+    policy.weigh_row(s, idx, count, w);
+    for (index slot = 0; slot < count; ++slot) {
+      plan.set(t, slot, policy.column_expert(idx[slot]), w[slot]);
+    }
+  }
+}
+
+}  // namespace detail::token_choice
+
+/// Routes `x [T × d]` into `plan` (`[T × max_slots()]` over num_experts() experts) by running
+/// the stages of `policy` on every token; `where` names the caller in error messages.
+template <token_choice_policy P>
+void route_by_stages(const P& policy, const_matrix_map<float> x, routing_plan& plan, workspace& ws,
+                     const char* where = "moe::route_by_stages") {
+  detail::check_extent(where, "x.cols()", x.cols(), policy.hidden());
+  const index T = x.rows();
+  const index C = policy.columns();
+  plan.reset(T, policy.max_slots(), policy.num_experts());
+  if (T == 0) return;
+  float* z = ws.take<float>(static_cast<std::size_t>(T * C));  // [T × C]
+  policy.logits(x, z, C, ws);
+  detail::token_choice::route_rows(policy, z, T, plan, ws);
+}
+
+/// Like route_by_stages() from precomputed logits `z [T × columns()]` (copied): the logits
+/// stage is skipped.
+template <token_choice_policy P>
+void route_logits_by_stages(const P& policy, const_matrix_map<float> z, routing_plan& plan, workspace& ws,
+                            const char* where = "moe::route_logits_by_stages") {
+  const index C = policy.columns();
+  detail::check_extent(where, "z.cols()", z.cols(), C);
+  const index T = z.rows();
+  plan.reset(T, policy.max_slots(), policy.num_experts());
+  if (T == 0) return;
+  float* copy = ws.take<float>(static_cast<std::size_t>(T * C));  // [T × C]
+  for (index t = 0; t < T; ++t) {
+    for (index c = 0; c < C; ++c) copy[t * C + c] = z(t, c);
+  }
+  detail::token_choice::route_rows(policy, copy, T, plan, ws);
+}
+
+namespace detail::token_choice {
+
+/// Stand-in options type of a policy that has no `options()`.
+struct no_options {};
+
+/// The options type of a policy (`decltype(p.options())` without cv-ref), or no_options.
+template <class P>
+struct options_of {
+  using type = no_options;
+};
+template <class P>
+  requires requires(const P& p) { p.options(); }
+struct options_of<P> {
+  using type = std::remove_cvref_t<decltype(std::declval<const P&>().options())>;
+};
+template <class P>
+using options_of_t = typename options_of<P>::type;
+
+/// Validates `sequence_starts` (ascending, first 0, every start in [0, T]) for T tokens; throws
+/// moe::error naming `ctx.sequence_starts`. Empty is one sequence.
+inline void check_sequence_starts(std::span<const index> starts, index T, const char* where) {
+  if (starts.empty()) return;
+  if (starts[0] != 0) {
+    fail_parameter(error_id::input, where, "ctx.sequence_starts[0]", "0", starts[0]);
+  }
+  for (std::size_t i = 1; i < starts.size(); ++i) {
+    if (starts[i] < starts[i - 1] || starts[i] > T) {
+      fail_parameter(error_id::input, where, concat("ctx.sequence_starts[", i, "]"),
+                     concat("in [", starts[i - 1], ", ", T, "] (ascending)"), starts[i]);
+    }
+  }
+}
+
+/// Number of sequences described by `starts` (1 when empty).
+inline index sequence_count(std::span<const index> starts) noexcept {
+  return starts.empty() ? 1 : static_cast<index>(starts.size());
+}
+
+/// Begin and end rows of sequence `i`.
+inline std::pair<index, index> sequence_range(std::span<const index> starts, index i, index T) noexcept {
+  if (starts.empty()) return {0, T};
+  const auto u = static_cast<std::size_t>(i);
+  return {starts[u], u + 1 < starts.size() ? starts[u + 1] : T};
+}
+
+}  // namespace detail::token_choice
+}  // namespace moe

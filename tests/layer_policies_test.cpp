@@ -1,0 +1,159 @@
+// SPDX-License-Identifier: Apache-2.0
+// moe::layer with each token-choice policy family (null experts, similarity-aware, prototypical
+// with shared and unconditional experts, DynMoLE, BlockFFN) against a naive reference layer.
+#include <catch2/catch.hpp>
+
+#include <cstdint>
+#include <vector>
+
+#include <moe/moe.hpp>
+
+#include "support/layers.hpp"
+#include "support/naive.hpp"
+#include "support/naive_policies.hpp"
+#include "support/random.hpp"
+
+namespace {  // test cases live in an anonymous namespace so `index` is moe::index
+using moe::index;
+using bank = moe::swiglu_experts<float>;
+
+void add_route(const moe_test::naive_swiglu& experts, const moe_test::naive_route& r, const float* x, double* y) {
+  for (std::size_t s = 0; s < r.experts.size(); ++s) {
+    if (r.experts[s] >= 0) experts.accumulate(r.experts[s], x, r.weights[s], y);
+  }
+}
+
+TEST_CASE("layer with null experts: naive reference, all-null tokens give exactly 0", "[layer][null_experts]") {
+  moe_test::rng rng(1301);
+  const index E = 8, m = 4, k = 3, d = 24, f = 16, T = 33;
+  const auto experts = moe_test::random_swiglu(rng, E, d, f);
+  const auto w = rng.matrix(E, d);
+  const auto x = rng.matrix(T, d);
+  // Three null rows aligned with token 0 so that its top-3 are all null experts.
+  auto w_null = rng.matrix(m, d);
+  for (index j = 0; j < 3; ++j) w_null.row(j) = 40.0f * x.row(0) / x.row(0).squaredNorm();
+  using policy = moe::null_experts<moe::top_k<>>;
+  moe::layer<policy, bank, moe::device::cpu> layer(policy(w, w_null, {.k = k, .renormalize = true}),
+                                                   moe_test::make_bank(experts), moe::device::cpu{2});
+  moe::row_matrix<float> y(T, d);
+  layer.forward(x, y);
+  moe::row_matrix<float> all(E + m, d);
+  all << w, w_null;
+  std::vector<double> want(static_cast<std::size_t>(T * d), 0.0);
+  for (index t = 0; t < T; ++t) {
+    add_route(experts, moe_test::naive_null_route(moe_test::naive_logits(all, x.data() + t * d), E, k),
+              x.data() + t * d, want.data() + t * d);
+  }
+  CHECK(moe_test::relative_error(y, want) < 1e-5);
+  CHECK(layer.plan().active_slots(0) == 0);
+  for (index i = 0; i < d; ++i) CHECK(y(0, i) == 0.0f);  // all-null: exactly 0
+  const auto s = layer.policy_stats();
+  CHECK(s.tokens_without_expert >= 1);
+  CHECK(s.mean_true_experts == Approx(layer.stats().mean_experts_per_token));
+  CHECK(s.flops_saved == Approx(1.0 - s.mean_true_experts / k));
+}
+
+TEST_CASE("layer with similarity-aware routing: naive reference per sequence", "[layer][similarity_aware]") {
+  moe_test::rng rng(1302);
+  const index E = 8, d = 16, f = 12;
+  const auto experts = moe_test::random_swiglu(rng, E, d, f);
+  const auto w = rng.matrix(E, d, 2.0f);
+  const auto x = rng.matrix(33, d);
+  const std::vector<index> starts = {0, 20};
+  using policy = moe::similarity_aware<moe::top_k<>>;
+  for (const bool causal : {true, false}) {
+    moe::layer<policy, bank, moe::device::cpu> layer(
+        policy(moe::top_k<>(w, {.k = 2, .renormalize = true}), {.causal = causal}, moe::scaled_dot_similarity(1.5f)),
+        moe_test::make_bank(experts), moe::device::cpu{2});
+    moe::row_matrix<float> y(33, d);
+    layer.forward(x, y, {.sequence_starts = starts});
+    std::vector<double> want(static_cast<std::size_t>(33 * d), 0.0);
+    for (const auto& [s0, L] : std::vector<std::pair<index, index>>{{0, 20}, {20, 13}}) {
+      const moe::row_matrix<float> xs = x.middleRows(s0, L);
+      const auto routes = moe_test::naive_similarity(w, xs, 2, causal, false, false, 1.5);
+      for (index i = 0; i < L; ++i) add_route(experts, routes[i], x.data() + (s0 + i) * d, want.data() + (s0 + i) * d);
+    }
+    INFO("causal " << causal);
+    CHECK(moe_test::relative_error(y, want) < 1e-5);
+    const auto s = layer.policy_stats();
+    CHECK(s.mean_experts_per_token == 2.0);
+    CHECK(s.routing_entropy > 0.0);
+  }
+}
+
+TEST_CASE("layer with prototypical routing, a shared expert and an unconditional expert", "[layer][prototypical]") {
+  moe_test::rng rng(1303);
+  const index N = 4, d = 20, f = 12, T = 30;
+  const auto experts = moe_test::random_swiglu(rng, N + 1, d, f);  // 4 routed + 1 unconditional
+  const auto shared = moe_test::random_swiglu(rng, 1, d, 2 * f);
+  const auto P = rng.matrix(N, d);
+  const auto x = rng.matrix(T, d);
+  std::vector<std::uint8_t> cond(T, 1);
+  for (index t = 0; t < T; t += 4) cond[t] = 0;
+  for (const auto act : {moe::prototype_activation::identity, moe::prototype_activation::softmax}) {
+    moe::layer<moe::prototypical, bank, moe::device::cpu> layer(
+        moe::prototypical(P, {.k = 2, .activation = act}), moe_test::make_bank(experts),
+        moe::shared_experts<bank>(moe_test::make_bank(shared)), moe::device::cpu{2});
+    moe::row_matrix<float> y(T, d);
+    layer.forward(x, y, {.conditional = cond});
+    std::vector<double> want(static_cast<std::size_t>(T * d), 0.0);
+    for (index t = 0; t < T; ++t) {
+      const float* xt = x.data() + t * d;
+      shared.accumulate(0, xt, 1.0, want.data() + t * d);
+      if (cond[t]) {
+        add_route(experts, moe_test::naive_prototypical(P, xt, 2, 1.0, act == moe::prototype_activation::identity ? 0 : 2),
+                  xt, want.data() + t * d);
+      } else {
+        experts.accumulate(N, xt, 1.0, want.data() + t * d);
+      }
+    }
+    CHECK(moe_test::relative_error(y, want) < 1e-5);
+    CHECK(layer.policy_stats().unconditional_tokens == 8);
+  }
+}
+
+TEST_CASE("layer with DynMoLE routing: naive reference", "[layer][dynmole]") {
+  moe_test::rng rng(1304);
+  const index E = 6, d = 16, f = 10, T = 40;
+  const auto experts = moe_test::random_swiglu(rng, E, d, f);
+  const auto w = rng.matrix(E, d, 2.0f);
+  const auto x = rng.matrix(T, d);
+  moe::layer<moe::dynmole, bank, moe::device::cpu> layer(moe::dynmole(w), moe_test::make_bank(experts),
+                                                         moe::device::cpu{2});
+  moe::row_matrix<float> y(T, d);
+  layer.forward(x, y);
+  std::vector<double> want(static_cast<std::size_t>(T * d), 0.0);
+  for (index t = 0; t < T; ++t) {
+    const auto z = moe_test::naive_logits(w, x.data() + t * d);
+    add_route(experts, moe_test::naive_dynmole(z, static_cast<double>(1.1f), static_cast<double>(0.75f), 2,
+                                               static_cast<double>(0.9f)),
+              x.data() + t * d, want.data() + t * d);
+  }
+  CHECK(moe_test::relative_error(y, want) < 1e-5);
+  CHECK(layer.policy_stats().mean_experts_per_token >= 2.0);
+}
+
+TEST_CASE("layer with the BlockFFN router: naive reference", "[layer][blockffn]") {
+  moe_test::rng rng(1305);
+  const index E = 12, d = 16, f = 8, T = 40;
+  const auto experts = moe_test::random_swiglu(rng, E, d, f);
+  const auto w = rng.matrix(E, d);
+  const auto x = rng.matrix(T, d);
+  std::vector<float> gain(E);
+  for (auto& g : gain) g = rng.uniform(0.5f, 1.5f);
+  moe::layer<moe::blockffn, bank, moe::device::cpu> layer(moe::blockffn(w, {.gain = gain, .chunk_length = 8}),
+                                                          moe_test::make_bank(experts), moe::device::cpu{2});
+  moe::row_matrix<float> y(T, d);
+  layer.forward(x, y);
+  std::vector<double> want(static_cast<std::size_t>(T * d), 0.0);
+  for (index t = 0; t < T; ++t) {
+    add_route(experts, moe_test::naive_blockffn(moe_test::naive_logits(w, x.data() + t * d), gain), x.data() + t * d,
+              want.data() + t * d);
+  }
+  CHECK(moe_test::relative_error(y, want) < 1e-5);
+  const auto s = layer.policy_stats();
+  CHECK(s.token_sparsity > 0.0);
+  CHECK(s.chunk_sparsity <= s.token_sparsity);
+}
+
+}  // namespace
