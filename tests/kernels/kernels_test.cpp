@@ -43,8 +43,10 @@ TEST_CASE("canonical exp is within 1 ulp of the rounded exact value", "[kernels]
   CHECK(moe::kernels::exp(inf) == inf);
   CHECK(moe::kernels::exp(89.0f) == inf);
   CHECK(moe::kernels::exp(-104.0f) == 0.0f);
-  // Subnormal results round once: exp(-100) ≈ 3.72e-44.
-  CHECK(moe::kernels::exp(-100.0f) == static_cast<float>(std::exp(-100.0)));
+  // Results below FLT_MIN are 0, never subnormal.
+  CHECK(moe::kernels::exp(-100.0f) == 0.0f);
+  CHECK(moe::kernels::exp(-87.4f) == 0.0f);
+  CHECK(moe::kernels::exp(-87.3f) >= std::numeric_limits<float>::min());
 }
 
 TEST_CASE("canonical log is within 1 ulp of the rounded exact value", "[kernels][math]") {
@@ -105,11 +107,20 @@ TEST_CASE("scalar softmax: stable, ±inf rules, degenerate rows", "[kernels][gat
   CHECK(p[0] == 0.0f); CHECK(p[1] == 0.0f); CHECK(p[2] == 0.0f);
 }
 
-TEST_CASE("scalar entropy: -Σ p log p with 0 log 0 = 0", "[kernels][gating]") {
+TEST_CASE("scalar entropy: -Σ p log p with 0 log 0 = 0, finite for subnormal p", "[kernels][gating]") {
   const float p[4] = {0.5f, 0.25f, 0.25f, 0.0f};
   CHECK(sk::entropy(p, 4) == Approx(1.5 * std::log(2.0)).epsilon(1e-6));
   const float one[2] = {1.0f, 0.0f};
   CHECK(sk::entropy(one, 2) == 0.0f);
+  const float tiny[3] = {0.5f, 0.5f, std::numeric_limits<float>::denorm_min()};
+  CHECK(sk::entropy(tiny, 3) == Approx(std::log(2.0)).epsilon(1e-6));
+  CHECK(std::isfinite(sk::tsallis_entropy(tiny, 3, 1.0f, 0.0f)));
+  CHECK(std::isfinite(sk::tsallis_entropy(tiny, 3, 1.1f, 0.0f)));
+  // A softmax over logits 100 apart gives p that would be subnormal: they are 0.
+  const float z[2] = {0.0f, -100.0f};
+  float q[2];
+  REQUIRE(sk::softmax(z, 2, q));
+  CHECK(q[1] == 0.0f);
 }
 
 TEST_CASE("scalar argmax and max: lower index wins ties", "[kernels][gating]") {

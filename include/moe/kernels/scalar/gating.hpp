@@ -169,8 +169,9 @@ inline float tsallis_entropy(const float* p, index n, float q, float eps) noexce
   float lane[reduce_lanes] = {};
   for (index i = 0; i < n; ++i) {
     const float v = p[i] + eps;
-    const float l = v > 0.0f ? kernels::log(v) : 0.0f;
-    const float term = q == 1.0f ? -(v * l) : (v > 0.0f ? kernels::exp(q * l) : 0.0f);
+    const bool normal = v >= std::numeric_limits<float>::min();
+    const float l = normal ? kernels::log(v) : 0.0f;
+    const float term = q == 1.0f ? -(v * l) : (normal ? kernels::exp(q * l) : 0.0f);
     lane[i % reduce_lanes] += term;
   }
   for (index w = reduce_lanes / 2; w >= 1; w /= 2) {
@@ -179,11 +180,13 @@ inline float tsallis_entropy(const float* p, index n, float q, float eps) noexce
   return q == 1.0f ? lane[0] : (1.0f - lane[0]) / (q - 1.0f);
 }
 
-/// Entropy in nats of a probability vector, `-Σ p log p` with `0 log 0 = 0`, canonical order.
+/// Entropy in nats of a probability vector, `-Σ p log p` with `0 log 0 = 0` (subnormal p count
+/// as 0), canonical order.
 inline float entropy(const float* p, index n) noexcept {
   float lane[reduce_lanes] = {};
   for (index i = 0; i < n; ++i) {
-    const float l = p[i] > 0.0f ? kernels::log(p[i]) : 0.0f;
+    // 0 log 0 = 0, and so for subnormal p (|p log p| < 1e-36; log treats subnormals as 0).
+    const float l = p[i] >= std::numeric_limits<float>::min() ? kernels::log(p[i]) : 0.0f;
     lane[i % reduce_lanes] = kernels::fmadd(-p[i], l, lane[i % reduce_lanes]);
   }
   for (index w = reduce_lanes / 2; w >= 1; w /= 2) {

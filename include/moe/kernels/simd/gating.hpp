@@ -443,7 +443,7 @@ float entropy(const float* p, index n) noexcept {
   for (auto& a : acc) a = batch<A>(0.0f);
   detail::for_each_register<A>(n, [&](index i, index j) {
     const batch<A> v = detail::load_at<A>(p, i, n, 0.0f);
-    const batch<A> l = xsimd::select(v > batch<A>(0.0f), kernels::log(v), batch<A>(0.0f));
+    const batch<A> l = xsimd::select(v >= batch<A>(std::numeric_limits<float>::min()), kernels::log(v), batch<A>(0.0f));
     acc[j] = kernels::fmadd(batch<A>(0.0f) - v, l, acc[j]);
   });
   return detail::tree_sum<A>(acc);
@@ -459,8 +459,9 @@ float tsallis_entropy(const float* p, index n, float q, float eps) noexcept {
     // Padding lanes must contribute exactly 0: mask them out rather than pad p.
     const index valid = std::min(width<A>, n - i);
     const batch<A> v = detail::load_at<A>(p, i, n, 0.0f) + be;
-    const batch<A> l = xsimd::select(v > zero, kernels::log(v), zero);
-    batch<A> term = q == 1.0f ? zero - (v * l) : xsimd::select(v > zero, kernels::exp(bq * l), zero);
+    const auto normal = v >= batch<A>(std::numeric_limits<float>::min());
+    const batch<A> l = xsimd::select(normal, kernels::log(v), zero);
+    batch<A> term = q == 1.0f ? zero - (v * l) : xsimd::select(normal, kernels::exp(bq * l), zero);
     if (valid < width<A>) {
       alignas(64) float t[64];
       term.store_aligned(t);
