@@ -6,9 +6,10 @@
 //   layer_naive/T                 per token, per slot: three Eigen matrix-vector products
 //   layer_eigen_gemm/T            per expert: gather rows -> Eigen GEMMs -> weighted scatter-add
 //   dense_gemm/T                  an Eigen dense FFN of the same FLOPs as a T-token forward
-//   probe_fma, probe_bf16_dot, probe_read_bandwidth
+//   probe_fma, probe_bf16_dot, probe_amx, probe_read_bandwidth
 // Counters of layer_forward: tokens_per_second; gflops (active FLOPs 6·T·k·d·f); frac_peak_flops
-// (vs probe_fma, or probe_bf16_dot for bf16 weights on avx512_bf16); gbytes_per_second (weight
+// (vs probe_fma; for bf16 weights vs the unit that runs them: probe_amx, probe_bf16_dot or
+// probe_fma); gbytes_per_second (weight
 // bytes of the distinct experts the batch selects, each read once per call) and frac_bandwidth
 // (vs probe_read_bandwidth); ratio_to_dense (dense_gemm time / layer time). Batches of T <= 32
 // rotate through 64 different token batches so that the experts they select are not cache-hot.
@@ -44,7 +45,7 @@ void forward_benchmark(benchmark::State& state) {
   const auto x = tokens(T * pool, 7);
   moe::row_matrix<float> y(T, d);
   auto batch = [&](moe::index i) { return x.middleRows((i % pool) * T, T); };
-  const double peak = std::is_same_v<Scalar, moe::bf16> && bf16_dot_peak() > 0 ? bf16_dot_peak() : fma_peak();
+  const double peak = std::is_same_v<Scalar, moe::bf16> ? bf16_peak() : fma_peak();
   const double bandwidth = read_bandwidth();
   const double dense = dense_seconds(T);
   layer.forward(batch(0), y);
@@ -153,6 +154,10 @@ void probe_bf16_dot(benchmark::State& state) {
   for (auto _ : state) state.SetIterationTime(1.0);
   state.counters["gflops"] = bf16_dot_peak();
 }
+void probe_amx(benchmark::State& state) {
+  for (auto _ : state) state.SetIterationTime(1.0);
+  state.counters["gflops"] = amx_peak();
+}
 void probe_read_bandwidth(benchmark::State& state) {
   for (auto _ : state) state.SetIterationTime(1.0);
   state.counters["gbytes_per_second"] = read_bandwidth();
@@ -162,6 +167,7 @@ void probe_read_bandwidth(benchmark::State& state) {
 
 BENCHMARK(probe_fma)->UseManualTime()->Iterations(1);
 BENCHMARK(probe_bf16_dot)->UseManualTime()->Iterations(1);
+BENCHMARK(probe_amx)->UseManualTime()->Iterations(1);
 BENCHMARK(probe_read_bandwidth)->UseManualTime()->Iterations(1);
 BENCHMARK(dense_gemm)->ArgName("T")->Arg(512)->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
 BENCHMARK(layer_forward)->ArgName("T")->Arg(1)->Arg(8)->Arg(32)->Arg(512)->UseRealTime()->Unit(benchmark::kMillisecond);

@@ -5,6 +5,7 @@
 // taken in the same run:
 //   fma_peak()        independent fp32 FMA chains on all threads (GFLOP/s)
 //   bf16_dot_peak()   independent vdpbf16ps chains on all threads (GFLOP/s; 0 without avx512_bf16)
+//   amx_peak()        independent AMX tdpbf16ps tiles on all threads (GFLOP/s; 0 without AMX)
 //   read_bandwidth()  a float sum over 1 GiB with 8 independent SIMD accumulators per thread (GB/s)
 //   dense_seconds(T)  an Eigen dense FFN of the same FLOPs as a T-token OLMoE forward:
 //                     [T·k × d]·[d × f] twice and [T·k × f]·[f × d], all threads (median of 3)
@@ -103,6 +104,70 @@ inline double bf16_dot_peak() {
     return best;
   }();
   return value;
+}
+
+#if defined(MOE_HAS_AMX_KERNEL)
+/// 4 independent tdpbf16ps accumulators (16×16×32 each) over L1-resident tiles, `steps` times.
+__attribute__((target("amx-tile,amx-bf16"), noinline)) inline float detail_amx_chains(long steps) {
+  alignas(64) static moe::bf16 a[2 * 16 * 32], b[2 * 16 * 32];
+  alignas(64) float c[16 * 16];
+  for (int i = 0; i < 2 * 16 * 32; ++i) a[i] = b[i] = moe::bf16(0.001f);
+  moe::kernels::detail::amx_begin();
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  _tile_loadd(4, a, 64);
+  _tile_loadd(5, a + 16 * 32, 64);
+  _tile_loadd(6, b, 64);
+  _tile_loadd(7, b + 16 * 32, 64);
+  for (long s = 0; s < steps; ++s) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, c, 64);
+  moe::kernels::detail::amx_end();
+  return c[0];
+}
+#endif
+
+/// AMX bf16 tile throughput on all threads (GFLOP/s; 0 where AMX is not usable).
+inline double amx_peak() {
+  static const double value = [] {
+    double best = 0;
+#if defined(MOE_HAS_AMX_KERNEL)
+    if (!moe::kernels::amx_available()) return 0.0;
+    for (int rep = 0; rep < 3; ++rep) {
+      const auto t0 = std::chrono::steady_clock::now();
+      int threads = 1;
+      const long steps = 5'000'000;
+      float sink = 0;
+#pragma omp parallel reduction(+ : sink)
+      {
+#pragma omp single
+        threads = omp_get_num_threads();
+        sink += detail_amx_chains(steps);
+      }
+      const double dt = seconds_since(t0);
+      if (sink == 12345.0f) std::abort();
+      best = std::max(best, 4.0 * 16 * 16 * 32 * 2 * static_cast<double>(steps) * threads / dt / 1e9);
+    }
+#endif
+    return best;
+  }();
+  return value;
+}
+
+/// Peak of the unit that runs bf16 experts here: AMX, vdpbf16ps or fp32 FMA (widening).
+inline double bf16_peak() {
+  using A = moe::kernels::gemm_arch;
+  switch (moe::kernels::resolve_bf16_kernel<A>(moe::kernels::bf16_kernel::automatic)) {
+    case moe::kernels::bf16_kernel::amx: return amx_peak();
+    case moe::kernels::bf16_kernel::dot: return bf16_dot_peak();
+    default: return fma_peak();
+  }
 }
 
 inline double read_bandwidth() {
