@@ -8,6 +8,9 @@
 #include <vector>
 
 #include <moe/core/bf16.hpp>
+#include <moe/device/cpu.hpp>
+#include <moe/device/serial.hpp>
+#include <moe/experts/swiglu.hpp>
 #include <moe/kernels/gemm.hpp>
 
 #include "../support/random.hpp"
@@ -123,6 +126,47 @@ TEST_CASE("bf16 GEMM on every kernel this CPU runs: close to the reference and b
     for (const index r : {index{0}, index{17}, index{44}}) {
       const moe::row_matrix<float> alone = run_any(x.row(r), packed, kernel);
       CHECK(std::memcmp(alone.data(), got.data() + r * n, sizeof(float) * static_cast<std::size_t>(n)) == 0);
+    }
+  }
+}
+
+}  // namespace
+
+namespace {
+using moe::index;
+
+TEST_CASE("bf16 experts never read stale scratch: widths that are not multiples of 32, poisoned workspace",
+          "[kernels][bf16][experts]") {
+  moe_test::rng rng(4);
+  for (const auto& [d, f] : {std::pair<index, index>{33, 7}, {40, 70}, {7, 300}}) {
+    const index E = 3, T = 20;
+    const auto gate = rng.matrix(E * f, d, 0.3f), up = rng.matrix(E * f, d, 0.3f), down = rng.matrix(E * d, f, 0.3f);
+    moe::swiglu_experts<moe::bf16> bank(gate, up, down);
+    const moe::swiglu_experts<float> fp32(gate, up, down);
+    const auto x = rng.matrix(T, d);
+    moe::routing_plan plan;
+    plan.reset(T, 1, E);
+    for (index t = 0; t < T; ++t) plan.set(t, 0, static_cast<std::int32_t>(t % E), 1.0f);
+    plan.build_expert_major();
+    moe::workspace ws;
+    moe::row_matrix<float> y32(T, d);
+    ws.reset();
+    moe::device::serial{}.dispatch(plan, moe::view(x), fp32, moe::view(y32), ws);
+    for (const auto kernel : {moe::kernels::bf16_kernel::automatic, moe::kernels::bf16_kernel::widen,
+                              moe::kernels::bf16_kernel::dot}) {
+      moe::kernels::gemm_tuning tuning;
+      tuning.bf16 = kernel;
+      bank.set_tuning(tuning);
+      // Fill the workspace with NaN bit patterns (0xffff in every bf16 half), then dispatch.
+      ws.reset();
+      auto* poison = ws.take<std::uint16_t>(std::size_t{1} << 22);
+      std::fill(poison, poison + (std::size_t{1} << 22), std::uint16_t{0xffff});
+      ws.reset();
+      moe::row_matrix<float> y(T, d);
+      moe::device::cpu{2}.dispatch(plan, moe::view(x), bank, moe::view(y), ws);
+      INFO("d = " << d << ", f = " << f << ", kernel " << static_cast<int>(kernel));
+      REQUIRE(y.allFinite());
+      CHECK((y - y32).norm() / y32.norm() < 1e-2);
     }
   }
 }

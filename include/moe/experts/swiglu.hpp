@@ -97,6 +97,12 @@ class swiglu_experts {
   [[nodiscard]] double bytes_per_expert() const noexcept {
     return 3.0 * static_cast<double>(m_shape.hidden * m_shape.intermediate) * sizeof(Scalar);
   }
+  /// Kernel tuning of this bank's GEMMs (k-block, prefetch distance, bf16 kernel choice:
+  /// `kernels::bf16_kernel::widen` gives bitwise the same bf16 results on every x86 machine, where
+  /// the default may use AMX, whose rounding is its own).
+  void set_tuning(const kernels::gemm_tuning& tuning) noexcept { m_tuning = tuning; }
+  [[nodiscard]] const kernels::gemm_tuning& tuning() const noexcept { return m_tuning; }
+
   /// Bytes of scratch that up() or down() needs for `rows` rows.
   [[nodiscard]] std::size_t scratch_bytes(index rows) const noexcept {
     return kernels::gemm_rows_scratch_bytes<Scalar>(rows, std::max(m_shape.hidden, m_shape.intermediate));
@@ -124,7 +130,8 @@ class swiglu_experts {
               for (index j = 0; c0 + j < f; ++j) dst[j] = tmp[j];
             }
           }
-        });
+        },
+        m_tuning);
   }
 
   /// Stage 2 for expert e: `y[i][c] = fma(w[i], out[i][c], y[i][c])` for the output columns of
@@ -153,7 +160,8 @@ class swiglu_experts {
               for (index j = 0; c0 + j < d; ++j) dst[j] = tmp[j];
             }
           }
-        });
+        },
+        m_tuning);
   }
 
  private:
@@ -171,6 +179,7 @@ class swiglu_experts {
   }
 
   swiglu_shape m_shape;
+  kernels::gemm_tuning m_tuning = kernels::default_gemm_tuning;
   std::vector<kernels::packed_matrix<Scalar>> m_up;    // per expert: gate|up interleaved, k = d
   std::vector<kernels::packed_matrix<Scalar>> m_down;  // per expert: down, k = f
 };

@@ -90,6 +90,13 @@ struct packed_matrix {
 using packed_weights = packed_matrix<float>;
 
 namespace detail {
+// The 32-bit pair (two bf16) at p, read without type punning.
+MOE_FORCEINLINE std::uint32_t load_pair(const bf16* p) noexcept {
+  std::uint32_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
 template <class W>
 MOE_FORCEINLINE W convert(float x) noexcept {
   if constexpr (std::is_same_v<W, bf16>) {
@@ -167,7 +174,8 @@ constexpr std::size_t packed_rows_size(index rows, index k) noexcept {
 
 /// Packs `rows` rows (pointers `x[i]`, `k` floats each) into blocks of `mr_max` rows, k-major:
 /// fp32 element `(kk, i)` of block `b` at `out[b*mr_max*k + kk*mr_max + i]`; bf16 at
-/// `out[b*mr_max*kp + (kk/2)*2*mr_max + 2*i + kk%2]`. Missing rows and the odd k pad are zero.
+/// `out[b*mr_max*kp + (kk/2)*2*mr_max + 2*i + kk%2]` (kp = padded_k<bf16>(k)). Missing rows
+/// and the k padding are zero.
 template <class W = float>
 void pack_rows(const float* const* x, index rows, index k, W* MOE_RESTRICT out) noexcept {
   constexpr index ks = k_step<W>;
@@ -177,8 +185,9 @@ void pack_rows(const float* const* x, index rows, index k, W* MOE_RESTRICT out) 
     const index r = std::min(mr_max, rows - b * mr_max);
     const float* src[mr_max];
     for (index i = 0; i < r; ++i) src[i] = x[b * mr_max + i];
-    // k outer: contiguous writes, one sequential read stream per row.
-    for (index kk = 0; kk < k; kk += ks) {
+    // k outer: contiguous writes, one sequential read stream per row; the padding to kp (bf16
+    // k rounds up to 32) is written as zeros, so the kernels never read stale scratch.
+    for (index kk = 0; kk < kp; kk += ks) {
       W* d = dst + kk * mr_max;
       if (r == mr_max) {
 #pragma GCC unroll 12
@@ -202,10 +211,12 @@ using accumulators = xsimd::batch<float, A>[mr_max][2];
 
 /// `acc[i][h] (+)= Σ_kk rows(kk, i) · panel(kk, h)` over `k` steps for the first MR rows of a
 /// packed fp32 row block: starts from zero, or from `acc` when `accumulate` (k-blocking
-/// continues the same fused chain, so the result does not depend on the block size).
+/// continues the same fused chain, so the result does not depend on the block size). Each step
+/// prefetches the weights `prefetch` values ahead into L2 (weights stream from memory once per
+/// call; prefetching a step at a time keeps the stream steady at decode and prefill alike).
 template <class A, int MR>
 MOE_FORCEINLINE void micro_kernel(const float* MOE_RESTRICT rows, index k, const float* MOE_RESTRICT panel,
-                                  accumulators<A>& acc, bool accumulate) noexcept {
+                                  accumulators<A>& acc, bool accumulate, index prefetch) noexcept {
   using batch = xsimd::batch<float, A>;
   constexpr index L = static_cast<index>(batch::size);
   batch c[MR][2];
@@ -213,8 +224,11 @@ MOE_FORCEINLINE void micro_kernel(const float* MOE_RESTRICT rows, index k, const
     c[i][0] = accumulate ? acc[i][0] : batch(0.0f);
     c[i][1] = accumulate ? acc[i][1] : batch(0.0f);
   }
+  const float* ahead = panel + prefetch;  // weights `prefetch` floats ahead of the current step
 #pragma GCC unroll 4
   for (index kk = 0; kk < k; ++kk) {
+    __builtin_prefetch(ahead + kk * 2 * L, 0, 2);
+    __builtin_prefetch(ahead + kk * 2 * L + L, 0, 2);
     const batch b0 = batch::load_aligned(panel + kk * 2 * L);
     const batch b1 = batch::load_aligned(panel + kk * 2 * L + L);
     const float* a = rows + kk * mr_max;
@@ -235,7 +249,7 @@ MOE_FORCEINLINE void micro_kernel(const float* MOE_RESTRICT rows, index k, const
 /// pair's two fused steps (odd element first, as vdpbf16ps does).
 template <class A, int MR>
 MOE_FORCEINLINE void micro_kernel(const bf16* MOE_RESTRICT rows, index k, const bf16* MOE_RESTRICT panel,
-                                  accumulators<A>& acc, bool accumulate) noexcept {
+                                  accumulators<A>& acc, bool accumulate, index prefetch) noexcept {
   using batch = xsimd::batch<float, A>;
   using ubatch = xsimd::batch<std::uint32_t, A>;
   constexpr index L = static_cast<index>(batch::size);
@@ -245,15 +259,19 @@ MOE_FORCEINLINE void micro_kernel(const bf16* MOE_RESTRICT rows, index k, const 
     c[i][1] = accumulate ? acc[i][1] : batch(0.0f);
   }
   const ubatch high(0xffff0000u);
+  const bf16* ahead = panel + prefetch;
   for (index kk = 0; kk < k; kk += 2) {
+    __builtin_prefetch(ahead + kk * 2 * L, 0, 2);
+    __builtin_prefetch(ahead + kk * 2 * L + 2 * L, 0, 2);
     const auto* pw = reinterpret_cast<const std::uint32_t*>(panel + kk * 2 * L);
     const ubatch w0 = ubatch::load_aligned(pw), w1 = ubatch::load_aligned(pw + L);
     const batch even0 = xsimd::bitwise_cast<batch>(w0 << 16), odd0 = xsimd::bitwise_cast<batch>(w0 & high);
     const batch even1 = xsimd::bitwise_cast<batch>(w1 << 16), odd1 = xsimd::bitwise_cast<batch>(w1 & high);
-    const auto* pa = reinterpret_cast<const std::uint32_t*>(rows + kk * mr_max);
+    const bf16* pa = rows + kk * mr_max;
 #pragma GCC unroll 12
     for (int i = 0; i < MR; ++i) {
-      const batch a0(std::bit_cast<float>(pa[i] << 16)), a1(std::bit_cast<float>(pa[i] & 0xffff0000u));
+      const std::uint32_t pair = detail::load_pair(pa + 2 * i);
+      const batch a0(std::bit_cast<float>(pair << 16)), a1(std::bit_cast<float>(pair & 0xffff0000u));
       c[i][0] = fmadd(a1, odd0, c[i][0]);
       c[i][0] = fmadd(a0, even0, c[i][0]);
       c[i][1] = fmadd(a1, odd1, c[i][1]);
@@ -273,19 +291,22 @@ MOE_FORCEINLINE void micro_kernel(const bf16* MOE_RESTRICT rows, index k, const 
 template <int MR>
 __attribute__((target("avx512f,avx512bf16"), noinline)) void micro_kernel_bf16_dot(
     const bf16* MOE_RESTRICT rows, index k, const bf16* MOE_RESTRICT panel, float* MOE_RESTRICT acc,
-    bool accumulate) noexcept {
+    bool accumulate, index prefetch) noexcept {
   __m512 c[MR][2];
   for (int i = 0; i < MR; ++i) {
     c[i][0] = accumulate ? _mm512_load_ps(acc + (2 * i) * 16) : _mm512_setzero_ps();
     c[i][1] = accumulate ? _mm512_load_ps(acc + (2 * i + 1) * 16) : _mm512_setzero_ps();
   }
+  const bf16* ahead = panel + prefetch;
   for (index kk = 0; kk < k; kk += 2) {
+    __builtin_prefetch(ahead + kk * 32, 0, 2);
+    __builtin_prefetch(ahead + kk * 32 + 32, 0, 2);
     const __m512bh w0 = (__m512bh)_mm512_load_si512(panel + kk * 32);
     const __m512bh w1 = (__m512bh)_mm512_load_si512(panel + kk * 32 + 32);
-    const auto* pa = reinterpret_cast<const int*>(rows + kk * mr_max);
+    const bf16* pa = rows + kk * mr_max;
 #pragma GCC unroll 12
     for (int i = 0; i < MR; ++i) {
-      const __m512bh a = (__m512bh)_mm512_set1_epi32(pa[i]);
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(detail::load_pair(pa + 2 * i)));
       c[i][0] = _mm512_dpbf16_ps(c[i][0], a, w0);
       c[i][1] = _mm512_dpbf16_ps(c[i][1], a, w1);
     }
@@ -320,12 +341,13 @@ namespace detail {
 template <class A, class W, int... MR>
 MOE_FORCEINLINE void micro_kernel_dispatch(std::integer_sequence<int, MR...>, index mr, const W* rows,
                                            index k, const W* panel, accumulators<A>& acc, bool accumulate,
-                                           [[maybe_unused]] bool dot) noexcept {
+                                           [[maybe_unused]] bool dot, index prefetch) noexcept {
   // One instantiation per row count 1..mr_max, chosen through the compile-time list.
 #if defined(MOE_HAS_BF16_DOT_KERNEL)
   if constexpr (std::is_same_v<W, bf16> && std::is_base_of_v<xsimd::avx512f, A>) {
     if (dot) {
-      (void)((mr == MR + 1 ? (micro_kernel_bf16_dot<MR + 1>(rows, k, panel, reinterpret_cast<float*>(&acc), accumulate),
+      (void)((mr == MR + 1 ? (micro_kernel_bf16_dot<MR + 1>(rows, k, panel, reinterpret_cast<float*>(&acc), accumulate,
+                                                            prefetch),
                               true)
                            : false) ||
              ...);
@@ -333,7 +355,7 @@ MOE_FORCEINLINE void micro_kernel_dispatch(std::integer_sequence<int, MR...>, in
     }
   }
 #endif
-  (void)((mr == MR + 1 ? (micro_kernel<A, MR + 1>(rows, k, panel, acc, accumulate), true) : false) || ...);
+  (void)((mr == MR + 1 ? (micro_kernel<A, MR + 1>(rows, k, panel, acc, accumulate, prefetch), true) : false) || ...);
 }
 }  // namespace detail
 
@@ -350,6 +372,7 @@ struct gemm_tuning {
   index k_block = 256;                    ///< inputs per pass: a panel's k-block stays in L1
   index block_group = 16;                 ///< row blocks whose accumulators wait between k-blocks (<= 16)
   bf16_kernel bf16 = bf16_kernel::automatic;  ///< micro-kernel for bf16 weights
+  index prefetch_bytes = 4096;                ///< weights prefetched this far ahead of each step (0: none)
 };
 
 /// The driver's tuning (one value for every ISA today).
@@ -430,7 +453,8 @@ __attribute__((target("amx-tile"), noinline)) inline void amx_end() noexcept { _
 // k (a multiple of 32): c [32 rows × 32 outputs] row-major.
 __attribute__((target("amx-tile,amx-bf16"), noinline)) inline void amx_panel(const bf16* a, index ld,
                                                                              const bf16* panel, index k,
-                                                                             bool two, float* c) noexcept {
+                                                                             bool two, float* c,
+                                                                             index prefetch) noexcept {
   const long stride_a = static_cast<long>(ld * 2);
   _tile_zero(0);
   _tile_zero(1);
@@ -438,6 +462,8 @@ __attribute__((target("amx-tile,amx-bf16"), noinline)) inline void amx_panel(con
   _tile_zero(3);
   for (index kt = 0; kt < k; kt += 32) {
     const bf16* b = panel + kt * 32;  // 16 k-pairs × 32 outputs × 2
+    const char* ahead = reinterpret_cast<const char*>(b + prefetch);
+    for (index line = 0; line < 32 * 32 * 2; line += 64) __builtin_prefetch(ahead + line, 0, 2);
     _tile_loadd(4, a + kt, stride_a);
     _tile_loadd(6, b, 128);
     _tile_loadd(7, b + 32, 128);
@@ -464,7 +490,7 @@ __attribute__((target("amx-tile,amx-bf16"), noinline)) inline void amx_panel(con
 /// bits (AMX accumulates in its own order) and flush subnormals.
 template <class A, class Epilogue>
 void gemm_packed_amx(const bf16* rows_rm, index rows, const packed_matrix<bf16>& w, index p_begin, index p_end,
-                     Epilogue&& epilogue) noexcept {
+                     Epilogue&& epilogue, const gemm_tuning& tuning = default_gemm_tuning) noexcept {
   using batch = xsimd::batch<float, A>;
   static_assert(batch::size == 16, "AMX tiles pair with 16-lane registers (32-output panels)");
   const index K = padded_k<bf16>(w.k);
@@ -474,7 +500,7 @@ void gemm_packed_amx(const bf16* rows_rm, index rows, const packed_matrix<bf16>&
   for (index r0 = 0; r0 < rows; r0 += 32) {
     const index n = std::min<index>(32, rows - r0);
     for (index p = p_begin; p < p_end; ++p) {
-      detail::amx_panel(rows_rm + r0 * K, K, w.panel(p), K, n > 16, c);
+      detail::amx_panel(rows_rm + r0 * K, K, w.panel(p), K, n > 16, c, tuning.prefetch_bytes / 2);
       for (index i0 = 0; i0 < n; i0 += mr_max) {
         const index mr = std::min(mr_max, n - i0);
         for (index i = 0; i < mr; ++i) {
@@ -508,6 +534,7 @@ MOE_FORCEINLINE void gemm_packed(const W* packed_rows, index rows, const packed_
   alignas(64) accumulators<A> tiles[max_group];
   const index blocks = (rows + mr_max - 1) / mr_max;
   const index K = padded_k<W>(w.k);
+  const index prefetch = tuning.prefetch_bytes / static_cast<index>(sizeof(W));
   bool dot = false;
   if constexpr (std::is_same_v<W, bf16>) {
     // Pair layouts run vdpbf16ps or the widening kernel; AMX takes its own layout (gemm_rows_any).
@@ -522,21 +549,11 @@ MOE_FORCEINLINE void gemm_packed(const W* packed_rows, index rows, const packed_
       for (index k0 = 0; k0 < K; k0 += k_block) {
         const index kc = std::min(k_block, K - k0);
         const bool last = k0 + kc == K;
-        // Ask for the next k-block of weights (or the next panel's first) while this one
-        // computes, a share before each row block: at prefill the weights stream from memory
-        // once per call, and the hardware prefetchers alone leave the FMA units waiting.
-        const W* next = k0 + kc < K ? panel + (k0 + kc) * 2 * L : (p + 1 < p_end ? w.panel(p + 1) : nullptr);
-        const auto* next_bytes = reinterpret_cast<const char*>(next);
-        const index span = next ? std::min(k_block, K) * 2 * L * static_cast<index>(sizeof(W)) : 0;
-        const index share = (span / 64 + (g1 - g0) - 1) / (g1 - g0) * 64;
         for (index b = g0; b < g1; ++b) {
-          for (index off = (b - g0) * share; off < std::min(span, (b - g0 + 1) * share); off += 64) {
-            __builtin_prefetch(next_bytes + off, 0, 2);
-          }
           const index mr = std::min(mr_max, rows - b * mr_max);
           detail::micro_kernel_dispatch<A>(std::make_integer_sequence<int, mr_max>{}, mr,
                                            packed_rows + b * mr_max * K + k0 * mr_max, kc, panel + k0 * 2 * L,
-                                           tiles[b - g0], k0 > 0, dot);
+                                           tiles[b - g0], k0 > 0, dot, prefetch);
           if (last) epilogue(b * mr_max, mr, p, tiles[b - g0]);
         }
       }
@@ -559,7 +576,7 @@ bool bf16_dot_preferred() noexcept {
         const auto t0 = std::chrono::steady_clock::now();
         for (int i = 0; i < 64; ++i) {
           detail::micro_kernel_dispatch<A>(std::make_integer_sequence<int, mr_max>{}, mr_max, rows.data(), k,
-                                           panel.data(), acc, i > 0, dot);
+                                           panel.data(), acc, i > 0, dot, index{0});
         }
         best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       }
@@ -604,7 +621,7 @@ void gemm_rows_any(const float* const* x, index rows, const packed_matrix<W>& w,
       if (resolve_bf16_kernel<A>(tuning.bf16) == bf16_kernel::amx) {
         auto* packed = static_cast<bf16*>(scratch);
         pack_rows_amx(x, rows, w.k, packed);
-        gemm_packed_amx<A>(packed, rows, w, p0, p1, epilogue);
+        gemm_packed_amx<A>(packed, rows, w, p0, p1, epilogue, tuning);
         return;
       }
     }
