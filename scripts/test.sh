@@ -13,4 +13,6 @@ case "$config" in
 esac
 cmake -S . -B "build/$config" "${opts[@]}" -DCMAKE_CXX_COMPILER_LAUNCHER=ccache >/dev/null
 cmake --build "build/$config" -j "$(nproc)"
+# Any sanitizer report fails the run (and the leak checker is on).
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 ctest --test-dir "build/$config" --output-on-failure -j "$(nproc)"

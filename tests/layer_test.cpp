@@ -153,7 +153,7 @@ TEST_CASE("layer: bad configurations and shapes throw moe::error naming the para
   CHECK_THROWS_WITH(layer.forward(x, y), Catch::Contains("NaN router logit (token 1"));
 }
 
-TEST_CASE("layer: a steady-state forward reuses its workspace", "[layer]") {
+TEST_CASE("layer: a second forward of the same batch gives the same output", "[layer]") {
   moe_test::rng rng(36);
   const auto w = moe_test::random_swiglu(rng, 8, 32, 16);
   softmax_layer layer(moe::top_k<>(rng.matrix(8, 32), {.k = 2}), moe_test::make_bank(w), moe::device::cpu{2});

@@ -8,10 +8,10 @@
 #include <moe/moe.hpp>
 
 TEST_CASE("README usage example compiles and runs", "[readme]") {
-  const moe::index d = 64, f = 32, T = 16;  // the real OLMoE has d = 2048, f = 1024
   std::srand(1);
   // example-begin readme
   // An OLMoE-style layer: softmax top-8 over 64 SwiGLU experts, on CPU threads.
+  const moe::index d = 64, f = 32, T = 16;  // OLMoE: d = 2048, f = 1024
   using router = moe::top_k<moe::softmax_gate>;
   using experts = moe::swiglu_experts<float>;
   moe::row_matrix<float> router_w = moe::row_matrix<float>::Random(64, d);    // [E × d]

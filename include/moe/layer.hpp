@@ -17,6 +17,7 @@
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/device/cpu.hpp"
+#include "moe/device/schedule.hpp"
 #include "moe/experts/shared.hpp"
 
 namespace moe {
@@ -84,7 +85,7 @@ class layer {
     detail::check_extent(where, "x.cols()", x.cols(), hidden());
     detail::check_extent(where, "y.rows()", y.rows(), x.rows());
     detail::check_extent(where, "y.cols()", y.cols(), hidden());
-    if (x.rows() > 0 && overlap(x, y)) {
+    if (detail::views_overlap(x, y)) {
       detail::throw_error(error_id::shape, "moe::layer::forward: parameter 'y' must not overlap "
                                            "'x' (in-place forward is not supported)");
     }
@@ -262,14 +263,6 @@ class layer {
         if (mask[t]) y.row(t) += yv.row(t);
       }
     }
-  }
-
-  static bool overlap(const const_matrix_map<float>& x, const matrix_map<float>& y) noexcept {
-    const float* xb = x.data();
-    const float* xe = xb + (x.rows() - 1) * x.outerStride() + x.cols();
-    const float* yb = y.data();
-    const float* ye = yb + (y.rows() - 1) * y.outerStride() + y.cols();
-    return std::less<const float*>{}(xb, ye) && std::less<const float*>{}(yb, xe);
   }
 
   Router m_router;

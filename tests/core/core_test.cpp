@@ -146,6 +146,33 @@ TEST_CASE("views map caller memory without copies", "[core][views]") {
   CHECK(r(1, 1) == 5.0f);
 }
 
+TEST_CASE("views of vectors and single rows follow their real strides", "[core][views]") {
+  // A column of a row-major matrix: n × 1, consecutive elements one row apart.
+  moe::row_matrix<float> m(4, 3);
+  for (index i = 0; i < 12; ++i) m.data()[i] = static_cast<float>(i);
+  auto col = moe::view(m.col(1));
+  CHECK(col.rows() == 4);
+  CHECK(col.cols() == 1);
+  CHECK(col(2, 0) == m(2, 1));
+  // A row of a column-major matrix has strided elements: rejected, not misread.
+  Eigen::MatrixXf cm = Eigen::MatrixXf::Random(5, 4);
+  CHECK_THROWS_WITH(moe::view(cm.row(2)), Catch::Contains("parameter 'innerStride()' must be 1 (contiguous rows), got 5"));
+  // A plain column vector maps as n × 1.
+  Eigen::VectorXf v = Eigen::VectorXf::LinSpaced(6, 0, 5);
+  const auto vv = moe::view(v);
+  CHECK(vv.rows() == 6);
+  CHECK(vv(3, 0) == 3.0f);
+}
+
+TEST_CASE("routing_plan: pass counts saturate at 0 and 255", "[core][plan]") {
+  moe::routing_plan plan;
+  plan.reset(2, 1, 1);
+  plan.set_passes(0, 300);
+  plan.set_passes(1, -2);
+  CHECK(plan.passes(0) == 255);
+  CHECK(plan.passes(1) == 0);
+}
+
 TEST_CASE("workspace: buffers are aligned, grow once, then are reused", "[core][workspace]") {
   moe::workspace ws;
   ws.reset();

@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <cstring>
+#include <utility>
 
 #include <moe/device/cpu.hpp>
 #include <moe/device/serial.hpp>
@@ -35,6 +36,7 @@ TEST_CASE("devices name themselves and their memory space", "[device]") {
 }
 
 TEST_CASE("serial and cpu are bitwise equal for 1 and 2 threads", "[device][determinism]") {
+  // (3 threads and more threads than panels: see the next test.)
   moe_test::rng rng(17);
   for (const index T : {1, 7, 100, 300}) {
     const index E = 16, d = 80, f = 48, k = 4;
@@ -60,6 +62,56 @@ TEST_CASE("serial and cpu are bitwise equal for 1 and 2 threads", "[device][dete
     CHECK(bitwise_equal(y_serial, y2));
     CHECK(moe_test::relative_error(y_serial, moe_test::naive_layer(router_w, w, x, k, true)) < 1e-5);
   }
+}
+
+TEST_CASE("cpu with 3 threads, and with more threads than panels, equals serial bit for bit", "[device][determinism]") {
+  moe_test::rng rng(18);
+  const index E = 5, d = 40, f = 20, k = 2, T = 33;  // 2 down-panels, 1-2 up-panels per expert
+  const auto w = moe_test::random_swiglu(rng, E, d, f);
+  const auto bank = moe_test::make_bank(w);
+  const moe::top_k<> router(rng.matrix(E, d), {.k = k});
+  const auto x = rng.matrix(T, d);
+  moe::routing_plan plan;
+  moe::workspace ws;
+  ws.reset();
+  router.route(moe::view(x), {}, plan, ws);
+  plan.build_expert_major();
+  moe::row_matrix<float> want(T, d);
+  ws.reset();
+  moe::device::serial{}.dispatch(plan, moe::view(x), bank, moe::view(want), ws);
+  for (const int threads : {3, 7}) {
+    moe::row_matrix<float> got(T, d);
+    ws.reset();
+    moe::device::cpu{threads}.dispatch(plan, moe::view(x), bank, moe::view(got), ws);
+    INFO("threads " << threads);
+    CHECK(bitwise_equal(got, want));
+  }
+}
+
+TEST_CASE("devices read and write padded rows (outer stride larger than the width)", "[device]") {
+  moe_test::rng rng(19);
+  const index E = 4, d = 24, f = 16, T = 9, pad = 37;
+  const auto w = moe_test::random_swiglu(rng, E, d, f);
+  const auto bank = moe_test::make_bank(w);
+  const auto xc = rng.matrix(T, d);
+  moe::row_matrix<float> xbuf = moe::row_matrix<float>::Constant(T, pad, 1e30f), ybuf = moe::row_matrix<float>::Constant(T, pad, -5.0f);
+  xbuf.leftCols(d) = xc;
+  moe::routing_plan plan;
+  plan.reset(T, 2, E);
+  for (index t = 0; t < T; ++t) {
+    plan.set(t, 0, static_cast<std::int32_t>(t % E), 0.6f);
+    plan.set(t, 1, static_cast<std::int32_t>((t + 1) % E), 0.4f);
+  }
+  plan.build_expert_major();
+  moe::workspace ws;
+  ws.reset();
+  moe::device::cpu{2}.dispatch(plan, moe::map(static_cast<const float*>(xbuf.data()), T, d, pad), bank,
+                               moe::map(ybuf.data(), T, d, pad), ws);
+  moe::row_matrix<float> want(T, d);
+  ws.reset();
+  moe::device::serial{}.dispatch(plan, moe::view(xc), bank, moe::view(want), ws);
+  CHECK(ybuf.leftCols(d) == want);
+  CHECK((ybuf.rightCols(pad - d).array() == -5.0f).all());  // padding untouched
 }
 
 TEST_CASE("devices overwrite y and leave tokens routed nowhere at zero", "[device]") {
@@ -103,6 +155,19 @@ TEST_CASE("devices reject plans without the expert-major view and mismatched sha
   plan4.build_expert_major();
   CHECK_THROWS_WITH(moe::device::serial{}.dispatch(plan4, moe::view(x), bank, moe::view(y), ws),
                     Catch::Contains("parameter 'plan.num_experts()' must be equal to 3, got 4"));
+  // In place, overlapping rows of y, and dense passes with bad shapes.
+  moe::row_matrix<float> xy = x;
+  CHECK_THROWS_WITH(moe::device::cpu{}.dispatch(plan, moe::view(std::as_const(xy)), bank, moe::view(xy), ws),
+                    Catch::Contains("parameter 'y' must not overlap 'x'"));
+  std::vector<float> rows(100);
+  CHECK_THROWS_WITH(moe::device::serial{}.dispatch(plan, moe::view(x), bank, moe::map(rows.data(), 2, 8, 4), ws),
+                    Catch::Contains("parameter 'y.outerStride()' must be >= y.cols() = 8, got 4"));
+  moe::row_matrix<float> x9(2, 9), y9(2, 9);
+  x9.setZero();
+  CHECK_THROWS_WITH(moe::device::cpu{}.accumulate_dense(moe::view(std::as_const(x9)), bank, nullptr, moe::view(y9), ws),
+                    Catch::Contains("accumulate_dense: parameter 'x.cols()' must be equal to 8, got 9"));
+  CHECK_THROWS_WITH(moe::device::serial{}.accumulate_dense(moe::view(x), bank, nullptr, moe::view(y_bad), ws),
+                    Catch::Contains("parameter 'y.rows()' must be equal to 2, got 3"));
 }
 
 }  // namespace

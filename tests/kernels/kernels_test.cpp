@@ -47,6 +47,10 @@ TEST_CASE("canonical exp is within 1 ulp of the rounded exact value", "[kernels]
   CHECK(moe::kernels::exp(-100.0f) == 0.0f);
   CHECK(moe::kernels::exp(-87.4f) == 0.0f);
   CHECK(moe::kernels::exp(-87.3f) >= std::numeric_limits<float>::min());
+  for (float x = -87.4f; x < -87.0f; x = std::nextafter(x, 0.0f)) {
+    const float y = moe::kernels::exp(x);
+    REQUIRE((y == 0.0f || y >= std::numeric_limits<float>::min()));  // never subnormal
+  }
 }
 
 TEST_CASE("canonical log is within 1 ulp of the rounded exact value", "[kernels][math]") {

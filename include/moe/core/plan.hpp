@@ -104,9 +104,9 @@ class routing_plan {
 
   /// Times the layer runs for token `t`: 0 (skipped), 1 (default) or 2 (repeated).
   [[nodiscard]] int passes(index t) const noexcept { return m_passes[static_cast<std::size_t>(t)]; }
+  /// Sets the passes of token t; negative counts are 0, counts above 255 are 255.
   void set_passes(index t, int n) noexcept {
-    MOE_EXPECTS(n >= 0 && n <= 255);
-    m_passes[static_cast<std::size_t>(t)] = static_cast<std::uint8_t>(n);
+    m_passes[static_cast<std::size_t>(t)] = static_cast<std::uint8_t>(std::clamp(n, 0, 255));
   }
 
   /// Entropy (nats) of token `t`'s full routing distribution; valid when has_entropy().

@@ -42,7 +42,7 @@ inline routing_stats compute_stats(const routing_plan& plan) {
   for (index t = 0; t < s.tokens; ++t) {
     index active = 0;
     for (auto e : plan.experts(t)) {
-      if (e == no_expert) continue;
+      if (e < 0 || e >= s.experts) continue;  // no_expert, or an id build_expert_major() rejects
       ++s.load[static_cast<std::size_t>(e)];
       ++active;
     }
@@ -72,6 +72,7 @@ inline routing_stats compute_stats(const routing_plan& plan) {
 /// Prints a one-line summary and a per-expert load table.
 inline std::ostream& operator<<(std::ostream& out, const routing_stats& s) {
   const auto flags = out.flags();
+  const auto precision = out.precision();
   out << std::fixed << std::setprecision(3) << "tokens " << s.tokens << ", experts " << s.experts
       << ", mean experts/token " << s.mean_experts_per_token << ", routing entropy "
       << s.routing_entropy << " nats, load entropy " << s.load_entropy << " nats (max "
@@ -86,6 +87,7 @@ inline std::ostream& operator<<(std::ostream& out, const routing_stats& s) {
   }
   out << '\n';
   out.flags(flags);
+  out.precision(precision);
   return out;
 }
 

@@ -39,7 +39,7 @@ const_matrix_map<Scalar> map(const Scalar* data, index rows, index cols, index s
 namespace detail {
 template <class Derived>
 constexpr void static_check_row_major() {
-  static_assert(Derived::IsRowMajor || Derived::ColsAtCompileTime == 1,
+  static_assert(Derived::IsRowMajor || Derived::ColsAtCompileTime == 1 || Derived::RowsAtCompileTime == 1,
                 "moe: token and weight matrices must be row-major ([rows × cols], a row "
                 "contiguous); use moe::row_matrix<float> or an Eigen::Map with Eigen::RowMajor");
   static_assert(bool(Eigen::internal::traits<Derived>::Flags & Eigen::DirectAccessBit),
@@ -48,17 +48,26 @@ constexpr void static_check_row_major() {
 }
 }  // namespace detail
 
+namespace detail {
+// Row stride of a row-major view of d: the outer stride of a row-major matrix; for a column
+// vector (one column) the distance between its elements. Elements of a row must be contiguous.
+template <class Derived>
+index row_stride(const Derived& d) {
+  if (d.cols() > 1 && d.innerStride() != 1) {
+    fail_parameter(error_id::shape, "moe::view", "innerStride()", "1 (contiguous rows)", d.innerStride());
+  }
+  if (d.cols() == 1) return Derived::IsRowMajor ? d.outerStride() : d.innerStride();
+  return Derived::IsRowMajor ? d.outerStride() : d.cols();
+}
+}  // namespace detail
+
 /// A read-only view of any row-major Eigen matrix, Map or Block with contiguous rows (no copy).
 template <class Derived>
 const_matrix_map<typename Derived::Scalar> view(const Eigen::DenseBase<Derived>& m) {
   detail::static_check_row_major<Derived>();
   const auto& d = m.derived();
-  if (d.rows() > 1 && d.cols() > 1 && d.innerStride() != 1) {
-    detail::fail_parameter(error_id::shape, "moe::view", "innerStride()", "1", d.innerStride());
-  }
-  const index stride = Derived::IsRowMajor ? d.outerStride() : d.cols();
   return const_matrix_map<typename Derived::Scalar>(d.data(), d.rows(), d.cols(),
-                                                    Eigen::OuterStride<>(stride));
+                                                    Eigen::OuterStride<>(detail::row_stride(d)));
 }
 
 /// A mutable view of any row-major Eigen matrix, Map or Block with contiguous rows (no copy).
@@ -66,12 +75,8 @@ template <class Derived>
 matrix_map<typename Derived::Scalar> view(Eigen::DenseBase<Derived>& m) {
   detail::static_check_row_major<Derived>();
   auto& d = m.derived();
-  if (d.rows() > 1 && d.cols() > 1 && d.innerStride() != 1) {
-    detail::fail_parameter(error_id::shape, "moe::view", "innerStride()", "1", d.innerStride());
-  }
-  const index stride = Derived::IsRowMajor ? d.outerStride() : d.cols();
   return matrix_map<typename Derived::Scalar>(d.data(), d.rows(), d.cols(),
-                                              Eigen::OuterStride<>(stride));
+                                              Eigen::OuterStride<>(detail::row_stride(d)));
 }
 
 /// Overload so that temporaries (`view(Eigen::Map<...>(p, r, c))`) bind.

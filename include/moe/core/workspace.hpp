@@ -20,9 +20,9 @@
 namespace moe {
 
 namespace detail {
-/// Frees memory from huge_allocate().
-struct huge_delete {
-  bool huge = false;
+/// Frees memory from aligned_allocate() or huge_allocate().
+struct aligned_delete {
+  bool huge = false;  ///< from std::aligned_alloc (2 MiB blocks), else from aligned operator new
   void operator()(void* p) const noexcept {
     if (huge) {
       std::free(p);
@@ -31,33 +31,27 @@ struct huge_delete {
     }
   }
 };
+using aligned_ptr = std::unique_ptr<std::byte, aligned_delete>;
+
+/// `bytes` aligned to buffer_alignment, from operator new (counted by allocation tests).
+inline aligned_ptr aligned_allocate(std::size_t bytes) {
+  if (bytes == 0) return {};
+  return aligned_ptr(static_cast<std::byte*>(::operator new(bytes, std::align_val_t{buffer_alignment})));
+}
 
 /// Allocates `bytes` for long-lived data (packed weights). Large blocks are 2 MiB aligned and
 /// marked for transparent huge pages where the OS offers them: weights stream through the TLB
 /// once per call, and 4 KiB pages cost a page walk every 4 KiB.
-inline std::unique_ptr<std::byte, huge_delete> huge_allocate(std::size_t bytes) {
+inline aligned_ptr huge_allocate(std::size_t bytes) {
   constexpr std::size_t huge_page = std::size_t{1} << 21;
-  if (bytes >= huge_page) {
-    const std::size_t rounded = (bytes + huge_page - 1) / huge_page * huge_page;
-    void* p = std::aligned_alloc(huge_page, rounded);
-    if (!p) throw std::bad_alloc();
+  if (bytes < huge_page) return aligned_allocate(bytes);
+  const std::size_t rounded = (bytes + huge_page - 1) / huge_page * huge_page;
+  void* p = std::aligned_alloc(huge_page, rounded);
+  if (!p) throw std::bad_alloc();
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-    madvise(p, rounded, MADV_HUGEPAGE);
+  madvise(p, rounded, MADV_HUGEPAGE);
 #endif
-    return std::unique_ptr<std::byte, huge_delete>(static_cast<std::byte*>(p), huge_delete{true});
-  }
-  if (bytes == 0) return std::unique_ptr<std::byte, huge_delete>(nullptr, huge_delete{false});
-  return std::unique_ptr<std::byte, huge_delete>(
-      static_cast<std::byte*>(::operator new(bytes, std::align_val_t{buffer_alignment})), huge_delete{false});
-}
-
-struct aligned_delete {
-  void operator()(void* p) const noexcept { ::operator delete(p, std::align_val_t{buffer_alignment}); }
-};
-inline std::unique_ptr<std::byte, aligned_delete> aligned_allocate(std::size_t bytes) {
-  if (bytes == 0) return {};
-  return std::unique_ptr<std::byte, aligned_delete>(
-      static_cast<std::byte*>(::operator new(bytes, std::align_val_t{buffer_alignment})));
+  return aligned_ptr(static_cast<std::byte*>(p), aligned_delete{true});
 }
 constexpr std::size_t round_up(std::size_t n, std::size_t to) { return (n + to - 1) / to * to; }
 }  // namespace detail
@@ -91,7 +85,7 @@ class aligned_buffer {
   const T& operator[](std::size_t i) const noexcept { return data()[i]; }
 
  private:
-  std::unique_ptr<std::byte, detail::huge_delete> m_data;
+  detail::aligned_ptr m_data;
   std::size_t m_size = 0;
 };
 
@@ -163,8 +157,8 @@ class workspace {
   [[nodiscard]] std::size_t capacity() const noexcept { return m_capacity; }
 
  private:
-  std::unique_ptr<std::byte, detail::aligned_delete> m_block;
-  std::vector<std::unique_ptr<std::byte, detail::aligned_delete>> m_overflow;
+  detail::aligned_ptr m_block;
+  std::vector<detail::aligned_ptr> m_overflow;
   std::size_t m_capacity = 0;
   std::size_t m_used = 0;
   std::size_t m_peak = 0;

@@ -56,6 +56,7 @@ class cpu {
   template <expert_bank Bank>
   void accumulate_dense(const_matrix_map<float> x, const Bank& bank, const float* gates,
                         matrix_map<float> y, workspace& ws) const {
+    detail::check_operands("moe::device::cpu::accumulate_dense", x, bank, y);
     const int nt = concurrency();
     const auto work = detail::make_dense_work(bank.num_experts(), x.rows(), x.data(), x.outerStride(),
                                               y.data(), y.outerStride(), gates, ws);

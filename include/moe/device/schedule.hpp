@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 
 #include "moe/concepts.hpp"
 #include "moe/config.hpp"
@@ -53,7 +54,8 @@ ffn_scratch make_ffn_scratch(const Bank& bank, index assignments, int threads, w
   ffn_scratch s;
   s.ld_act = (bank.intermediate() + 15) / 16 * 16;
   s.act = ws.take<float>(static_cast<std::size_t>(std::max<index>(assignments, 1) * s.ld_act));
-  s.chunk = kernels::rows_per_chunk(std::min(bank.hidden(), bank.intermediate()));
+  // No expert computes more rows than there are assignments: small batches take small scratch.
+  s.chunk = std::min(std::max<index>(assignments, 1), kernels::rows_per_chunk(std::min(bank.hidden(), bank.intermediate())));
   s.packed_bytes = (bank.scratch_bytes(s.chunk) + buffer_alignment - 1) / buffer_alignment * buffer_alignment;
   s.packed = ws.take<std::byte>(s.packed_bytes * static_cast<std::size_t>(threads));
   s.act_rows = ws.take<const float*>(static_cast<std::size_t>(s.chunk * threads));
@@ -97,6 +99,31 @@ inline ffn_work make_dense_work(index experts, index tokens, const float* x, ind
   return {off, xr, yr, w, experts};
 }
 
+/// True when the memory of two row-major views (Maps with outer strides) overlaps.
+template <class MapA, class MapB>
+bool views_overlap(const MapA& a, const MapB& b) noexcept {
+  if (a.rows() == 0 || b.rows() == 0 || a.cols() == 0 || b.cols() == 0) return false;
+  const float* ab = a.data();
+  const float* ae = ab + (a.rows() - 1) * a.outerStride() + a.cols();
+  const float* bb = b.data();
+  const float* be = bb + (b.rows() - 1) * b.outerStride() + b.cols();
+  return std::less<const float*>{}(ab, be) && std::less<const float*>{}(bb, ae);
+}
+
+/// Checks x [T × d] and y [T × d] of a pass over a bank: extents, y's rows distinct, no overlap.
+template <class Bank>
+void check_operands(const char* where, const_matrix_map<float> x, const Bank& bank, matrix_map<float> y) {
+  check_extent(where, "x.cols()", x.cols(), bank.hidden());
+  check_extent(where, "y.rows()", y.rows(), x.rows());
+  check_extent(where, "y.cols()", y.cols(), bank.hidden());
+  if (y.rows() > 1 && y.outerStride() < y.cols()) {
+    fail_parameter(error_id::shape, where, "y.outerStride()", concat(">= y.cols() = ", y.cols()), y.outerStride());
+  }
+  if (views_overlap(x, y)) {
+    throw_error(error_id::shape, concat(where, ": parameter 'y' must not overlap 'x' (in-place is not supported)"));
+  }
+}
+
 /// Checks the operands of a dispatch; `where` names the device.
 template <class Bank>
 void check_dispatch(const char* where, const routing_plan& plan, const_matrix_map<float> x,
@@ -107,9 +134,7 @@ void check_dispatch(const char* where, const routing_plan& plan, const_matrix_ma
   }
   check_extent(where, "plan.num_experts()", plan.num_experts(), bank.num_experts());
   check_extent(where, "x.rows()", x.rows(), plan.num_tokens());
-  check_extent(where, "x.cols()", x.cols(), bank.hidden());
-  check_extent(where, "y.rows()", y.rows(), x.rows());
-  check_extent(where, "y.cols()", y.cols(), bank.hidden());
+  check_operands(where, x, bank, y);
 }
 
 /// Runs the schedule on thread `tid` of `threads`; `barrier` synchronises the team.

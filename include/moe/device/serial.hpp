@@ -42,6 +42,7 @@ struct serial {
   template <expert_bank Bank>
   void accumulate_dense(const_matrix_map<float> x, const Bank& bank, const float* gates,
                         matrix_map<float> y, workspace& ws) const {
+    detail::check_operands("moe::device::serial::accumulate_dense", x, bank, y);
     const auto work = detail::make_dense_work(bank.num_experts(), x.rows(), x.data(), x.outerStride(),
                                               y.data(), y.outerStride(), gates, ws);
     const auto scratch = detail::make_ffn_scratch(bank, bank.num_experts() * x.rows(), 1, ws);

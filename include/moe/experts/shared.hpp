@@ -49,6 +49,7 @@ class shared_experts {
 
   /// Per-token weights `g [T]` (sigmoid of the gate logit), written to `g`; no-op if ungated.
   void gates(const_matrix_map<float> x, float* g, workspace& ws) const {
+    detail::check_extent("moe::shared_experts::gates", "x.cols()", x.cols(), hidden());
     if (!m_gated) return;
     kernels::gemm(x.data(), x.rows(), x.outerStride(), m_gate, g, 1, ws);
     for (index t = 0; t < x.rows(); ++t) g[t] = kernels::sigmoid(g[t]);

@@ -85,10 +85,6 @@ using gating_archs = typename detail::keep_compiled<xsimd::arch_list<>, xsimd::a
                                                     xsimd::fma3<xsimd::avx2>, xsimd::sse2>::type;
 
 namespace detail {
-template <class... Archs>
-std::vector<gating_table> tables_of(xsimd::arch_list<Archs...>) {
-  return {make_gating_table<Archs>()...};
-}
 struct table_picker {
   template <class Arch>
   gating_table operator()(Arch) const noexcept {

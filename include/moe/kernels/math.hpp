@@ -44,12 +44,6 @@ inline constexpr bool has_hardware_fma =
     false;
 }  // namespace detail
 
-/// Lane type helpers: `lanes<V>` is 1 for float.
-template <class V>
-inline constexpr std::size_t lanes = 1;
-template <class A>
-inline constexpr std::size_t lanes<xsimd::batch<float, A>> = xsimd::batch<float, A>::size;
-
 /// Fused multiply-add `a * b + c` with one rounding, on every ISA.
 MOE_FORCEINLINE float fmadd(float a, float b, float c) noexcept { return std::fma(a, b, c); }
 
@@ -144,8 +138,8 @@ MOE_FORCEINLINE void split_exponent(const xsimd::batch<float, A>& x, xsimd::batc
 /// subnormal arithmetic in microcode) and never matter for routing.
 template <class V>
 MOE_FORCEINLINE V exp(const V& x) noexcept {
-  const V hi(88.72283935546875f);    // ln(FLT_MAX) rounded down
-  const V lo(-87.33654475f);         // ln(FLT_MIN)
+  const V hi(88.72283935546875f);    // above it the result overflows to +inf
+  const V lo(-87.3365f);             // just above ln(FLT_MIN): below it the result is 0
   const V xc = detail::vmax(detail::vmin(x, hi), lo);
   // n = round(x / ln2); r = x - n ln2 in two steps (Cody-Waite).
   const V n = detail::vfloor(moe::kernels::fmadd(xc, V(1.44269504088896341f), V(0.5f)));

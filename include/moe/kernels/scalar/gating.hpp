@@ -23,14 +23,19 @@ namespace moe::kernels::scalar {
 /// Number of virtual lanes of every canonical reduction.
 inline constexpr index reduce_lanes = 16;
 
-/// Canonical sum of `x[0..n)`.
-inline float sum(const float* x, index n) noexcept {
-  float lane[reduce_lanes] = {};
-  for (index i = 0; i < n; ++i) lane[i % reduce_lanes] += x[i];
+/// The canonical pairwise tree over 16 lanes: lane j += lane j+8, then j+4, j+2, j+1.
+inline float tree(float (&lane)[reduce_lanes]) noexcept {
   for (index w = reduce_lanes / 2; w >= 1; w /= 2) {
     for (index j = 0; j < w; ++j) lane[j] += lane[j + w];
   }
   return lane[0];
+}
+
+/// Canonical sum of `x[0..n)`.
+inline float sum(const float* x, index n) noexcept {
+  float lane[reduce_lanes] = {};
+  for (index i = 0; i < n; ++i) lane[i % reduce_lanes] += x[i];
+  return tree(lane);
 }
 
 /// Largest element (-inf for n = 0).
@@ -72,10 +77,7 @@ inline void nan_to_neg_inf(float* x, index n) noexcept {
 inline float dot(const float* a, const float* b, index n) noexcept {
   float lane[reduce_lanes] = {};
   for (index i = 0; i < n; ++i) lane[i % reduce_lanes] = kernels::fmadd(a[i], b[i], lane[i % reduce_lanes]);
-  for (index w = reduce_lanes / 2; w >= 1; w /= 2) {
-    for (index j = 0; j < w; ++j) lane[j] += lane[j + w];
-  }
-  return lane[0];
+  return tree(lane);
 }
 
 /// Softmax of `z[0..n)` into `p` (may alias z): `p_i = e_i · (1 / S)`, `e_i = exp(z_i - M)`,
@@ -104,19 +106,16 @@ inline bool softmax(const float* z, index n, float* p, float* entropy = nullptr)
     const float d = z[i] - m;
     const float e = kernels::exp(d);
     lane[i % reduce_lanes] += e;
-    tlane[i % reduce_lanes] += e > 0.0f ? e * d : 0.0f;
+    // e (z - M), 0 where e = 0 (z - M may be -inf there): an explicit fused step, like every
+    // product that feeds a sum in the canonical kernels.
+    tlane[i % reduce_lanes] = kernels::fmadd(e, e > 0.0f ? d : 0.0f, tlane[i % reduce_lanes]);
     p[i] = e;
   }
-  for (index w = reduce_lanes / 2; w >= 1; w /= 2) {
-    for (index j = 0; j < w; ++j) {
-      lane[j] += lane[j + w];
-      tlane[j] += tlane[j + w];
-    }
-  }
-  const float total = lane[0];
+  const float total = tree(lane);
+  const float t = tree(tlane);
   const float inv = 1.0f / total;
   for (index i = 0; i < n; ++i) p[i] *= inv;
-  if (entropy) *entropy = kernels::log(total) - tlane[0] / total;
+  if (entropy) *entropy = kernels::log(total) - t / total;
   return true;
 }
 
@@ -171,13 +170,12 @@ inline float tsallis_entropy(const float* p, index n, float q, float eps) noexce
     const float v = p[i] + eps;
     const bool normal = v >= std::numeric_limits<float>::min();
     const float l = normal ? kernels::log(v) : 0.0f;
-    const float term = q == 1.0f ? -(v * l) : (normal ? kernels::exp(q * l) : 0.0f);
-    lane[i % reduce_lanes] += term;
+    // Shannon: lane -= v log v as one fused step; Tsallis: lane += v^q.
+    lane[i % reduce_lanes] = q == 1.0f ? kernels::fmadd(-v, l, lane[i % reduce_lanes])
+                                       : lane[i % reduce_lanes] + (normal ? kernels::exp(q * l) : 0.0f);
   }
-  for (index w = reduce_lanes / 2; w >= 1; w /= 2) {
-    for (index j = 0; j < w; ++j) lane[j] += lane[j + w];
-  }
-  return q == 1.0f ? lane[0] : (1.0f - lane[0]) / (q - 1.0f);
+  const float total = tree(lane);
+  return q == 1.0f ? total : (1.0f - total) / (q - 1.0f);
 }
 
 /// Entropy in nats of a probability vector, `-Σ p log p` with `0 log 0 = 0` (subnormal p count
@@ -189,16 +187,14 @@ inline float entropy(const float* p, index n) noexcept {
     const float l = p[i] >= std::numeric_limits<float>::min() ? kernels::log(p[i]) : 0.0f;
     lane[i % reduce_lanes] = kernels::fmadd(-p[i], l, lane[i % reduce_lanes]);
   }
-  for (index w = reduce_lanes / 2; w >= 1; w /= 2) {
-    for (index j = 0; j < w; ++j) lane[j] += lane[j + w];
-  }
-  return lane[0];
+  return tree(lane);
 }
 
 /// Top-k selection: writes to `idx` the indices of the `k` largest keys, in descending key order,
 /// ties by ascending index; keys equal to -inf are never selected. Returns the number selected
 /// (`< k` when fewer than k keys are above -inf).
 inline index top_k(const float* key, index n, index k, std::int32_t* idx) noexcept {
+  if (k <= 0) return 0;
   index count = 0;
   for (index i = 0; i < n; ++i) {
     const float v = key[i];

@@ -365,7 +365,7 @@ bool softmax(const float* z, index n, float* p, float* entropy = nullptr) noexce
     const batch<A> d = detail::load_at<A>(z, i, n, detail::neg_inf) - bm;
     const batch<A> e = kernels::exp(d);
     acc[j] += e;
-    tacc[j] += xsimd::select(e > batch<A>(0.0f), e * d, batch<A>(0.0f));
+    tacc[j] = kernels::fmadd(e, xsimd::select(e > batch<A>(0.0f), d, batch<A>(0.0f)), tacc[j]);
     detail::store_at<A>(p, i, n, e);
   });
   const float total = detail::tree_sum<A>(acc);
@@ -456,19 +456,23 @@ float tsallis_entropy(const float* p, index n, float q, float eps) noexcept {
   for (auto& a : acc) a = batch<A>(0.0f);
   const batch<A> bq(q), be(eps), zero(0.0f);
   detail::for_each_register<A>(n, [&](index i, index j) {
-    // Padding lanes must contribute exactly 0: mask them out rather than pad p.
     const index valid = std::min(width<A>, n - i);
     const batch<A> v = detail::load_at<A>(p, i, n, 0.0f) + be;
     const auto normal = v >= batch<A>(std::numeric_limits<float>::min());
     const batch<A> l = xsimd::select(normal, kernels::log(v), zero);
-    batch<A> term = q == 1.0f ? zero - (v * l) : xsimd::select(normal, kernels::exp(bq * l), zero);
+    // Padding lanes must contribute exactly 0: mask them out.
+    batch<A> vm = v;
     if (valid < width<A>) {
       alignas(64) float t[64];
-      term.store_aligned(t);
+      v.store_aligned(t);
       for (index k = valid; k < width<A>; ++k) t[k] = 0.0f;
-      term = batch<A>::load_aligned(t);
+      vm = batch<A>::load_aligned(t);
     }
-    acc[j] += term;
+    if (q == 1.0f) {
+      acc[j] = kernels::fmadd(zero - vm, l, acc[j]);  // -= v log v, one fused step as in scalar
+    } else {
+      acc[j] += xsimd::select(vm > zero, xsimd::select(normal, kernels::exp(bq * l), zero), zero);
+    }
   });
   const float total = detail::tree_sum<A>(acc);
   return q == 1.0f ? total : (1.0f - total) / (q - 1.0f);
