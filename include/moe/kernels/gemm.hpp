@@ -210,13 +210,16 @@ template <class A>
 using accumulators = xsimd::batch<float, A>[mr_max][2];
 
 /// `acc[i][h] (+)= Σ_kk rows(kk, i) · panel(kk, h)` over `k` steps for the first MR rows of a
-/// packed fp32 row block: starts from zero, or from `acc` when `accumulate` (k-blocking
+/// packed fp32 row block (element (kk, i) at `rows[kk * k_stride + i * row_stride]`; packed rows
+/// by default, any row-major matrix with `k_stride = 1`): starts from zero, or from `acc` when
+/// `accumulate` (k-blocking
 /// continues the same fused chain, so the result does not depend on the block size). Each step
 /// prefetches the weights `prefetch` values ahead into L2 (weights stream from memory once per
 /// call; prefetching a step at a time keeps the stream steady at decode and prefill alike).
 template <class A, int MR>
 MOE_FORCEINLINE void micro_kernel(const float* MOE_RESTRICT rows, index k, const float* MOE_RESTRICT panel,
-                                  accumulators<A>& acc, bool accumulate, index prefetch) noexcept {
+                                  accumulators<A>& acc, bool accumulate, index prefetch,
+                                  index row_stride = 1, index k_stride = mr_max) noexcept {
   using batch = xsimd::batch<float, A>;
   constexpr index L = static_cast<index>(batch::size);
   batch c[MR][2];
@@ -227,14 +230,16 @@ MOE_FORCEINLINE void micro_kernel(const float* MOE_RESTRICT rows, index k, const
   const float* ahead = panel + prefetch;  // weights `prefetch` floats ahead of the current step
 #pragma GCC unroll 4
   for (index kk = 0; kk < k; ++kk) {
-    __builtin_prefetch(ahead + kk * 2 * L, 0, 2);
-    __builtin_prefetch(ahead + kk * 2 * L + L, 0, 2);
+    if (prefetch > 0) {
+      __builtin_prefetch(ahead + kk * 2 * L, 0, 2);
+      __builtin_prefetch(ahead + kk * 2 * L + L, 0, 2);
+    }
     const batch b0 = batch::load_aligned(panel + kk * 2 * L);
     const batch b1 = batch::load_aligned(panel + kk * 2 * L + L);
-    const float* a = rows + kk * mr_max;
+    const float* a = rows + kk * k_stride;
 #pragma GCC unroll 12
     for (int i = 0; i < MR; ++i) {
-      const batch ai(a[i]);
+      const batch ai(a[i * row_stride]);
       c[i][0] = fmadd(ai, b0, c[i][0]);
       c[i][1] = fmadd(ai, b1, c[i][1]);
     }

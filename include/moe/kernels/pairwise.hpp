@@ -35,38 +35,14 @@ inline constexpr index pairwise_rows = 8;
 namespace detail {
 
 /// `s[i][j] = Σ_kk a[i][kk] · panel[kk][j]` for MR rows of A and the `cols` valid columns of a
-/// panel of 2·L columns (k-major, aligned).
+/// panel of 2·L columns (k-major, aligned): the GEMM micro-kernel reading A in place.
 template <class A, int MR>
 MOE_FORCEINLINE void pairwise_tile(const float* MOE_RESTRICT a, index lda, index k,
                                    const float* MOE_RESTRICT panel, float* s, index lds,
                                    index cols) noexcept {
-  using batch = xsimd::batch<float, A>;
-  constexpr index L = static_cast<index>(batch::size);
-  batch c[MR][2];
-  for (int i = 0; i < MR; ++i) c[i][0] = c[i][1] = batch(0.0f);
-  for (index kk = 0; kk < k; ++kk) {
-    const batch b0 = batch::load_aligned(panel + kk * 2 * L);
-    const batch b1 = batch::load_aligned(panel + kk * 2 * L + L);
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) {
-      const batch ai(a[i * lda + kk]);
-      c[i][0] = kernels::fmadd(ai, b0, c[i][0]);
-      c[i][1] = kernels::fmadd(ai, b1, c[i][1]);
-    }
-  }
-  if (cols == 2 * L) {
-    for (int i = 0; i < MR; ++i) {
-      c[i][0].store_unaligned(s + i * lds);
-      c[i][1].store_unaligned(s + i * lds + L);
-    }
-    return;
-  }
-  alignas(64) float tmp[2 * L];
-  for (int i = 0; i < MR; ++i) {
-    c[i][0].store_aligned(tmp);
-    c[i][1].store_aligned(tmp + L);
-    for (index j = 0; j < cols; ++j) s[i * lds + j] = tmp[j];
-  }
+  alignas(64) accumulators<A> acc;
+  micro_kernel<A, MR>(a, k, panel, acc, false, 0, lda, 1);
+  store_tile<A>(acc, MR, s, lds, 0, cols);
 }
 
 template <class A, int... MR>
