@@ -15,6 +15,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <type_traits>
 
@@ -160,42 +161,38 @@ MOE_FORCEINLINE float horizontal_max(const batch<A>& v) noexcept {
   return m;
 }
 
-// Bit i set when lane i of v is >= x.
-template <class A>
-MOE_FORCEINLINE unsigned ge_mask(const batch<A>& v, float x) noexcept {
+// Bit i set when lane i of v compares with x as Cmp says (std::equal_to or std::greater_equal).
+template <class A, class Cmp>
+MOE_FORCEINLINE unsigned compare_mask(const batch<A>& v, float x) noexcept {
+  constexpr bool eq = std::is_same_v<Cmp, std::equal_to<float>>;
+  static_assert(eq || std::is_same_v<Cmp, std::greater_equal<float>>, "compare_mask: == or >= only");
 #if XSIMD_WITH_AVX512F
-  if constexpr (is_avx512<A>) return _mm512_cmp_ps_mask(v, _mm512_set1_ps(x), _CMP_GE_OQ);
+  if constexpr (is_avx512<A>) return _mm512_cmp_ps_mask(v, _mm512_set1_ps(x), eq ? _CMP_EQ_OQ : _CMP_GE_OQ);
 #endif
 #if XSIMD_WITH_AVX
-  if constexpr (is_avx<A>) return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(x), _CMP_GE_OQ)));
+  if constexpr (is_avx<A>) {
+    return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(x), eq ? _CMP_EQ_OQ : _CMP_GE_OQ)));
+  }
 #endif
 #if XSIMD_WITH_SSE2
-  if constexpr (is_sse<A>) return static_cast<unsigned>(_mm_movemask_ps(_mm_cmpge_ps(v, _mm_set1_ps(x))));
+  if constexpr (is_sse<A>) {
+    const __m128 bx = _mm_set1_ps(x);
+    return static_cast<unsigned>(_mm_movemask_ps(eq ? _mm_cmpeq_ps(v, bx) : _mm_cmpge_ps(v, bx)));
+  }
 #endif
   alignas(64) float lane[64];
   v.store_aligned(lane);
   unsigned m = 0;
-  for (index j = 0; j < width<A>; ++j) m |= static_cast<unsigned>(lane[j] >= x) << j;
+  for (index j = 0; j < width<A>; ++j) m |= static_cast<unsigned>(Cmp{}(lane[j], x)) << j;
   return m;
 }
-
-// Bit i set when lane i of v equals x.
+template <class A>
+MOE_FORCEINLINE unsigned ge_mask(const batch<A>& v, float x) noexcept {
+  return compare_mask<A, std::greater_equal<float>>(v, x);
+}
 template <class A>
 MOE_FORCEINLINE unsigned equal_mask(const batch<A>& v, float x) noexcept {
-#if XSIMD_WITH_AVX512F
-  if constexpr (is_avx512<A>) return _mm512_cmp_ps_mask(v, _mm512_set1_ps(x), _CMP_EQ_OQ);
-#endif
-#if XSIMD_WITH_AVX
-  if constexpr (is_avx<A>) return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(x), _CMP_EQ_OQ)));
-#endif
-#if XSIMD_WITH_SSE2
-  if constexpr (is_sse<A>) return static_cast<unsigned>(_mm_movemask_ps(_mm_cmpeq_ps(v, _mm_set1_ps(x))));
-#endif
-  alignas(64) float lane[64];
-  v.store_aligned(lane);
-  unsigned m = 0;
-  for (index j = 0; j < width<A>; ++j) m |= static_cast<unsigned>(lane[j] == x) << j;
-  return m;
+  return compare_mask<A, std::equal_to<float>>(v, x);
 }
 
 // Rank of each of the first c of 16 values (aligned) in the (value desc, index asc) order:
