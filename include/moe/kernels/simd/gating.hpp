@@ -44,6 +44,11 @@ constexpr float neg_inf = -std::numeric_limits<float>::infinity();
 // Loads x[0..count) (count < width) padded with `pad`.
 template <class A>
 MOE_FORCEINLINE batch<A> load_partial(const float* x, index count, float pad) noexcept {
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_base_of_v<xsimd::avx512f, A>) {
+    return _mm512_mask_loadu_ps(_mm512_set1_ps(pad), static_cast<__mmask16>((1u << count) - 1u), x);
+  }
+#endif
   alignas(64) float tmp[64];
   for (index i = 0; i < width<A>; ++i) tmp[i] = i < count ? x[i] : pad;
   return batch<A>::load_aligned(tmp);
@@ -63,6 +68,12 @@ MOE_FORCEINLINE void store_at(float* x, index i, index n, const batch<A>& v) noe
     v.store_unaligned(x + i);
     return;
   }
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_base_of_v<xsimd::avx512f, A>) {
+    _mm512_mask_storeu_ps(x + i, static_cast<__mmask16>((1u << (n - i)) - 1u), v);
+    return;
+  }
+#endif
   alignas(64) float tmp[64];
   v.store_aligned(tmp);
   for (index j = 0; i + j < n; ++j) x[i + j] = tmp[j];
@@ -358,13 +369,22 @@ bool softmax(const float* z, index n, float* p, float* entropy = nullptr) noexce
   batch<A> acc[accumulators<A>], tacc[accumulators<A>];
   for (index j = 0; j < accumulators<A>; ++j) acc[j] = tacc[j] = batch<A>(0.0f);
   const batch<A> bm(m);
-  detail::for_each_register<A>(n, [&](index i, index j) {
-    const batch<A> d = detail::load_at<A>(z, i, n, detail::neg_inf) - bm;
-    const batch<A> e = kernels::exp(d);
-    acc[j] += e;
-    tacc[j] = kernels::fmadd(e, xsimd::select(e > batch<A>(0.0f), d, batch<A>(0.0f)), tacc[j]);
-    detail::store_at<A>(p, i, n, e);
-  });
+  auto pass = [&](auto with_entropy) {
+    detail::for_each_register<A>(n, [&](index i, index j) {
+      const batch<A> d = detail::load_at<A>(z, i, n, detail::neg_inf) - bm;
+      const batch<A> e = kernels::exp(d);
+      acc[j] += e;
+      if constexpr (decltype(with_entropy)::value) {
+        tacc[j] = kernels::fmadd(e, xsimd::select(e > batch<A>(0.0f), d, batch<A>(0.0f)), tacc[j]);
+      }
+      detail::store_at<A>(p, i, n, e);
+    });
+  };
+  if (entropy) {
+    pass(std::true_type{});
+  } else {
+    pass(std::false_type{});
+  }
   const float total = detail::tree_sum<A>(acc);
   const batch<A> inv(1.0f / total);
   for (index i = 0; i < n; i += width<A>) detail::store_at<A>(p, i, n, detail::load_at<A>(p, i, n, 0.0f) * inv);
@@ -419,6 +439,11 @@ float cosine(const float* a, const float* b, index n, float eps = 1e-12f) noexce
 /// Renormalise (canonical sum, zero-denominator rule) and scale, in place.
 template <class A>
 void renormalize_scale(float* w, index count, bool renormalize, float scale) noexcept {
+  if (count <= scalar::reduce_lanes) {
+    // A few weights (k of them): the reference's own loop is the fastest way to its bits.
+    scalar::renormalize_scale(w, count, renormalize, scale);
+    return;
+  }
   if (renormalize) {
     const float total = sum<A>(w, count);
     const batch<A> bt(total > 0.0f ? total : 1.0f);
