@@ -11,10 +11,14 @@
 //                                       (scaled dot product, tau = sqrt(d)); compare with
 //                                       routing_topk_forward for the added fraction
 //   routing_*_route                     the routing alone (layer.route), to isolate that overhead
+//   routing_similarity_ab/causal,       the same comparisons as A/B pairs inside one loop (plain
+//   routing_null_experts_ab/s           top-8, then the policy, every iteration): counters
+//                                       time_over_topk / added_fraction, robust to drift
 // One layer serves all of them: its router is a variant over the three policies (a policy
 // written outside the library), so the 1.6 GB bank is built once.
 #include <benchmark/benchmark.h>
 
+#include <chrono>
 #include <cmath>
 #include <variant>
 #include <vector>
@@ -120,6 +124,49 @@ void routing_similarity_forward(benchmark::State& state) {
   forward_loop(state, fx);
 }
 
+// A/B in one loop: each iteration runs a plain top-8 forward and a forward with `policy`, timed
+// apart, so that both see the same machine (its memory bandwidth drifts with the host's load).
+// Manual time is the policy's forward; counters give its time over plain top-8's.
+template <class Use>
+void ab_loop(benchmark::State& state, routing_fixture& fx, Use&& use_policy) {
+  fx.use_plain();
+  fx.layer.forward(fx.x, fx.y);
+  use_policy();
+  fx.layer.forward(fx.x, fx.y);  // warm-up of both
+  double plain_s = 0, policy_s = 0;
+  double k_eff = 0;
+  for (auto _ : state) {
+    fx.use_plain();
+    auto t0 = std::chrono::steady_clock::now();
+    fx.layer.forward(fx.x, fx.y);
+    plain_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    use_policy();
+    t0 = std::chrono::steady_clock::now();
+    fx.layer.forward(fx.x, fx.y);
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    policy_s += dt;
+    state.SetIterationTime(dt);
+    k_eff = fx.layer.stats().mean_experts_per_token;
+  }
+  state.counters["time_over_topk"] = policy_s / plain_s;
+  state.counters["added_fraction"] = policy_s / plain_s - 1.0;
+  state.counters["k_eff"] = k_eff;
+  state.counters["k_eff_ratio"] = k_eff / olmoe_k;
+  state.counters["topk_ms"] = plain_s / static_cast<double>(state.iterations()) * 1e3;
+}
+
+void routing_similarity_ab(benchmark::State& state) {
+  auto& fx = routing_fixture::get();
+  const bool causal = state.range(0) != 0;
+  ab_loop(state, fx, [&] { fx.use_similarity(causal); });
+}
+
+void routing_null_experts_ab(benchmark::State& state) {
+  auto& fx = routing_fixture::get();
+  const float scale = static_cast<float>(state.range(0)) / 100.0f;
+  ab_loop(state, fx, [&] { fx.use_nulls(scale); });
+}
+
 void routing_topk_route(benchmark::State& state) {
   auto& fx = routing_fixture::get();
   fx.use_plain();
@@ -138,5 +185,8 @@ BENCHMARK(routing_topk_forward)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(routing_null_experts_forward)->ArgName("null_scale_pct")->Arg(100)->Arg(150)->Arg(200)->Arg(300)
     ->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(routing_similarity_forward)->ArgName("causal")->Arg(1)->Arg(0)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(routing_similarity_ab)->ArgName("causal")->Arg(1)->Arg(0)->UseManualTime()->MinTime(2.0)->Unit(benchmark::kMillisecond);
+BENCHMARK(routing_null_experts_ab)->ArgName("null_scale_pct")->Arg(100)->Arg(150)->Arg(200)->Arg(300)
+    ->UseManualTime()->MinTime(2.0)->Unit(benchmark::kMillisecond);
 BENCHMARK(routing_topk_route)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(routing_similarity_route)->ArgName("causal")->Arg(1)->Arg(0)->UseRealTime()->Unit(benchmark::kMillisecond);
