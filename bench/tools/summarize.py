@@ -26,6 +26,11 @@ def medians(run):
     return out
 
 
+def ms(r, key="real_time"):
+    """A benchmark time in milliseconds."""
+    return r[key] / {"ns": 1e6, "us": 1e3, "ms": 1.0, "s": 1e-3}[r["time_unit"]]
+
+
 def main(path):
     run = json.load(open(path))
     m = medians(run)
@@ -61,7 +66,7 @@ def main(path):
             if name not in m:
                 continue
             r = m[name]
-            row([w, str(T), f"{r['real_time'] / (1e6 if r['time_unit'] == 'ns' else 1):.2f}",
+            row([w, str(T), f"{ms(r):.2f}",
                  f"{r['tokens_per_second']:.0f}", f"{r['gflops']:.1f}", f"{r['frac_peak_flops']:.3f}",
                  f"{r['gbytes_per_second']:.1f}", f"{r['frac_bandwidth']:.3f}", f"{r['ratio_to_dense']:.2f}"])
 
@@ -113,23 +118,19 @@ def main(path):
         if r:
             check(f"routing share of the forward at T = {T}: <= {bound * 100:g} %", f"{r['route_share'] * 100:.2f} %",
                   r["route_share"] <= bound)
-    top = m.get("routing_topk_forward/real_time")
     for causal in (1, 0):
-        r = m.get(f"routing_similarity_forward/causal:{causal}/real_time")
-        if r and top:
-            extra = r["real_time"] / top["real_time"] - 1
-            check(f"similarity-aware ({'causal' if causal else 'non-causal'}) adds <= 5 % to the forward",
-                  f"{extra * 100:+.1f} %", extra <= 0.05)
+        r = m.get(f"routing_similarity_ab/causal:{causal}/min_time:2.000/manual_time")
+        if r:
+            check(f"similarity-aware ({'causal' if causal else 'non-causal'}) adds <= 5 % to the forward (A/B)",
+                  f"{r['added_fraction'] * 100:+.1f} %", r["added_fraction"] <= 0.05)
 
-    print("\n## Null experts (m = 16, T = 512): time against k_eff\n")
-    row(["null router scale", "k_eff", "time (ms)", "time / top-k", "k_eff / k"]); row(["---"] * 5)
-    if top:
-        row(["plain top-8", "8", f"{top['real_time'] / 1e6:.1f}", "1.00", "1.00"])
+    print("\n## Null experts (m = 16, T = 512): time against k_eff, A/B against plain top-8\n")
+    row(["null router scale", "k_eff", "k_eff / k", "time (ms)", "time / top-k"]); row(["---"] * 5)
     for scale in (100, 150, 200, 300):
-        r = m.get(f"routing_null_experts_forward/null_scale_pct:{scale}/real_time")
-        if r and top:
-            row([f"{scale / 100:g}", f"{r['k_eff']:.2f}", f"{r['real_time'] / 1e6:.1f}",
-                 f"{r['real_time'] / top['real_time']:.2f}", f"{r['k_eff'] / 8:.2f}"])
+        r = m.get(f"routing_null_experts_ab/null_scale_pct:{scale}/min_time:2.000/manual_time")
+        if r:
+            row([f"{scale / 100:g}", f"{r['k_eff']:.2f}", f"{r['k_eff_ratio']:.2f}", f"{ms(r):.1f}",
+                 f"{r['time_over_topk']:.2f}"])
 
     print("\n## Gating (rows/s, same run)\n")
     row(["E", "k", "SIMD", "partial_sort + exp", "ratio"]); row(["---"] * 5)
