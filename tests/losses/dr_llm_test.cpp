@@ -12,13 +12,13 @@
 
 #include "../support/gradcheck.hpp"
 #include "../support/random.hpp"
+#include "../support/policies.hpp"
 
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
 using moe::index;
+using moe_test::golden;
 
 namespace {
-bool golden(double got, double want) { return std::abs(got - want) <= 1.5e-6 + 2e-5 * std::abs(want); }
-
 // The §13.1 golden logits, computed by the golden router.
 std::vector<float> golden_logits() {
   moe::row_matrix<float> w1 = moe::row_matrix<float>::Identity(2, 2), w2(3, 2), h(5, 2);

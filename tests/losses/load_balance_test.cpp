@@ -14,13 +14,13 @@
 
 #include "../support/gradcheck.hpp"
 #include "../support/random.hpp"
+#include "../support/policies.hpp"
 
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
 using moe::index;
+using moe_test::golden;
 
 namespace {
-bool golden(double got, double want) { return std::abs(got - want) <= 1.5e-6 + 2e-5 * std::abs(want); }
-
 // Logits of the common example of §2.5.
 moe::row_matrix<double> common_z() {
   moe::row_matrix<double> z(3, 4);

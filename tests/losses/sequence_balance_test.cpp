@@ -12,13 +12,14 @@
 
 #include "../support/gradcheck.hpp"
 #include "../support/random.hpp"
+#include "../support/policies.hpp"
 
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
 using moe::index;
+using moe_test::golden;
+using moe_test::route_logits;
 
 namespace {
-bool golden(double got, double want) { return std::abs(got - want) <= 1.5e-6 + 2e-5 * std::abs(want); }
-
 std::vector<double> flat(const moe::row_matrix<double>& m) { return {m.data(), m.data() + m.size()}; }
 moe::row_matrix<double> unflat(const std::vector<double>& v, index rows, index cols) {
   moe::row_matrix<double> m(rows, cols);
@@ -26,14 +27,6 @@ moe::row_matrix<double> unflat(const std::vector<double>& v, index rows, index c
   return m;
 }
 
-moe::routing_plan route_logits(const moe::group_limited<>& r, const moe::row_matrix<double>& z) {
-  const moe::row_matrix<float> zf = z.cast<float>();
-  moe::routing_plan plan;
-  moe::workspace ws;
-  ws.reset();
-  r.route_logits(moe::view(zf), plan, ws);
-  return plan;
-}
 }  // namespace
 
 TEST_CASE("sequence_balance_loss: golden of spec §4", "[losses][sequence_balance][golden]") {
@@ -44,7 +37,7 @@ TEST_CASE("sequence_balance_loss: golden of spec §4", "[losses][sequence_balanc
   w.setIdentity();
   const moe::group_limited<> r(w, {.k = 2, .n_groups = 2, .topk_groups = 1, .route_scale = 2.5f,
                                    .selection_bias = {0.0f, 0.0f, 0.3f, 0.1f}});
-  const auto plan = route_logits(r, z);
+  const auto plan = route_logits(r, z.cast<float>());
   // f = [0, 0, 2, 2], P = [0.276920, 0.271739, 0.174991, 0.276350]
   CHECK(golden(moe::sequence_balance_loss(z, plan, {}, {.alpha = 1.0}), 0.902683));
   CHECK(golden(moe::sequence_balance_loss(z, plan), 0.902683e-4));  // alpha = 1e-4 by default
@@ -59,7 +52,7 @@ TEST_CASE("sequence_balance_loss: per sequence, averaged over sequences", "[loss
   moe::row_matrix<float> w(E, E);
   w.setIdentity();
   const moe::group_limited<> r(w, {.k = 3, .n_groups = 4, .topk_groups = 2});
-  const auto plan = route_logits(r, z);
+  const auto plan = route_logits(r, z.cast<float>());
   const index starts[] = {0, 4, 5};
   const double all = moe::sequence_balance_loss(z, plan, {.sequence_starts = starts}, {.alpha = 1.0});
   // Each sequence alone (routing is batch invariant, so the sub-plans are the plan's rows).
@@ -67,7 +60,7 @@ TEST_CASE("sequence_balance_loss: per sequence, averaged over sequences", "[loss
   const std::pair<index, index> ranges[] = {{0, 4}, {4, 5}, {5, 10}};
   for (const auto& [b, e] : ranges) {
     const moe::row_matrix<double> zs = z.middleRows(b, e - b);
-    sum += moe::sequence_balance_loss(zs, route_logits(r, zs), {}, {.alpha = 1.0});
+    sum += moe::sequence_balance_loss(zs, route_logits(r, zs.cast<float>()), {}, {.alpha = 1.0});
   }
   CHECK(all == Approx(sum / 3).epsilon(1e-12));
   CHECK(all != Approx(moe::sequence_balance_loss(z, plan, {}, {.alpha = 1.0})));
@@ -80,7 +73,7 @@ TEST_CASE("sequence_balance_loss: gradients match finite differences", "[losses]
   moe::row_matrix<float> w(E, E);
   w.setIdentity();
   const moe::group_limited<> r(w, {.k = 2, .n_groups = 2, .topk_groups = 1});
-  const auto plan = route_logits(r, z);
+  const auto plan = route_logits(r, z.cast<float>());
   const index starts[] = {0, 3};
   for (const auto scores : {moe::loss_scores::normalized_sigmoid, moe::loss_scores::softmax}) {
     const moe::sequence_balance_options o{.alpha = 0.8, .scores = scores};

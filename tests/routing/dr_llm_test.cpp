@@ -10,14 +10,14 @@
 #include <moe/moe.hpp>
 
 #include "../support/layers.hpp"
+#include "../support/policies.hpp"
 
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
 using moe::index;
+using moe_test::golden;
 using moe::depth_decision;
 
 namespace {
-bool golden(double got, double want) { return std::abs(got - want) <= 1.5e-6 + 2e-5 * std::abs(want); }
-
 struct toy {
   moe::row_matrix<float> w1, w2;
   std::vector<float> b1, b2;

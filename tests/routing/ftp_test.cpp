@@ -10,13 +10,13 @@
 #include <moe/moe.hpp>
 
 #include "../support/layers.hpp"
+#include "../support/policies.hpp"
 
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
 using moe::index;
+using moe_test::golden;
 
 namespace {
-bool golden(double got, double want) { return std::abs(got - want) <= 1.5e-6 + 2e-5 * std::abs(want); }
-
 std::vector<int> static_mask(index L, double s) {
   std::vector<int> m(static_cast<std::size_t>(L));
   moe::ftp_static_mask(L, s, std::span<int>(m));

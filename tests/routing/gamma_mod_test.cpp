@@ -11,13 +11,13 @@
 #include <moe/moe.hpp>
 
 #include "../support/layers.hpp"
+#include "../support/policies.hpp"
 
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
 using moe::index;
+using moe_test::golden;
 
 namespace {
-bool golden(double got, double want) { return std::abs(got - want) <= 1.5e-6 + 2e-5 * std::abs(want); }
-
 moe::row_matrix<float> golden_logits() {
   moe::row_matrix<float> z(6, 2);
   z << 0, 1, 1, 0, 0, 0.5f, 0, -1, 2, 0, 0, 0;

@@ -18,15 +18,16 @@
 #include "../support/layers.hpp"
 #include "../support/naive.hpp"
 #include "../support/random.hpp"
+#include "../support/policies.hpp"
 
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
 using moe::index;
+using moe_test::golden;
+using moe_test::route_logits;
+using moe_test::route;
 constexpr float inf = std::numeric_limits<float>::infinity();
 
 namespace {
-// |got - want| <= 1.5e-6 + 2e-5 |want| (spec errata 2).
-bool golden(double got, double want) { return std::abs(got - want) <= 1.5e-6 + 2e-5 * std::abs(want); }
-
 moe::row_matrix<float> common_w() {
   moe::row_matrix<float> w(4, 2);
   w << 1, 0, 0, 1, -1, 0.5f, 0.5f, 0.5f;
@@ -41,23 +42,6 @@ moe::row_matrix<float> identity(index E) {
   moe::row_matrix<float> w(E, E);
   w.setIdentity();
   return w;
-}
-
-template <class Router>
-moe::routing_plan route(const Router& r, const moe::row_matrix<float>& x) {
-  moe::routing_plan plan;
-  moe::workspace ws;
-  ws.reset();
-  r.route(moe::view(x), {}, plan, ws);
-  return plan;
-}
-template <class Router>
-moe::routing_plan route_logits(const Router& r, const moe::row_matrix<float>& z) {
-  moe::routing_plan plan;
-  moe::workspace ws;
-  ws.reset();
-  r.route_logits(moe::view(std::as_const(z)), plan, ws);
-  return plan;
 }
 
 void check_route(const moe::routing_plan& plan, index t, std::vector<int> experts, std::vector<double> weights) {

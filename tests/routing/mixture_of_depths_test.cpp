@@ -9,13 +9,13 @@
 #include <moe/routing/mixture_of_depths.hpp>
 
 #include "../support/random.hpp"
+#include "../support/policies.hpp"
 
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
 using moe::index;
+using moe_test::golden;
 
 namespace {
-bool golden(double got, double want) { return std::abs(got - want) <= 1.5e-6 + 2e-5 * std::abs(want); }
-
 struct decided {
   moe::routing_plan plan;
   std::vector<int> passes;
