@@ -2,6 +2,7 @@
 // Tests of include/moe/routing/ftp.hpp: routing-spec §13.4 ([OURS] definition), errata 1 and 9.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -94,6 +95,16 @@ TEST_CASE("ftp: static router edge cases and the capacity guard", "[ftp]") {
   CHECK(m[0] == 1);
   CHECK(m[45] == 0);
   CHECK(m[46] == 1);
+}
+
+TEST_CASE("ftp: the static mode keeps its capacity guard (sparsity is a double)", "[ftp]") {
+  // 0.7 as a float is 0.699999988: (1 - s) * 10 = 3.0000001 would keep 4 tokens; as a double the
+  // guard of errata 1 gives ceil(3.0000000000000004) = 3.
+  const moe::ftp f(nullptr, {.sparsity = 0.7, .mode = moe::ftp_mode::static_priority});
+  CHECK(decide(f, 10, {}) == std::vector<int>{1, 0, 0, 0, 0, 0, 0, 0, 1, 1});
+  const moe::ftp g(nullptr, {.sparsity = 0.45, .mode = moe::ftp_mode::static_priority});
+  const auto kept = decide(g, 100, {});
+  CHECK(std::count(kept.begin(), kept.end(), 1) == 55);
 }
 
 TEST_CASE("ftp: features from positions and a caller-supplied attention matrix", "[ftp]") {

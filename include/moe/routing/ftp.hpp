@@ -149,8 +149,10 @@ enum class ftp_mode {
 
 /// Options of moe::ftp.
 struct ftp_options {
-  /// s_l: the block's target skip fraction in [0, 1] (feature phi4; the static router's budget).
-  float sparsity = 0.0f;
+  /// s_l: the block's target skip fraction in [0, 1] (feature phi4, as a float; the static
+  /// router's budget). A double, so that the static router's capacity `ceil((1 - s_l) L)` keeps
+  /// the guard of errata 1 (as a float, 0.7 would keep 4 of 10 tokens instead of 3).
+  double sparsity = 0.0;
   ftp_mode mode = ftp_mode::router;
 };
 
@@ -168,7 +170,7 @@ class ftp {
   ftp(std::shared_ptr<const ftp_router> router, ftp_options options = {})
       : m_router(std::move(router)), m_options(options) {
     constexpr const char* where = "moe::ftp";
-    if (!(m_options.sparsity >= 0.0f && m_options.sparsity <= 1.0f)) {
+    if (!(m_options.sparsity >= 0.0 && m_options.sparsity <= 1.0)) {
       detail::fail_parameter(error_id::config, where, "sparsity", "in [0, 1]", m_options.sparsity);
     }
     if (!m_router && m_options.mode == ftp_mode::router) {
@@ -197,7 +199,7 @@ class ftp {
     detail::depth::for_each_sequence(ctx, T, where, [&](index begin, index end) {
       const index L = end - begin;
       ftp_features(ctx.attention.subspan(static_cast<std::size_t>(offset), static_cast<std::size_t>(L * L)), L,
-                   m_options.sparsity, {phi, static_cast<std::size_t>(L * ftp_feature_count)});
+                   static_cast<float>(m_options.sparsity), {phi, static_cast<std::size_t>(L * ftp_feature_count)});
       for (index t = 0; t < L; ++t) pi[static_cast<std::size_t>(begin + t)] = m_router->keep_probability(phi + t * ftp_feature_count);
       offset += L * L;
     });
