@@ -154,6 +154,8 @@ TEST_CASE("ftp: the router 4 -> h -> 1 and the decision per sequence", "[ftp]") 
     moe::workspace ws;
     ws.reset();
     f.keep_probabilities(T, ctx, pi, ws);
+    std::vector<float> u(static_cast<std::size_t>(T));
+    f.keep_logits(T, ctx, u, ws);
     const auto got = decide(f, T, ctx);
     index offset = 0;
     for (std::size_t q = 0; q < lengths.size(); ++q) {
@@ -166,10 +168,31 @@ TEST_CASE("ftp: the router 4 -> h -> 1 and the decision per sequence", "[ftp]") 
         const double ref = small_router_ref(pd);
         const index g = starts[q] + t;
         CHECK(golden(pi[g], ref));
-        CHECK(got[g] == (pi[g] >= 0.5f ? 1 : 0));
+        CHECK(got[g] == (u[g] >= 0.0f ? 1 : 0));
+        CHECK(pi[g] == moe::kernels::sigmoid(u[g]));
       }
       offset += L * L;
     }
+  }
+}
+
+TEST_CASE("ftp: keep iff u >= 0 on the router's pre-sigmoid value (errata 9)", "[ftp]") {
+  // w2 = 0: u = b2 for every token. sigmoid(-1e-9) rounds to 0.5f, so pi >= 0.5 would keep it.
+  const moe::row_matrix<float> w1 = moe::row_matrix<float>::Zero(1, 4);
+  const std::vector<float> attention = {1, 0, 0.5f, 0.5f};
+  const moe::route_context ctx{.attention = attention};
+  const float phi[4] = {0, 0, 0, 0};
+  for (const float b2 : {-1e-9f, 0.0f, 1e-9f, -0.5f}) {
+    INFO("b2 = " << b2);
+    const auto router = std::make_shared<moe::ftp_router>(w1, std::vector<float>{0}, std::vector<float>{0}, b2);
+    CHECK(router->keep_logit(phi) == b2);
+    const int want = b2 >= 0.0f ? 1 : 0;
+    CHECK(decide(moe::ftp(router), 2, ctx) == std::vector<int>{want, want});
+    std::vector<float> u(2);
+    moe::workspace ws;
+    ws.reset();
+    moe::ftp(router).keep_logits(2, ctx, u, ws);
+    CHECK(u == std::vector<float>{b2, b2});
   }
 }
 
