@@ -41,7 +41,8 @@ struct prototypical_options {
   /// Unconditional experts N_u >= 0 (ProMoE configs: 1). They are experts N_E .. N_E+N_u-1 of
   /// the bank; every unconditional token goes to all of them with weight 1.
   index unconditional_experts = 1;
-  /// Norm floor of the cosine, as PyTorch's F.normalize: `x / max(‖x‖, eps)`; >= 0.
+  /// Norm floor of the cosine, as PyTorch's F.normalize: `x / max(‖x‖, eps)`; finite and > 0
+  /// (with 0 a zero token would get the cosines 0 / 0).
   float eps = 1e-12f;
   /// NaN cosines (from NaN or infinite token states): an error (default) or -inf.
   nan_policy nan = nan_policy::error;
@@ -88,8 +89,8 @@ class prototypical {
     if (m_options.unconditional_experts < 0) {
       detail::fail_parameter(error_id::config, where, "unconditional_experts", ">= 0", m_options.unconditional_experts);
     }
-    if (!(m_options.eps >= 0.0f) || !std::isfinite(m_options.eps)) {
-      detail::fail_parameter(error_id::config, where, "eps", "finite and >= 0", m_options.eps);
+    if (!(m_options.eps > 0.0f) || !std::isfinite(m_options.eps)) {
+      detail::fail_parameter(error_id::config, where, "eps", "finite and > 0", m_options.eps);
     }
     m_prototypes = prototypes;
     m_norm.resize(static_cast<std::size_t>(m_routed));
