@@ -196,6 +196,40 @@ TEST_CASE("group_limited equals the naive reference on random tokens", "[routing
   }
 }
 
+TEST_CASE("group_limited: without a bias, experts are selected on the logits (saturating sigmoid)",
+          "[routing][group_limited]") {
+  // sigmoid(17) and sigmoid(20) both round to 1.0f: on the scores the two tie and expert 0
+  // would win; on the logits (as moe::top_k selects, errata 8) expert 1 wins.
+  moe::row_matrix<float> z(2, 4);
+  z << 17, 20, 0, 0,  //
+      0, 0, 20, 17;
+  for (const auto score : {moe::group_score::top2_sum, moe::group_score::max}) {
+    INFO("top2_sum " << (score == moe::group_score::top2_sum));
+    const moe::group_limited<> r(identity(4), {.k = 2, .n_groups = 2, .topk_groups = 1, .score = score});
+    const auto plan = route_logits(r, z);
+    check_route(plan, 0, {1, 0}, {0.5, 0.5});
+    check_route(plan, 1, {2, 3}, {0.5, 0.5});
+    // The same selection as top_k on the kept group, and as top_k on all experts here.
+    const moe::top_k<moe::sigmoid_gate> ref(identity(4), {.k = 2, .renormalize = true});
+    const auto want = route_logits(ref, z);
+    CHECK(std::equal(plan.all_experts().begin(), plan.all_experts().end(), want.all_experts().begin()));
+    // An all-zero bias is no bias; a nonzero one selects on s + b again, and zeroing it returns
+    // to the logits.
+    const moe::group_limited<> zero(identity(4), {.k = 1, .n_groups = 2, .topk_groups = 1, .score = score,
+                                                  .selection_bias = {0, 0, 0, 0}});
+    CHECK(route_logits(zero, z).expert(0, 0) == 1);
+    moe::group_limited<> state(identity(4), {.k = 1, .n_groups = 2, .topk_groups = 1, .score = score});
+    const std::vector<float> tilt = {1e-3f, 0, 0, 0};
+    state.set_bias(tilt);
+    CHECK(route_logits(state, z).expert(0, 0) == 0);  // 1 + 1e-3 > 1
+    state.set_bias(std::vector<float>(4, 0.0f));
+    CHECK(route_logits(state, z).expert(0, 0) == 1);
+    // update_bias with a balanced load leaves the bias at zero: still the logits.
+    state.update_bias(std::vector<index>{1, 1, 1, 1}, 0.5f);
+    CHECK(route_logits(state, z).expert(0, 0) == 1);
+  }
+}
+
 TEST_CASE("group_limited: ±inf and NaN logits", "[routing][group_limited][inf]") {
   const moe::group_limited<> r(identity(4), {.k = 2, .n_groups = 2, .topk_groups = 1});
   moe::row_matrix<float> z(3, 4);
