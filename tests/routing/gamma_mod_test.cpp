@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <limits>
 #include <cstring>
 #include <memory>
 #include <utility>
@@ -199,6 +200,11 @@ TEST_CASE("gamma_mod: one router shared by several layers", "[gamma_mod][layer]"
 }
 
 TEST_CASE("gamma_mod: errors name the parameter", "[gamma_mod][error]") {
+  moe::row_matrix<float> nan_w = moe::row_matrix<float>::Ones(2, 3);
+  nan_w(1, 2) = NAN;
+  CHECK_THROWS_WITH(moe::gamma_mod_router(nan_w), Catch::Contains("parameter 'weight(1, 2)'"));
+  nan_w(1, 2) = -std::numeric_limits<float>::infinity();
+  CHECK_THROWS_WITH(moe::gamma_mod_router(nan_w), Catch::Contains("parameter 'weight(1, 2)'"));
   const moe::row_matrix<float> w3 = moe::row_matrix<float>::Ones(3, 2);
   CHECK_THROWS_WITH(moe::gamma_mod_router(w3), Catch::Contains("parameter 'weight.rows()'"));
   CHECK_THROWS_WITH(moe::gamma_mod(nullptr), Catch::Contains("parameter 'router'"));

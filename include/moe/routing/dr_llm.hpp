@@ -59,7 +59,12 @@ struct dr_llm_options {
 /// The whole sequence is the prompt: route the prefill. Decisions are taken once per input and
 /// reused for every generated token: set them with set_forced_decisions() (also the way to
 /// teacher-force labels in training). An empty sequence (T_p = 0) throws moe::error; T = 0 gives
-/// an empty plan. Statistics: moe::depth_stats through layer_skip::policy_stats, and
+/// an empty plan (with or without forced decisions).
+///
+/// Thread safety: forced decisions are router state, one list for the whole router. decide()
+/// only reads them, but set_forced_decisions() / clear_forced_decisions() must not run
+/// concurrently with any other call, and concurrent requests that need different decisions need
+/// their own dr_llm (copies are cheap next to a layer) or a router without forced decisions. Statistics: moe::depth_stats through layer_skip::policy_stats, and
 /// moe::depth_stack_stats for a stack. Training loss: moe::focal_loss (losses/dr_llm.hpp).
 class dr_llm {
  public:
@@ -81,6 +86,10 @@ class dr_llm {
     detail::check_extent(where, "w2.rows()", w2.rows(), classes);
     detail::check_extent(where, "w2.cols()", w2.cols(), m_bottleneck);
     detail::check_extent(where, "b2.size()", static_cast<index>(b2.size()), classes);
+    check_finite(where, "w1", w1);
+    check_finite(where, "w2", w2);
+    check_finite(where, "b1", b1);
+    check_finite(where, "b2", b2);
     if (m_options.windows < 1) detail::fail_parameter(error_id::config, where, "windows", ">= 1", m_options.windows);
     if (!(m_options.rho >= -1.0f && m_options.rho <= 1.0f)) {
       detail::fail_parameter(error_id::config, where, "rho", "in [-1, 1]", m_options.rho);
@@ -121,6 +130,7 @@ class dr_llm {
     detail::check_extent(where, "z.size()", static_cast<index>(z.size()),
                          classes * detail::depth::count_sequences(ctx, x.rows()));
     index seq = 0;
+    const auto per_sequence = ws.mark();  // each sequence's scratch is released after it
     detail::depth::for_each_sequence(ctx, x.rows(), where, [&](index begin, index end) {
       if (end == begin) {
         detail::throw_error(error_id::input, detail::concat(where, ": parameter 'ctx.sequence_starts' gives an "
@@ -128,6 +138,7 @@ class dr_llm {
                                                             "; Dr.LLM needs a prompt of >= 1 token"));
       }
       logits_of(x, begin, end, z.data() + seq * classes, ws);
+      ws.rewind(per_sequence);
       ++seq;
     });
   }
@@ -156,7 +167,8 @@ class dr_llm {
   }
 
   /// Uses these decisions (one per sequence, each 0, 1 or 2) instead of the router's: decode
-  /// steps after a prefill, or teacher forcing with labels. Empty: the router decides.
+  /// steps after a prefill, or teacher forcing with labels. Empty: the router decides. Writes
+  /// router state: not concurrently with decide() or any other call on this router.
   void set_forced_decisions(std::vector<depth_decision> decisions) {
     for (std::size_t i = 0; i < decisions.size(); ++i) {
       const auto v = static_cast<int>(decisions[i]);
@@ -165,7 +177,7 @@ class dr_llm {
     }
     m_forced = std::move(decisions);
   }
-  /// Lets the router decide again.
+  /// Lets the router decide again (router state, as set_forced_decisions()).
   void clear_forced_decisions() noexcept { m_forced.clear(); }
   [[nodiscard]] std::span<const depth_decision> forced_decisions() const noexcept { return m_forced; }
 
@@ -174,6 +186,7 @@ class dr_llm {
     constexpr const char* where = "moe::dr_llm::decide";
     detail::check_extent(where, "x.cols()", x.cols(), m_hidden);
     detail::check_extent(where, "plan.num_tokens()", plan.num_tokens(), x.rows());
+    if (x.rows() == 0) return;  // no sequence to decide for, forced or not
     const index S = detail::depth::count_sequences(ctx, x.rows());
     if (!m_forced.empty()) {
       detail::check_extent(where, "forced_decisions().size()", static_cast<index>(m_forced.size()), S);
@@ -202,6 +215,21 @@ class dr_llm {
   }
 
  private:
+  static void check_finite(const char* where, const char* name, const_matrix_map<float> m) {
+    for (index i = 0; i < m.rows(); ++i) {
+      for (index j = 0; j < m.cols(); ++j) {
+        if (!std::isfinite(m(i, j))) {
+          detail::fail_parameter(error_id::config, where, detail::concat(name, "(", i, ", ", j, ")"), "finite", m(i, j));
+        }
+      }
+    }
+  }
+  static void check_finite(const char* where, const char* name, std::span<const float> v) {
+    for (std::size_t i = 0; i < v.size(); ++i) {
+      if (!std::isfinite(v[i])) detail::fail_parameter(error_id::config, where, detail::concat(name, "[", i, "]"), "finite", v[i]);
+    }
+  }
+
   // GELU, tanh approximation: 0.5 v (1 + tanh(u)), u = sqrt(2/pi) (v + 0.044715 v^3), written as
   // v sigmoid(2u) (the same function) so that it uses the canonical sigmoid, whose bits do not
   // depend on the ISA or the libm.

@@ -41,11 +41,19 @@ namespace moe {
 /// in a `std::shared_ptr` and give the same pointer to every layer's moe::gamma_mod.
 class gamma_mod_router {
  public:
-  /// @param weight `[2 × d]`: row 0 "skip", row 1 "process" (copied and packed).
+  /// @param weight `[2 × d]`: row 0 "skip", row 1 "process" (copied and packed); finite.
   explicit gamma_mod_router(const_matrix_map<float> weight) : m_hidden(weight.cols()) {
     constexpr const char* where = "moe::gamma_mod_router";
     detail::check_extent(where, "weight.rows()", weight.rows(), 2);
     if (m_hidden < 1) detail::fail_parameter(error_id::shape, where, "weight.cols()", ">= 1", m_hidden);
+    for (index i = 0; i < 2; ++i) {
+      for (index j = 0; j < m_hidden; ++j) {
+        if (!std::isfinite(weight(i, j))) {
+          detail::fail_parameter(error_id::config, where, detail::concat("weight(", i, ", ", j, ")"), "finite",
+                                 weight(i, j));
+        }
+      }
+    }
     m_weight = kernels::pack_panels(weight.data(), 2, m_hidden, weight.outerStride(),
                                     kernels::panel_width<kernels::gemm_arch>);
   }
