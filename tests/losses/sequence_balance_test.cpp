@@ -87,6 +87,31 @@ TEST_CASE("sequence_balance_loss: gradients match finite differences", "[losses]
   }
 }
 
+TEST_CASE("sequence_balance_loss: empty sequences are legal and count for nothing (the routers' rule)",
+          "[losses][sequence_balance]") {
+  moe_test::rng rng(91);
+  const index T = 7, E = 4;
+  const moe::row_matrix<double> z = rng.matrix(T, E, 2.0f).cast<double>();
+  const moe::row_matrix<float> w = moe::row_matrix<float>::Identity(E, E);
+  const moe::group_limited<> r(w, {.k = 2, .n_groups = 2, .topk_groups = 1});
+  const auto plan = route_logits(r, z.cast<float>());
+  const std::vector<index> two = {0, 3};
+  const double want = moe::sequence_balance_loss(z, plan, {.sequence_starts = two}, {.alpha = 1.0});
+  CHECK(want > 0.0);
+  // Empty sequences before, between and after the two: same loss (averaged over 2 sequences).
+  for (const std::vector<index>& starts : std::vector<std::vector<index>>{{0, 0, 3}, {0, 3, 3}, {0, 3, 7}, {0, 0, 3, 3, 7, 7}}) {
+    INFO("starts of " << starts.size() << " sequences");
+    moe::row_matrix<double> g(T, E), g2(T, E);
+    CHECK(moe::sequence_balance_loss(z, plan, {.sequence_starts = starts}, {.alpha = 1.0}, moe::view(g)) == want);
+    moe::sequence_balance_loss(z, plan, {.sequence_starts = two}, {.alpha = 1.0}, moe::view(g2));
+    CHECK(g == g2);
+  }
+  // A start equal to T is an empty last sequence; {0, 7} is then the whole batch.
+  const std::vector<index> whole = {0, 7};
+  CHECK(moe::sequence_balance_loss(z, plan, {.sequence_starts = whole}, {.alpha = 1.0}) ==
+        moe::sequence_balance_loss(z, plan, {}, {.alpha = 1.0}));
+}
+
 TEST_CASE("sequence_balance_loss: empty input and errors", "[losses][sequence_balance][error]") {
   const moe::row_matrix<double> empty(0, 4);
   moe::routing_plan plan0;
@@ -99,12 +124,12 @@ TEST_CASE("sequence_balance_loss: empty input and errors", "[losses][sequence_ba
   const index bad_first[] = {1};
   CHECK_THROWS_WITH(moe::sequence_balance_loss(z, plan, {.sequence_starts = bad_first}),
                     Catch::Contains("parameter 'ctx.sequence_starts[0]'"));
-  const index not_increasing[] = {0, 2, 2};
-  CHECK_THROWS_WITH(moe::sequence_balance_loss(z, plan, {.sequence_starts = not_increasing}),
-                    Catch::Contains("parameter 'ctx.sequence_starts'"));
-  const index past_end[] = {0, 3};
+  const index descending[] = {0, 2, 1};
+  CHECK_THROWS_WITH(moe::sequence_balance_loss(z, plan, {.sequence_starts = descending}),
+                    Catch::Contains("parameter 'ctx.sequence_starts[2]'"));
+  const index past_end[] = {0, 4};
   CHECK_THROWS_WITH(moe::sequence_balance_loss(z, plan, {.sequence_starts = past_end}),
-                    Catch::Contains("parameter 'ctx.sequence_starts'"));
+                    Catch::Contains("parameter 'ctx.sequence_starts[1]'"));
   CHECK_THROWS_WITH(moe::sequence_balance_loss(z, plan0), Catch::Contains("parameter 'plan.num_tokens()'"));
   // All sigmoid scores 0 (every logit -inf): s~ = 0 by the zero-denominator rule, loss 0, no NaN.
   z.setConstant(-std::numeric_limits<double>::infinity());

@@ -21,6 +21,7 @@
 #include "moe/core/context.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/plan.hpp"
+#include "moe/core/sequences.hpp"
 #include "moe/core/views.hpp"
 #include "moe/losses/detail/row_math.hpp"
 
@@ -103,29 +104,6 @@ void check_loss_grad(const char* where, const Eigen::DenseBase<L>& logits, const
 inline void check_coefficient(const char* where, const char* param, double value) {
   if (!std::isfinite(value)) fail_parameter(error_id::config, where, param, "finite", value);
 }
-
-/// The sequences `[begin, end)` of a batch of T tokens from `ctx.sequence_starts` (empty: one
-/// sequence). The starts must begin at 0 and increase strictly, each below T.
-inline std::vector<std::pair<index, index>> sequence_ranges(const char* where, const route_context& ctx, index T) {
-  std::vector<std::pair<index, index>> out;
-  const auto starts = ctx.sequence_starts;
-  if (starts.empty()) {
-    out.emplace_back(0, T);
-    return out;
-  }
-  if (starts[0] != 0) fail_parameter(error_id::input, where, "ctx.sequence_starts[0]", "0", starts[0]);
-  for (std::size_t i = 0; i < starts.size(); ++i) {
-    const index end = i + 1 < starts.size() ? starts[i + 1] : T;
-    if (!(end > starts[i]) || starts[i] >= T) {
-      fail_parameter(error_id::input, where, "ctx.sequence_starts",
-                     concat("strictly increasing from 0, every start < T = ", T),
-                     concat("start ", starts[i], " followed by ", end));
-    }
-    out.emplace_back(starts[i], end);
-  }
-  return out;
-}
-
 
 /// The common core of the balance losses over the rows `[begin, end)` of `logits [T × E]`:
 /// returns `scale · Σ_e f_e P_e` with `P_e = (1/L) Σ_t p_{t,e}` (L = end - begin) and, if `grad`

@@ -15,6 +15,7 @@
 #include "moe/core/context.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/plan.hpp"
+#include "moe/core/sequences.hpp"
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/kernels/gating.hpp"
@@ -55,13 +56,13 @@ inline double chunk_sparsity(const routing_plan& plan, index chunk_length, std::
   constexpr const char* where = "moe::chunk_sparsity";
   if (chunk_length < 1) detail::fail_parameter(error_id::config, where, "chunk_length", ">= 1", chunk_length);
   const index T = plan.num_tokens(), E = plan.num_experts();
-  detail::token_choice::check_sequence_starts(sequence_starts, T, where);
+  detail::check_sequence_starts(sequence_starts, T, where);
   if (T == 0 || E == 0) return 0.0;
   std::vector<std::uint8_t> used(static_cast<std::size_t>(E));
   double fraction = 0;
   index chunks = 0;
-  for (index q = 0; q < detail::token_choice::sequence_count(sequence_starts); ++q) {
-    const auto [s0, s1] = detail::token_choice::sequence_range(sequence_starts, q, T);
+  for (index q = 0; q < detail::sequence_count(sequence_starts); ++q) {
+    const auto [s0, s1] = detail::sequence_range(sequence_starts, q, T);
     for (index c0 = s0; c0 < s1; c0 += chunk_length) {
       std::fill(used.begin(), used.end(), std::uint8_t{0});
       index count = 0;

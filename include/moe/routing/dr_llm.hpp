@@ -26,6 +26,7 @@
 #include "moe/core/context.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/plan.hpp"
+#include "moe/core/sequences.hpp"
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/kernels/gating.hpp"
@@ -123,15 +124,23 @@ class dr_llm {
     return z;
   }
 
-  /// Logits `z [S × 3]` (row-major) of the S sequences of `x [T × d]`.
+  /// Number of sequences of a batch of T tokens: those of ctx.sequence_starts (core/sequences.hpp),
+  /// none when T = 0.
+  [[nodiscard]] static index count_sequences(const route_context& ctx, index T) noexcept {
+    return T == 0 ? 0 : detail::sequence_count(ctx.sequence_starts);
+  }
+
+  /// Logits `z [S × 3]` (row-major) of the S = count_sequences(ctx, T) sequences of
+  /// `x [T × d]`. An empty sequence throws moe::error (Dr.LLM needs a prompt).
   void logits(const_matrix_map<float> x, const route_context& ctx, std::span<float> z, workspace& ws) const {
     constexpr const char* where = "moe::dr_llm::logits";
     detail::check_extent(where, "x.cols()", x.cols(), m_hidden);
-    detail::check_extent(where, "z.size()", static_cast<index>(z.size()),
-                         classes * detail::depth::count_sequences(ctx, x.rows()));
-    index seq = 0;
+    detail::check_sequence_starts(ctx.sequence_starts, x.rows(), where);
+    const index S = count_sequences(ctx, x.rows());
+    detail::check_extent(where, "z.size()", static_cast<index>(z.size()), classes * S);
     const auto per_sequence = ws.mark();  // each sequence's scratch is released after it
-    detail::depth::for_each_sequence(ctx, x.rows(), where, [&](index begin, index end) {
+    for (index seq = 0; seq < S; ++seq) {
+      const auto [begin, end] = detail::sequence_range(ctx.sequence_starts, seq, x.rows());
       if (end == begin) {
         detail::throw_error(error_id::input, detail::concat(where, ": parameter 'ctx.sequence_starts' gives an "
                                                                    "empty sequence ", seq,
@@ -139,8 +148,7 @@ class dr_llm {
       }
       logits_of(x, begin, end, z.data() + seq * classes, ws);
       ws.rewind(per_sequence);
-      ++seq;
-    });
+    }
   }
 
   /// The decision for logits `z [3]`: argmax (ties: lower class), after the rho interpolation.
@@ -187,11 +195,11 @@ class dr_llm {
     detail::check_extent(where, "x.cols()", x.cols(), m_hidden);
     detail::check_extent(where, "plan.num_tokens()", plan.num_tokens(), x.rows());
     if (x.rows() == 0) return;  // no sequence to decide for, forced or not
-    const index S = detail::depth::count_sequences(ctx, x.rows());
+    const index S = count_sequences(ctx, x.rows());
     if (!m_forced.empty()) {
       detail::check_extent(where, "forced_decisions().size()", static_cast<index>(m_forced.size()), S);
       index seq = 0;
-      detail::depth::for_each_sequence(ctx, x.rows(), where, [&](index begin, index end) {
+      detail::for_each_sequence(ctx.sequence_starts, x.rows(), where, [&](index begin, index end) {
         for (index t = begin; t < end; ++t) plan.set_passes(t, static_cast<int>(m_forced[static_cast<std::size_t>(seq)]));
         ++seq;
       });
@@ -207,7 +215,7 @@ class dr_llm {
       }
     }
     index seq = 0;
-    detail::depth::for_each_sequence(ctx, x.rows(), where, [&](index begin, index end) {
+    detail::for_each_sequence(ctx.sequence_starts, x.rows(), where, [&](index begin, index end) {
       const int n = static_cast<int>(decision(std::span<const float, 3>(z + seq * classes, 3)));
       for (index t = begin; t < end; ++t) plan.set_passes(t, n);
       ++seq;

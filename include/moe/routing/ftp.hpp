@@ -29,6 +29,7 @@
 #include "moe/core/context.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/plan.hpp"
+#include "moe/core/sequences.hpp"
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/kernels/math.hpp"
@@ -207,7 +208,7 @@ class ftp {
     detail::check_extent(where, "plan.num_tokens()", plan.num_tokens(), T);
     if (m_options.mode == ftp_mode::static_priority) {
       auto* mask = ws.take<std::uint8_t>(static_cast<std::size_t>(std::max<index>(T, 1)));
-      detail::depth::for_each_sequence(ctx, T, where, [&](index begin, index end) {
+      detail::for_each_sequence(ctx.sequence_starts, T, where, [&](index begin, index end) {
         ftp_static_mask<std::uint8_t>(end - begin, m_options.sparsity,
                                       {mask + begin, static_cast<std::size_t>(end - begin)});
       });
@@ -243,14 +244,14 @@ class ftp {
     detail::check_extent(where, probability ? "pi.size()" : "u.size()", static_cast<index>(out.size()), T);
     index expected = 0;
     index longest = 0;
-    detail::depth::for_each_sequence(ctx, T, where, [&](index begin, index end) {
+    detail::for_each_sequence(ctx.sequence_starts, T, where, [&](index begin, index end) {
       expected += (end - begin) * (end - begin);
       longest = std::max(longest, end - begin);
     });
     detail::check_extent(where, "ctx.attention.size()", static_cast<index>(ctx.attention.size()), expected);
     float* phi = ws.take<float>(static_cast<std::size_t>(std::max<index>(longest * ftp_feature_count, 1)));
     index offset = 0;
-    detail::depth::for_each_sequence(ctx, T, where, [&](index begin, index end) {
+    detail::for_each_sequence(ctx.sequence_starts, T, where, [&](index begin, index end) {
       const index L = end - begin;
       ftp_features(ctx.attention.subspan(static_cast<std::size_t>(offset), static_cast<std::size_t>(L * L)), L,
                    static_cast<float>(m_options.sparsity), {phi, static_cast<std::size_t>(L * ftp_feature_count)});

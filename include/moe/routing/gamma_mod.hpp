@@ -29,6 +29,7 @@
 #include "moe/core/context.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/plan.hpp"
+#include "moe/core/sequences.hpp"
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/kernels/gating.hpp"
@@ -176,7 +177,7 @@ class gamma_mod {
     } else {
       float* score = ws.take<float>(static_cast<std::size_t>(std::max<index>(T, 1)));
       index* idx = ws.take<index>(static_cast<std::size_t>(std::max<index>(T, 1)));
-      detail::depth::for_each_sequence(ctx, T, where, [&](index begin, index end) {
+      detail::for_each_sequence(ctx.sequence_starts, T, where, [&](index begin, index end) {
         for (index t = begin; t < end; ++t) {
           score[t] = t - begin >= m_options.instruction_tokens ? p[t] + 1.0f : p[t];
         }

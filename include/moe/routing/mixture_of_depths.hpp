@@ -23,6 +23,7 @@
 #include "moe/core/context.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/plan.hpp"
+#include "moe/core/sequences.hpp"
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/kernels/gemm.hpp"
@@ -138,7 +139,7 @@ class mod_capacity {
       for (index t = 0; t < T; ++t) plan.set_passes(t, r[static_cast<std::size_t>(t)] > 0.0f ? 1 : 0);
     } else {
       index* idx = ws.take<index>(static_cast<std::size_t>(std::max<index>(T, 1)));
-      detail::depth::for_each_sequence(ctx, T, where, [&](index begin, index end) {
+      detail::for_each_sequence(ctx.sequence_starts, T, where, [&](index begin, index end) {
         detail::depth::select_top(r.data(), begin, end, capacity(end - begin), idx, plan);
       });
     }

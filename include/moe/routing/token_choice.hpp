@@ -38,6 +38,7 @@
 #include "moe/config.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/plan.hpp"
+#include "moe/core/sequences.hpp"
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/routing/top_k.hpp"
@@ -142,33 +143,6 @@ struct options_of<P> {
 };
 template <class P>
 using options_of_t = typename options_of<P>::type;
-
-/// Validates `sequence_starts` (ascending, first 0, every start in [0, T]) for T tokens; throws
-/// moe::error naming `ctx.sequence_starts`. Empty is one sequence.
-inline void check_sequence_starts(std::span<const index> starts, index T, const char* where) {
-  if (starts.empty()) return;
-  if (starts[0] != 0) {
-    fail_parameter(error_id::input, where, "ctx.sequence_starts[0]", "0", starts[0]);
-  }
-  for (std::size_t i = 1; i < starts.size(); ++i) {
-    if (starts[i] < starts[i - 1] || starts[i] > T) {
-      fail_parameter(error_id::input, where, concat("ctx.sequence_starts[", i, "]"),
-                     concat("in [", starts[i - 1], ", ", T, "] (ascending)"), starts[i]);
-    }
-  }
-}
-
-/// Number of sequences described by `starts` (1 when empty).
-inline index sequence_count(std::span<const index> starts) noexcept {
-  return starts.empty() ? 1 : static_cast<index>(starts.size());
-}
-
-/// Begin and end rows of sequence `i`.
-inline std::pair<index, index> sequence_range(std::span<const index> starts, index i, index T) noexcept {
-  if (starts.empty()) return {0, T};
-  const auto u = static_cast<std::size_t>(i);
-  return {starts[u], u + 1 < starts.size() ? starts[u + 1] : T};
-}
 
 }  // namespace detail::token_choice
 }  // namespace moe
