@@ -19,6 +19,7 @@
 #include <moe/losses/z_loss.hpp>
 #include <moe/routing/capacity.hpp>
 #include <moe/routing/group_limited.hpp>
+#include <moe/routing/null_experts.hpp>
 
 #include "../support/layers.hpp"
 #include "../support/naive.hpp"
@@ -162,6 +163,81 @@ TEST_CASE("capacity: batch prioritized routing serves confident tokens first", "
   CHECK(b.dropped() == 2);
 }
 
+TEST_CASE("capacity: batch prioritized routing orders by the top-1 gate, not by the renormalised weight",
+          "[routing][capacity]") {
+  // E = 4, k = 2, cf = 1: C = ceil(1 · 2 · 2 / 4) = 1. Both tokens want expert 0 first.
+  // Token 0: p = [0.4, 0.1, 0.25, 0.25] -> experts [0, 2], renormalised weights [0.615, 0.385].
+  // Token 1: p ~ [0.5, 0.5, 0, 0]       -> experts [0, 1], renormalised weights [0.5, 0.5].
+  // The top-1 gate (V-MoE) puts token 1 (0.5) before token 0 (0.4); the renormalised slot-0
+  // weight would put token 0 (0.615) first.
+  moe::row_matrix<float> z(2, 4);
+  z << std::log(0.4f), std::log(0.1f), std::log(0.25f), std::log(0.25f), 5, 5, -20, -20;
+  const capped bpr(moe::top_k<>(identity(4), {.k = 2, .renormalize = true}),
+                   {.capacity_factor = 1.0, .priority = moe::capacity_priority::batch_prioritized});
+  REQUIRE(bpr.expert_capacity(2) == 1);
+  const auto plan = route_logits(bpr, z);
+  REQUIRE(plan.has_top_score());
+  CHECK(golden(plan.top_score(0), 0.4));
+  CHECK(golden(plan.top_score(1), 0.5));
+  CHECK(plan.expert(1, 0) == 0);  // token 1 is served first
+  CHECK(plan.expert(0, 0) == moe::no_expert);
+  CHECK(plan.expert(0, 1) == 2);
+  CHECK(plan.expert(1, 1) == 1);
+  CHECK(plan.dropped() == 1);
+  // Without top scores (a plan from a router that records none), slot-0 weights order the tokens.
+  moe::routing_plan manual;
+  manual.reset(2, 1, 1);
+  manual.set(0, 0, 0, 0.3f);
+  manual.set(1, 0, 0, 0.6f);
+  CHECK_FALSE(manual.has_top_score());
+  const moe::capacity<moe::top_k<>> one(moe::top_k<>(identity(1), {.k = 1}),
+                                         {.capacity_factor = 0.5, .priority = moe::capacity_priority::batch_prioritized});
+  moe::workspace ws;
+  ws.reset();
+  one.apply(manual, ws);
+  CHECK(manual.expert(0, 0) == moe::no_expert);
+  CHECK(manual.expert(1, 0) == 0);
+  // With them, they decide; reset() forgets them.
+  manual.reset(2, 1, 1);
+  manual.set(0, 0, 0, 0.3f);
+  manual.set(1, 0, 0, 0.6f);
+  manual.set_top_score(0, 0.9f);
+  manual.set_top_score(1, 0.1f);
+  one.apply(manual, ws);
+  CHECK(manual.expert(0, 0) == 0);
+  CHECK(manual.expert(1, 0) == moe::no_expert);
+  manual.reset(2, 1, 1);
+  CHECK_FALSE(manual.has_top_score());
+}
+
+TEST_CASE("token-choice routers record the top-1 gate score of each token", "[routing][capacity]") {
+  moe::row_matrix<float> z(3, 4);
+  z << 1, 0, -1, 0.5f, 0, 1, 0.5f, 0.5f, 1, 1, -0.5f, 1;  // the common example's logits
+  // Softmax top-2 (§2.5): p of the first choice, also with renormalisation and route_scale.
+  const auto p = route_logits(moe::top_k<>(identity(4), {.k = 2, .renormalize = true, .route_scale = 3.0f}), z);
+  CHECK(golden(p.top_score(0), 0.473991));
+  CHECK(golden(p.top_score(1), 0.387456));
+  CHECK(golden(p.top_score(2), 0.310257));
+  // Group-limited (§4 golden): the unbiased sigmoid score of the first choice.
+  const moe::group_limited<> g(identity(4), {.k = 2, .n_groups = 2, .topk_groups = 1, .route_scale = 2.5f,
+                                             .selection_bias = {0, 0, 0.3f, 0.1f}});
+  const auto pg = route_logits(g, z);
+  REQUIRE(pg.has_top_score());
+  CHECK(golden(pg.top_score(0), 0.622459));  // S = [3, 2]
+  CHECK(golden(pg.top_score(1), 0.622459));  // S = [2, 3]
+  CHECK(golden(pg.top_score(2), 0.731059));  // S = [3, 2]
+  // Null experts (§7 golden): the first selected column, a null one included.
+  moe::row_matrix<float> zn(3, 4);
+  zn << 2, 1, 0, 0, 1, -1, 0.5f, 0, -1, 0, 1, 1;
+  const moe::row_matrix<float> w_true = identity(4).topRows(2), w_null = identity(4).bottomRows(2);
+  const moe::null_experts<moe::top_k<>> n(w_true, w_null, {.k = 2, .renormalize = true});
+  const auto pn = route_logits(n, zn);
+  REQUIRE(pn.has_top_score());
+  CHECK(golden(pn.top_score(0), 0.610296));
+  CHECK(golden(pn.top_score(1), 0.473991));
+  CHECK(golden(pn.top_score(2), 0.399486));
+}
+
 TEST_CASE("capacity equals the naive slot-major reference on random tokens", "[routing][capacity]") {
   moe_test::rng rng(601);
   const index d = 20;
@@ -186,8 +262,14 @@ TEST_CASE("capacity equals the naive slot-major reference on random tokens", "[r
             CHECK(C == std::min<index>(static_cast<index>(std::ceil(cf * T * k / E - 1e-9)), T));
             auto order = position_order(T);
             if (bpr) {
-              std::stable_sort(order.begin(), order.end(),
-                               [&](index a, index b) { return before.weight(a, 0) > before.weight(b, 0); });
+              // V-MoE: descending top-1 gate, the largest softmax probability (naive, in double),
+              // ties to the lower token.
+              std::vector<double> top(static_cast<std::size_t>(T));
+              for (index t = 0; t < T; ++t) {
+                const auto pt = moe_test::naive_softmax(moe_test::naive_logits(w, x.data() + t * d));
+                top[static_cast<std::size_t>(t)] = *std::max_element(pt.begin(), pt.end());
+              }
+              std::stable_sort(order.begin(), order.end(), [&](index a, index b) { return top[a] > top[b]; });
             }
             const auto want = naive_capacity(before, C, order, renorm);
             INFO("E " << E << ", k " << k << ", cf " << cf << ", bpr " << bpr << ", renorm " << renorm);

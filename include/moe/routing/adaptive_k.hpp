@@ -202,6 +202,7 @@ class adaptive_k {
       m_base.gate_row(zt, p, &H, scratch);
       plan.set_entropy(t, H);
       const index count = std::min<index>(m_base.select_row(zt, p, idx, scratch), k_for_entropy(H));
+      plan.set_top_score(t, count > 0 ? p[idx[0]] : 0.0f);
       m_base.weigh_row(p, idx, count, w);
       for (index s = 0; s < count; ++s) plan.set(t, s, idx[s], w[s]);
     }
@@ -303,6 +304,7 @@ class top_p {
         if (mass >= target) break;
       }
       kt = std::min<index>(std::max<index>(kt, m_options.k_min), count);
+      plan.set_top_score(t, kt > 0 ? q[idx[0]] : 0.0f);
       m_base.weigh_row(q, idx, kt, w);
       for (index s = 0; s < kt; ++s) plan.set(t, s, idx[s], w[s]);
     }

@@ -227,6 +227,7 @@ class dynmole {
         keep = std::max<index>(below, std::min<index>(m_options.keep_top_k, ranked));
       }
       for (index r = 0; r < keep; ++r) plan.set(t, r, idx[r], p[idx[r]]);
+      plan.set_top_score(t, keep > 0 ? p[idx[0]] : 0.0f);
     }
   }
 

@@ -255,6 +255,7 @@ class group_limited {
         }
       }
       const index count = kernels::top_k(key, E, k, idx);
+      plan.set_top_score(t, count > 0 ? s[idx[0]] : 0.0f);  // unbiased
       m_base.weigh_row(s, idx, count, w);
       for (index slot = 0; slot < count; ++slot) plan.set(t, slot, idx[slot], w[slot]);
     }

@@ -165,6 +165,7 @@ class prototypical {
           break;
       }
       for (index s = 0; s < count; ++s) plan.set(t, s, idx[s], g[idx[s]]);
+      plan.set_top_score(t, count > 0 ? g[idx[0]] : 0.0f);
     }
   }
 

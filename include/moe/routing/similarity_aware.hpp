@@ -472,6 +472,7 @@ class similarity_aware {
     }
     plan.set_entropy(t, m_base.row_entropy(q, b.scratch));
     const index count = m_base.select_row(key, q, b.idx, b.scratch);
+    plan.set_top_score(t, count > 0 ? q[b.idx[0]] : 0.0f);  // the mixed score the token was routed by
     float* weigh_from = q;
     if (m_options.combine == combine_weights::own) {
       std::copy(pi + t * C, pi + (t + 1) * C, b.own);

@@ -76,6 +76,7 @@ void route_rows(const P& policy, float* z, index T, routing_plan& plan, workspac
   float* scratch = ws.take<float>(static_cast<std::size_t>(C));  // [C]
   std::int32_t* idx = ws.take<std::int32_t>(static_cast<std::size_t>(std::max<index>(K, 1)));
   float* w = ws.take<float>(static_cast<std::size_t>(std::max<index>(K, 1)));
+  plan.mark_top_score();  // degenerate tokens keep 0
   for (index t = 0; t < T; ++t) {
     float* zt = z + t * C;
     policy.prepare_row(zt, C, t);
@@ -85,6 +86,7 @@ void route_rows(const P& policy, float* z, index T, routing_plan& plan, workspac
     }
     plan.set_entropy(t, policy.row_entropy(s, scratch));
     const index count = policy.select_row(zt, s, idx, scratch);
+    plan.set_top_score(t, count > 0 ? s[idx[0]] : 0.0f);  // before weigh_row may overwrite s
     policy.weigh_row(s, idx, count, w);
     for (index slot = 0; slot < count; ++slot) {
       plan.set(t, slot, policy.column_expert(idx[slot]), w[slot]);

@@ -231,6 +231,7 @@ class top_k {
     auto* nan_token = ws.take<index>(static_cast<std::size_t>(nt));
     std::fill(nan_token, nan_token + nt, index{-1});
     float* entropy = plan.entropy_data();
+    float* top = plan.top_score_data();
     detail::parallel_region(nt, [&](int tid, int team, auto&& barrier) {
       scores(z, tid, team, barrier);
       float* pt = p + tid * E;
@@ -249,6 +250,7 @@ class top_k {
         }
         gate_row(zt, pt, entropy + t, st);
         const index count = select_row(zt, pt, it, st);
+        top[t] = count > 0 ? pt[it[0]] : 0.0f;
         weigh_row(pt, it, count, wt);
         auto experts = plan.experts(t);
         auto weights = plan.weights(t);
@@ -259,6 +261,7 @@ class top_k {
       }
     });
     plan.mark_entropy();
+    plan.mark_top_score();
     for (int i = 0; i < nt; ++i) {
       if (nan_token[i] >= 0) prepare_row(z + nan_token[i] * E, E, nan_token[i]);  // throws
     }
