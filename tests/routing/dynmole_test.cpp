@@ -94,7 +94,7 @@ TEST_CASE("dynmole: -inf logits are never selected, not even by a broadcast", "[
   CHECK(plan.active_slots(1) == 0);
   auto z = golden_z();
   z(2, 1) = std::numeric_limits<float>::quiet_NaN();
-  moe_test::throws_naming([&] { moe_test::route_logits(moe::dynmole(moe_test::eye(4)), z); }, "x");
+  moe_test::throws_naming([&] { moe_test::route_logits(moe::dynmole(moe_test::eye(4)), z); }, "z");
   const moe::dynmole sanitised(moe_test::eye(4), {.nan = moe::nan_policy::to_neg_inf});
   const auto ps = moe_test::route_logits(sanitised, z);
   for (index s = 0; s < 4; ++s) CHECK(ps.expert(2, s) != 1);

@@ -149,7 +149,7 @@ TEST_CASE("top_k: NaN logits are an error by default and -inf on request", "[rou
   } catch (const moe::error& e) {
     const std::string msg = e.what();
     CHECK(e.id() == "moe.error.input");
-    CHECK(msg.find("parameter 'x'") != std::string::npos);
+    CHECK(msg.find("moe::top_k::route_logits: parameter 'z'") != std::string::npos);
     CHECK(msg.find("token 1, expert 1") != std::string::npos);
   }
   const moe::top_k<moe::softmax_gate> sanitised(w, {.k = 2, .renormalize = true, .nan = moe::nan_policy::to_neg_inf});

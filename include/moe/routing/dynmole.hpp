@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <string_view>
 #include <utility>
 
 #include "moe/concepts.hpp"
@@ -16,6 +17,7 @@
 #include "moe/core/workspace.hpp"
 #include "moe/kernels/gating.hpp"
 #include "moe/kernels/gemm.hpp"
+#include "moe/routing/detail/rows.hpp"
 #include "moe/routing/gates.hpp"
 
 namespace moe {
@@ -161,18 +163,13 @@ class dynmole {
     const index T = x.rows();
     float* z = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * m_experts, 1)));  // [T × E]
     kernels::gemm(x.data(), T, x.outerStride(), m_weight, z, m_experts, ws);
-    route_rows(z, T, plan, ws);
+    route_rows(z, T, plan, ws, "moe::dynmole::route", "x");
   }
 
-  /// Routes precomputed logits `z [T × E]` (copied).
+  /// Routes precomputed logits `z = W x [T × E]` (copied).
   void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws) const {
     detail::check_extent("moe::dynmole::route_logits", "z.cols()", z.cols(), m_experts);
-    const index T = z.rows();
-    float* copy = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * m_experts, 1)));  // [T × E]
-    for (index t = 0; t < T; ++t) {
-      for (index e = 0; e < m_experts; ++e) copy[t * m_experts + e] = z(t, e);
-    }
-    route_rows(copy, T, plan, ws);
+    route_rows(detail::copy_logits(z, ws), z.rows(), plan, ws, "moe::dynmole::route_logits", "z");
   }
 
   /// Normalised entropy of one token's probabilities `p [E]` (what the broadcast test uses).
@@ -198,7 +195,8 @@ class dynmole {
   }
 
  private:
-  void route_rows(float* z, index T, routing_plan& plan, workspace& ws) const {
+  void route_rows(float* z, index T, routing_plan& plan, workspace& ws, std::string_view where,
+                  std::string_view param) const {
     const index E = m_experts;
     plan.reset(T, E, E);
     if (T == 0) return;
@@ -207,7 +205,8 @@ class dynmole {
     const bool may_broadcast = m_options.entropy_threshold < 1.0f;
     for (index t = 0; t < T; ++t) {
       float* zt = z + t * E;
-      prepare_row(zt, t);
+      detail::apply_nan_policy(zt, E, t, m_options.nan,
+                               {.where = where, .param = param, .option = "dynmole_options::nan"});
       if (!kernels::softmax(zt, E, p)) {
         plan.set_entropy(t, 0.0f);
         continue;  // all -inf: routes nowhere
@@ -229,20 +228,6 @@ class dynmole {
       for (index r = 0; r < keep; ++r) plan.set(t, r, idx[r], p[idx[r]]);
       plan.set_top_score(t, keep > 0 ? p[idx[0]] : 0.0f);
     }
-  }
-
-  void prepare_row(float* z, index t) const {
-    if (!kernels::has_nan(z, m_experts)) return;
-    if (m_options.nan == nan_policy::to_neg_inf) {
-      kernels::nan_to_neg_inf(z, m_experts);
-      return;
-    }
-    index e = 0;
-    while (!std::isnan(z[e])) ++e;
-    detail::throw_error(error_id::input,
-                        detail::concat("moe::dynmole::route: parameter 'x' gives a NaN router logit (token ", t,
-                                       ", expert ", e, "); expected finite or ±inf logits, or set "
-                                       "dynmole_options::nan = moe::nan_policy::to_neg_inf"));
   }
 
   dynmole_options m_options;

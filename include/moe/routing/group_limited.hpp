@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <limits>
 #include <span>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -18,6 +19,7 @@
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/kernels/gating.hpp"
+#include "moe/routing/detail/rows.hpp"
 #include "moe/routing/gates.hpp"
 #include "moe/routing/top_k.hpp"
 
@@ -100,7 +102,7 @@ class group_limited {
 
   /// @param weight router weight `[E × d]`, one row per expert (copied and packed).
   group_limited(const_matrix_map<float> weight, group_limited_options options = {})
-      : m_options(checked(std::move(options), weight.rows())),
+      : m_options(checked(std::move(options), weight.rows(), weight.cols())),
         m_base(weight, {.k = m_options.k,
                         .renormalize = m_options.renormalize,
                         .route_scale = m_options.route_scale,
@@ -178,18 +180,16 @@ class group_limited {
     const index T = x.rows(), E = num_experts();
     float* z = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * E, 1)));  // [T × E]
     m_base.logits(x, z, E, ws);
-    route_rows(z, T, plan, ws);
+    route_rows(z, T, plan, ws, "moe::group_limited::route", "x");
   }
 
-  /// Routes precomputed logits `z [T × E]` (already divided by the temperature, if any).
+  /// Routes precomputed raw logits `z = W x [T × E]` (copied; the temperature is applied here,
+  /// once, so that route_logits(W x) routes as route(x)).
   void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws) const {
     detail::check_extent("moe::group_limited::route_logits", "z.cols()", z.cols(), num_experts());
-    const index T = z.rows(), E = num_experts();
-    float* copy = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * E, 1)));  // [T × E]
-    for (index t = 0; t < T; ++t) {
-      for (index e = 0; e < E; ++e) copy[t * E + e] = z(t, e);
-    }
-    route_rows(copy, T, plan, ws);
+    float* copy = detail::copy_logits(z, ws);  // [T × E]
+    m_base.scale_logits(copy, z.rows(), num_experts());
+    route_rows(copy, z.rows(), plan, ws, "moe::group_limited::route_logits", "z");
   }
 
  private:
@@ -205,9 +205,9 @@ class group_limited {
     }
   }
 
-  static group_limited_options checked(group_limited_options o, index E) {
+  static group_limited_options checked(group_limited_options o, index E, index d) {
     constexpr const char* where = "moe::group_limited";
-    if (E < 1) detail::fail_parameter(error_id::shape, where, "weight.rows()", ">= 1", E);
+    detail::check_gate_options(where, E, d, o.route_scale, o.temperature);
     detail::check_range<index>(where, "n_groups", o.n_groups, 1, E);
     if (E % o.n_groups != 0) {
       detail::fail_parameter(error_id::config, where, "n_groups",
@@ -220,7 +220,8 @@ class group_limited {
   }
 
   // Gate, mask, select and weigh every row of z (modified in place by the NaN policy).
-  void route_rows(float* z, index T, routing_plan& plan, workspace& ws) const {
+  void route_rows(float* z, index T, routing_plan& plan, workspace& ws, std::string_view where,
+                  std::string_view param) const {
     constexpr float neg_inf = -std::numeric_limits<float>::infinity();
     const index E = num_experts(), G = m_options.n_groups, g = m_group_size, k = m_options.k;
     plan.reset(T, k, E);
@@ -235,7 +236,8 @@ class group_limited {
     const float* b = m_bias.data();
     for (index t = 0; t < T; ++t) {
       float* zt = z + t * E;
-      m_base.prepare_row(zt, E, t);
+      detail::apply_nan_policy(zt, E, t, m_options.nan,
+                               {.where = where, .param = param, .option = "group_limited_options::nan"});
       float H = 0.0f;
       m_base.gate_row(zt, s, &H, key);
       plan.set_entropy(t, H);

@@ -19,6 +19,7 @@
 #include "moe/kernels/gating.hpp"
 #include "moe/kernels/gemm.hpp"
 #include "moe/kernels/math.hpp"
+#include "moe/routing/detail/rows.hpp"
 #include "moe/routing/gates.hpp"
 
 namespace moe {
@@ -154,7 +155,13 @@ class prototypical {
       for (index j = 0; j < N; ++j) {
         zt[j] = static_cast<float>(m_options.alpha * (zt[j] / (nx * m_norm[static_cast<std::size_t>(j)])));
       }
-      prepare_row(zt, t);
+      // The NaN policy (NaN cosines come from NaN or infinite token states).
+      detail::apply_nan_policy(zt, N, t, m_options.nan,
+                               {.where = where,
+                                .param = "x",
+                                .option = "prototypical_options::nan",
+                                .value = "cosine",
+                                .expected = "finite token states"});
       const index count = kernels::top_k(zt, N, K, idx);
       switch (m_options.activation) {
         case prototype_activation::identity: std::copy(zt, zt + N, g); break;
@@ -204,18 +211,6 @@ class prototypical {
     for (index u = 0; u < m_options.unconditional_experts; ++u) {
       plan.set(t, u, static_cast<std::int32_t>(m_routed + u), 1.0f);
     }
-  }
-
-  void prepare_row(float* z, index t) const {
-    if (!kernels::has_nan(z, m_routed)) return;
-    if (m_options.nan == nan_policy::to_neg_inf) {
-      kernels::nan_to_neg_inf(z, m_routed);
-      return;
-    }
-    detail::throw_error(error_id::input,
-                        detail::concat("moe::prototypical::route: parameter 'x' gives a NaN cosine (token ", t,
-                                       "); expected finite token states, or set prototypical_options::nan = "
-                                       "moe::nan_policy::to_neg_inf"));
   }
 
   prototypical_options m_options;
