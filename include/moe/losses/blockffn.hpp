@@ -35,7 +35,7 @@ struct chunk_sparsification_options {
 
 /// Options of moe::activation_locality_loss (BlockFFN's released values for 0.1B–1.2B).
 struct activation_locality_options {
-  /// Sigmoid steepness s (BlockFFN: 100).
+  /// Sigmoid steepness s, finite and > 0 (BlockFFN: 100).
   double steepness = 100;
   /// lambda_AL (2e-3; 1e-3 for the 0.8B model).
   double coefficient = 2e-3;
@@ -178,8 +178,8 @@ double activation_locality_loss(const Eigen::DenseBase<Derived>& scores, const a
   constexpr const char* where = "moe::activation_locality_loss";
   const auto rs = view(scores);
   const index T = rs.rows(), E = rs.cols();
-  if (!std::isfinite(options.steepness)) {
-    detail::fail_parameter(error_id::config, where, "steepness", "finite", options.steepness);
+  if (!(options.steepness > 0) || !std::isfinite(options.steepness)) {
+    detail::fail_parameter(error_id::config, where, "steepness", "finite and > 0", options.steepness);
   }
   if (!std::isfinite(options.coefficient)) {
     detail::fail_parameter(error_id::config, where, "coefficient", "finite", options.coefficient);
