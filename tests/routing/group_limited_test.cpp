@@ -230,6 +230,35 @@ TEST_CASE("group_limited: without a bias, experts are selected on the logits (sa
   }
 }
 
+TEST_CASE("group_limited: k = E (every group kept) routes to every selectable expert", "[routing][group_limited]") {
+  moe::row_matrix<float> z(2, 6);
+  z << 0.5f, 2, -1, 2, 0, 1,  //
+      1, -inf, 3, 0, -inf, 2;
+  for (const auto score : {moe::group_score::top2_sum, moe::group_score::max}) {
+    INFO("top2_sum " << (score == moe::group_score::top2_sum));
+    // No bias: selection on the logits, ties to the lower expert.
+    const moe::group_limited<> r(identity(6), {.k = 6, .n_groups = 3, .topk_groups = 3, .score = score});
+    const auto plan = route_logits(r, z);
+    check_route(plan, 0, {1, 3, 5, 0, 4, 2}, {});
+    check_route(plan, 1, {2, 5, 0, 3}, {});  // -inf never selected
+    double total = 0;
+    for (index s = 0; s < 6; ++s) total += plan.weight(0, s);
+    CHECK(total == Approx(1.0).epsilon(1e-6));
+    // The same as top_k with k = E.
+    const auto want = route_logits(moe::top_k<moe::sigmoid_gate>(identity(6), {.k = 6, .renormalize = true}), z);
+    CHECK(std::equal(plan.all_experts().begin(), plan.all_experts().end(), want.all_experts().begin()));
+    CHECK(std::equal(plan.all_weights().begin(), plan.all_weights().end(), want.all_weights().begin()));
+    // With a bias: selection on s + b, weights from s.
+    const std::vector<float> bias = {0.6f, 0, 0, 0, 0, 0};
+    const moe::group_limited<> b(identity(6), {.k = 6, .n_groups = 3, .topk_groups = 3, .score = score,
+                                              .selection_bias = bias});
+    const auto pb = route_logits(b, z);
+    CHECK(pb.expert(0, 0) == 0);  // sigmoid(0.5) + 0.6 = 1.22 > sigmoid(2) = 0.88
+    CHECK(pb.active_slots(0) == 6);
+    CHECK(pb.active_slots(1) == 4);
+  }
+}
+
 TEST_CASE("group_limited: ±inf and NaN logits", "[routing][group_limited][inf]") {
   const moe::group_limited<> r(identity(4), {.k = 2, .n_groups = 2, .topk_groups = 1});
   moe::row_matrix<float> z(3, 4);
