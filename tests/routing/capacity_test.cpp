@@ -18,6 +18,7 @@
 #include <moe/losses/load_balance.hpp>
 #include <moe/losses/z_loss.hpp>
 #include <moe/routing/capacity.hpp>
+#include <moe/routing/expert_choice.hpp>
 #include <moe/routing/group_limited.hpp>
 #include <moe/routing/null_experts.hpp>
 
@@ -285,6 +286,15 @@ TEST_CASE("capacity equals the naive slot-major reference on random tokens", "[r
       }
     }
   }
+}
+
+TEST_CASE("capacity and expert choice: a huge capacity factor clamps to T (no index overflow)",
+          "[routing][capacity]") {
+  const capped big(moe::top_k<>(identity(4), {.k = 2}), {.capacity_factor = 1e300});
+  CHECK(big.expert_capacity(10) == 10);
+  CHECK(big.expert_capacity(0) == 0);
+  const moe::expert_choice ec(identity(4), {.capacity_factor = 1e300});
+  CHECK(ec.tokens_per_expert(10) == 10);
 }
 
 TEST_CASE("capacity: C >= T, drop_tokens = false and min_capacity", "[routing][capacity]") {

@@ -29,6 +29,7 @@
 #include "moe/core/context.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/plan.hpp"
+#include "moe/core/rounding.hpp"
 #include "moe/core/sequences.hpp"
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
@@ -83,7 +84,7 @@ void ftp_static_mask(index L, double sparsity, std::span<Scalar> mask) {
   constexpr const char* where = "moe::ftp_static_mask";
   if (!(sparsity >= 0.0 && sparsity <= 1.0)) detail::fail_parameter(error_id::config, where, "sparsity", "in [0, 1]", sparsity);
   detail::check_extent(where, "mask.size()", static_cast<index>(mask.size()), L);
-  const index keep = detail::depth::guarded_ceil((1.0 - sparsity) * static_cast<double>(L), L);
+  const index keep = std::clamp<index>(capacity_ceil((1.0 - sparsity) * static_cast<double>(L)), 0, L);
   for (index t = 0; t < L; ++t) {
     // Position 0 is first in the list, then L-1, L-2, ...: t >= 1 is at list index L - t.
     const bool kept = t == 0 ? keep >= 1 : L - t < keep;

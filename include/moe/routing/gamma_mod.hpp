@@ -29,6 +29,7 @@
 #include "moe/core/context.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/plan.hpp"
+#include "moe/core/rounding.hpp"
 #include "moe/core/sequences.hpp"
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
@@ -138,7 +139,7 @@ class gamma_mod {
     if (L <= lic) return L;
     const double x = static_cast<double>(L) *
                      (1.0 - m_options.skip_fraction * static_cast<double>(lic) / static_cast<double>(L));
-    return detail::depth::guarded_ceil(x, L);
+    return std::clamp<index>(capacity_ceil(x), 0, L);
   }
 
   /// Sets passes and output scales of `plan` (reset to x.rows() tokens) from `x [T × d]`.

@@ -165,14 +165,6 @@ void executed_mask(const routing_plan& plan, std::span<Scalar> mask) {
 
 namespace detail::depth {
 
-/// Integer capacity from a real-valued one (routing-spec §1.2 and errata 1), in double:
-/// `ceil(x - 1e-9 max(1, |x|))`, then clamped to [0, n].
-inline index guarded_ceil(double x, index n) noexcept {
-  const double c = std::ceil(x - 1e-9 * std::max(1.0, std::abs(x)));
-  if (!(c > 0.0)) return 0;
-  return c >= static_cast<double>(n) ? n : static_cast<index>(c);
-}
-
 /// Marks (passes = 1) the C tokens with the largest keys among rows `[begin, end)` and skips
 /// (passes = 0) the others. Ties go to the lower position. `idx` has room for end - begin values.
 /// The order is a total order (key descending, then position ascending), so the selected set does

@@ -23,6 +23,7 @@
 #include "moe/core/context.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/plan.hpp"
+#include "moe/core/rounding.hpp"
 #include "moe/core/sequences.hpp"
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
@@ -101,7 +102,7 @@ class mod_capacity {
   /// Tokens that enter in a sequence of L tokens (capacity decision).
   [[nodiscard]] index capacity(index L) const noexcept {
     if (m_options.capacity >= 0) return std::min(m_options.capacity, L);
-    return detail::depth::guarded_ceil(m_options.capacity_fraction * static_cast<double>(L), L);
+    return std::clamp<index>(capacity_ceil(m_options.capacity_fraction * static_cast<double>(L)), 0, L);
   }
 
   /// Router weights `r [T] = x · w`.
