@@ -42,7 +42,8 @@ moe::row_matrix<float> identity(index E) {
 
 // Naive capacity over a base plan: offers in slot-major order (tokens ordered by `order`), a
 // counter per expert, kept iff position < C.
-moe::routing_plan naive_capacity(moe::routing_plan plan, index C, const std::vector<index>& order, bool renorm) {
+moe::routing_plan naive_capacity(const moe::routing_plan& base, index C, const std::vector<index>& order, bool renorm) {
+  auto plan = base;
   std::vector<index> count(static_cast<std::size_t>(plan.num_experts()), 0);
   for (index s = 0; s < plan.max_slots(); ++s) {
     for (const index t : order) {
@@ -53,6 +54,7 @@ moe::routing_plan naive_capacity(moe::routing_plan plan, index C, const std::vec
   }
   if (renorm) {
     for (index t = 0; t < plan.num_tokens(); ++t) {
+      if (plan.active_slots(t) == base.active_slots(t)) continue;  // lost nothing: unchanged
       double total = 0;
       for (index s = 0; s < plan.max_slots(); ++s) total += plan.weight(t, s);
       for (index s = 0; s < plan.max_slots(); ++s) {
@@ -139,12 +141,49 @@ TEST_CASE("capacity: golden B of spec §5 (top-2 slot ordering, C = 2)", "[routi
   CHECK(golden(plan.weight(2, 0), 0.622459));
   CHECK(golden(plan.weight(0, 0), 0.731059));
   // DeepSpeed top-2: the weights are renormalised over the kept routes; a lone survivor gets 1.
-  const capped ds(moe::top_k<>(identity(3), {.k = 2}), {.capacity_factor = 1.0, .renormalize_after_drop = true});
+  // That is a renormalising base (tokens that lost nothing) plus renormalize_after_drop.
+  const capped ds(moe::top_k<>(identity(3), {.k = 2, .renormalize = true}),
+                  {.capacity_factor = 1.0, .renormalize_after_drop = true});
   const auto p2 = route_logits(ds, z);
   CHECK(p2.expert(2, 1) == moe::no_expert);
   CHECK(p2.weight(2, 0) == 1.0f);
-  CHECK(golden(p2.weight(0, 0), 0.731059));  // raw softmax pair renormalised: e/(e+1)
+  CHECK(golden(p2.weight(0, 0), 0.731059));  // the softmax pair renormalised: e/(e+1)
   CHECK(golden(p2.weight(0, 1), 0.268941));
+  // With a raw-probability base only the token that lost a route is renormalised.
+  const capped raw(moe::top_k<>(identity(3), {.k = 2}), {.capacity_factor = 1.0, .renormalize_after_drop = true});
+  const auto p3 = route_logits(raw, z);
+  CHECK(p3.weight(2, 0) == 1.0f);
+  const double e = std::exp(1.0), total = e * e + e + 1;
+  CHECK(golden(p3.weight(0, 0), e * e / total));  // softmax([2, 1, 0]) unchanged
+  CHECK(golden(p3.weight(0, 1), e / total));
+}
+
+TEST_CASE("capacity: renormalize_after_drop leaves the tokens that lost nothing unchanged, bit for bit",
+          "[routing][capacity]") {
+  moe_test::rng rng(603);
+  const index E = 4, T = 24;
+  const auto z = rng.matrix(T, E, 2.0f);
+  const moe::top_k<> base(identity(E), {.k = 2, .renormalize = true, .route_scale = 2.5f});
+  const capped r(base, {.capacity_factor = 0.75, .renormalize_after_drop = true});
+  moe::routing_plan got, before;
+  moe::workspace ws;
+  ws.reset();
+  r.base().route_logits(moe::view(z), before, ws);
+  r.route_logits(moe::view(z), got, ws);
+  REQUIRE(got.dropped() > 0);
+  index lost_some = 0, lost_none = 0;
+  for (index t = 0; t < T; ++t) {
+    INFO("token " << t);
+    if (got.active_slots(t) == before.active_slots(t)) {
+      ++lost_none;  // the base's weights, route_scale included
+      for (index s = 0; s < 2; ++s) CHECK(got.weight(t, s) == before.weight(t, s));
+    } else if (got.active_slots(t) == 1) {
+      ++lost_some;  // a lone survivor gets 1 (DeepSpeed top-2)
+      CHECK(got.weight(t, 0) + got.weight(t, 1) == 1.0f);
+    }
+  }
+  CHECK(lost_none > 0);
+  CHECK(lost_some > 0);
 }
 
 TEST_CASE("capacity: batch prioritized routing serves confident tokens first", "[routing][capacity]") {

@@ -15,6 +15,7 @@
 #include "moe/core/rounding.hpp"
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
+#include "moe/kernels/gating.hpp"
 #include "moe/routing/top_k.hpp"
 
 namespace moe {
@@ -38,9 +39,12 @@ struct capacity_options {
   bool drop_tokens = true;
   /// Order of the assignments inside each slot.
   capacity_priority priority = capacity_priority::position;
-  /// true: every token's surviving weights are divided by their sum (DeepSpeed top-2: a lone
-  /// survivor gets weight 1; the base's route_scale is not kept). false (GShard, Switch): the
-  /// surviving weights are left as they are.
+  /// true: the surviving weights of every token that lost an assignment are divided by their sum
+  /// (kernels::renormalize_scale: a lone survivor gets weight 1, the base's route_scale is not
+  /// kept for such a token); a token that lost nothing keeps its weights bit for bit, so
+  /// DeepSpeed's top-2 gate (weights over the kept routes for every token) is a base with
+  /// `renormalize = true` plus this. false (GShard, Switch): the surviving weights are left as
+  /// they are.
   bool renormalize_after_drop = false;
 };
 
@@ -150,6 +154,7 @@ class capacity {
         return wa > wb || (wa == wb && a < b);
       });
     }
+    auto* lost = ws.take_zeroed<std::uint8_t>(static_cast<std::size_t>(T));  // token lost an assignment
     index dropped = 0;
     for (index s = 0; s < K; ++s) {
       for (index i = 0; i < T; ++i) {
@@ -158,16 +163,15 @@ class capacity {
         if (e == no_expert) continue;
         if (count[e]++ >= C) {
           plan.set(t, s, no_expert, 0.0f);
+          lost[t] = 1;
           ++dropped;
         }
       }
     }
     if (m_options.renormalize_after_drop) {
+      // Only the tokens that lost something; dropped slots hold weight 0 and stay 0.
       for (index t = 0; t < T; ++t) {
-        auto w = plan.weights(t);
-        float total = 0.0f;
-        for (index s = 0; s < K; ++s) total += w[s];
-        for (index s = 0; s < K; ++s) w[s] = total > 0.0f ? w[s] / total : 0.0f;
+        if (lost[t]) kernels::renormalize_scale(plan.weights(t).data(), K, true, 1.0f);
       }
       plan.invalidate();
     }
