@@ -58,7 +58,9 @@ struct dynmole_stats {
 
 namespace detail::dynmole {
 
-/// Normalised entropy of the probabilities `p[0..E)` (double), routing-spec §10; E = 1 gives 0.
+/// Normalised entropy of the probabilities `p[0..E)` in double, routing-spec §10; E = 1 gives 0.
+/// What moe::dynmole_loss uses (and the router for Rényi); the router's Tsallis and Shannon
+/// entropies come from kernels::tsallis_entropy (dynmole::normalised_entropy).
 template <class P>
 double normalised_entropy(const P* p, index E, double q, double eps, dynmole_entropy kind) noexcept {
   if (E <= 1) return 0.0;
@@ -142,6 +144,8 @@ class dynmole {
     if (!(m_options.entropy_eps >= 0.0f) || !std::isfinite(m_options.entropy_eps)) {
       detail::fail_parameter(error_id::config, where, "entropy_eps", "finite and >= 0", m_options.entropy_eps);
     }
+    const double q = m_options.q, E = static_cast<double>(m_experts);
+    m_entropy_max = m_options.q == 1.0f ? std::log(E) : (1.0 - std::pow(E, 1.0 - q)) / (q - 1.0);
     m_weight = kernels::pack_panels(weight.data(), m_experts, m_hidden, weight.outerStride(),
                                     kernels::panel_width<kernels::gemm_arch>);
   }
@@ -172,9 +176,21 @@ class dynmole {
     route_rows(detail::copy_logits(z, ws), z.rows(), plan, ws, "moe::dynmole::route_logits", "z");
   }
 
-  /// Normalised entropy of one token's probabilities `p [E]` (what the broadcast test uses).
+  /// Normalised entropy of one token's probabilities `p [E]` (what the broadcast test uses); 0
+  /// when E = 1. Tsallis (and Shannon, q = 1): the canonical fp32 kernels::tsallis_entropy (the
+  /// same bits on every ISA; within the golden tolerance of routing-spec §10) over its maximum
+  /// `(1 − E^(1−q)) / (q − 1)` (`log E` at q = 1) computed in double. Its `1 − Σ (p+eps)^q` cancels
+  /// for q near 1 (about 1e-4 relative at |q − 1| = 1e-3), which moves only tokens within that of
+  /// the threshold. Rényi stays in double (detail::dynmole::normalised_entropy): rebuilding
+  /// `Σ (p+eps)^q` from the fp32 Tsallis value would cancel twice. moe::dynmole_loss computes
+  /// every entropy in double (its gradient is checked against finite differences).
   [[nodiscard]] double normalised_entropy(const float* p) const noexcept {
-    return detail::dynmole::normalised_entropy(p, m_experts, m_options.q, m_options.entropy_eps, m_options.entropy);
+    if (m_experts <= 1) return 0.0;
+    if (m_options.entropy == dynmole_entropy::renyi && m_options.q != 1.0f) {
+      return detail::dynmole::normalised_entropy(p, m_experts, m_options.q, m_options.entropy_eps, m_options.entropy);
+    }
+    return static_cast<double>(kernels::tsallis_entropy(p, m_experts, m_options.q, m_options.entropy_eps)) /
+           m_entropy_max;
   }
 
   /// Experts per token and the fraction of tokens routed to every expert.
@@ -233,6 +249,7 @@ class dynmole {
   dynmole_options m_options;
   index m_experts;
   index m_hidden;
+  double m_entropy_max = 0;  // the maximum Tsallis (Shannon at q = 1) entropy over E experts
   kernels::packed_weights m_weight;
 };
 
