@@ -3,6 +3,7 @@
 // with shared and unconditional experts, DynMoLE, BlockFFN) against a naive reference layer.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -117,20 +118,30 @@ TEST_CASE("layer with DynMoLE routing: naive reference", "[layer][dynmole]") {
   const index E = 6, d = 16, f = 10, T = 40;
   const auto experts = moe_test::random_swiglu(rng, E, d, f);
   const auto w = rng.matrix(E, d, 2.0f);
-  const auto x = rng.matrix(T, d);
+  auto x = rng.matrix(T, d);
+  for (index t = 0; t < T; t += 4) x.row(t) *= 0.01f;  // near-uniform routing: the entropy broadcast
   moe::layer<moe::dynmole, bank, moe::device::cpu> layer(moe::dynmole(w), moe_test::make_bank(experts),
                                                          moe::device::cpu{2});
   moe::row_matrix<float> y(T, d);
   layer.forward(x, y);
   std::vector<double> want(static_cast<std::size_t>(T * d), 0.0);
+  index active = 0, all = 0;
   for (index t = 0; t < T; ++t) {
     const auto z = moe_test::naive_logits(w, x.data() + t * d);
-    add_route(experts, moe_test::naive_dynmole(z, static_cast<double>(1.1f), static_cast<double>(0.75f), 2,
-                                               static_cast<double>(0.9f)),
-              x.data() + t * d, want.data() + t * d);
+    const auto route = moe_test::naive_dynmole(z, static_cast<double>(1.1f), static_cast<double>(0.75f), 2,
+                                               static_cast<double>(0.9f));
+    add_route(experts, route, x.data() + t * d, want.data() + t * d);
+    active += static_cast<index>(route.experts.size());
+    all += static_cast<index>(route.experts.size()) == E;
   }
   CHECK(moe_test::relative_error(y, want) < 1e-5);
-  CHECK(layer.policy_stats().mean_experts_per_token >= 2.0);
+  // The statistics are those of the naive routes (this batch has both kinds of token).
+  const auto s = layer.policy_stats();
+  CHECK(s.tokens == T);
+  CHECK(s.mean_experts_per_token == static_cast<double>(active) / static_cast<double>(T));
+  CHECK(s.all_experts_fraction == static_cast<double>(all) / static_cast<double>(T));
+  CHECK(all > 0);
+  CHECK(all < T);
 }
 
 TEST_CASE("layer with the BlockFFN router: naive reference", "[layer][blockffn]") {
@@ -146,14 +157,28 @@ TEST_CASE("layer with the BlockFFN router: naive reference", "[layer][blockffn]"
   moe::row_matrix<float> y(T, d);
   layer.forward(x, y);
   std::vector<double> want(static_cast<std::size_t>(T * d), 0.0);
+  std::vector<moe_test::naive_route> routes;
   for (index t = 0; t < T; ++t) {
-    add_route(experts, moe_test::naive_blockffn(moe_test::naive_logits(w, x.data() + t * d), gain), x.data() + t * d,
-              want.data() + t * d);
+    routes.push_back(moe_test::naive_blockffn(moe_test::naive_logits(w, x.data() + t * d), gain));
+    add_route(experts, routes.back(), x.data() + t * d, want.data() + t * d);
   }
   CHECK(moe_test::relative_error(y, want) < 1e-5);
+  // Token- and chunk-level sparsity of the naive routes (chunks of 8 tokens).
+  index active = 0;
+  for (const auto& r : routes) active += static_cast<index>(r.experts.size());
+  double used = 0;
+  for (index c0 = 0; c0 < T; c0 += 8) {
+    std::vector<bool> in_chunk(static_cast<std::size_t>(E), false);
+    for (index t = c0; t < std::min<index>(c0 + 8, T); ++t) {
+      for (const auto e : routes[static_cast<std::size_t>(t)].experts) in_chunk[static_cast<std::size_t>(e)] = true;
+    }
+    used += static_cast<double>(std::count(in_chunk.begin(), in_chunk.end(), true)) / static_cast<double>(E);
+  }
   const auto s = layer.policy_stats();
-  CHECK(s.token_sparsity > 0.0);
-  CHECK(s.chunk_sparsity <= s.token_sparsity);
+  CHECK(s.mean_experts_per_token == static_cast<double>(active) / static_cast<double>(T));
+  CHECK(s.token_sparsity == Approx(1.0 - static_cast<double>(active) / static_cast<double>(T * E)).epsilon(1e-12));
+  CHECK(s.chunk_sparsity == Approx(1.0 - used / 5.0).epsilon(1e-12));
+  CHECK(s.chunk_length == 8);
 }
 
 }  // namespace

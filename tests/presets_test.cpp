@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -18,26 +19,18 @@
 #include "support/layers.hpp"
 #include "support/naive.hpp"
 #include "support/random.hpp"
+#include "support/policies.hpp"
 
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
 using moe::index;
+using moe_test::golden;
+using moe_test::route_logits;
 
 namespace {
-bool golden(double got, double want) { return std::abs(got - want) <= 1.5e-6 + 2e-5 * std::abs(want); }
-
 moe::row_matrix<float> identity(index E) {
   moe::row_matrix<float> w(E, E);
   w.setIdentity();
   return w;
-}
-
-template <class Router>
-moe::routing_plan route_logits(const Router& r, const moe::row_matrix<float>& z) {
-  moe::routing_plan plan;
-  moe::workspace ws;
-  ws.reset();
-  r.route_logits(moe::view(z), plan, ws);
-  return plan;
 }
 
 // One token's logits: 0 everywhere except the given (expert, logit) pairs.
@@ -188,7 +181,8 @@ TEST_CASE("preset dit_moe: the golden of spec §12", "[presets][golden]") {
   w << 1, 0, 0, 1, -1, 0.5f, 0.5f, 0.5f;
   moe::row_matrix<float> x(3, 2);
   x << 1, 0, 0, 1, 1, 1;
-  const auto r = moe::presets::dit_moe::make(w);
+  // The §12 golden has 4 experts, not DiT-MoE's 8 or 16: the preset's options on a plain router.
+  const moe::presets::dit_moe::router r(w, moe::presets::dit_moe::options());
   moe::routing_plan plan;
   moe::workspace ws;
   ws.reset();
@@ -205,6 +199,34 @@ TEST_CASE("preset dit_moe: the golden of spec §12", "[presets][golden]") {
   z << 1, 0, -1, 0.5f, 0, 1, 0.5f, 0.5f, 1, 1, -0.5f, 1;
   CHECK(golden(moe::expert_balance_loss(z, plan, moe::presets::dit_moe::balance_alpha), 0.010664));
   CHECK(moe::presets::dit_moe::num_shared_experts == 2);
+}
+
+TEST_CASE("presets: make() checks the weight against the model's number of experts", "[presets][error]") {
+  const auto throws = [](auto&& make, const std::string& preset, const std::string& param) {
+    try {
+      (void)make();
+      FAIL("expected moe::error from " << preset);
+    } catch (const moe::error& e) {
+      const std::string msg = e.what();
+      INFO(msg);
+      CHECK(msg.find("moe::presets::" + preset + "::make: parameter '" + param + "'") != std::string::npos);
+    }
+  };
+  const auto w = [](index rows, index cols = 4) { return moe::row_matrix<float>::Ones(rows, cols).eval(); };
+  throws([&] { return moe::presets::mixtral::make(w(7)); }, "mixtral", "weight.rows()");
+  throws([&] { return moe::presets::mixtral::make(w(8, 0)); }, "mixtral", "weight.cols()");
+  throws([&] { return moe::presets::qwen2_moe::make(w(64)); }, "qwen2_moe", "weight.rows()");
+  throws([&] { return moe::presets::olmoe::make(w(8)); }, "olmoe", "weight.rows()");
+  throws([&] { return moe::presets::deepseek_v3::make(w(64)); }, "deepseek_v3", "weight.rows()");
+  throws([&] { return moe::presets::jamba::make(w(8)); }, "jamba", "weight.rows()");
+  throws([&] { return moe::presets::dit_moe::make(w(4)); }, "dit_moe", "weight.rows()");
+  throws([&] { return moe::presets::switch_transformer::make(w(4, 0)); }, "switch_transformer", "weight.cols()");
+  // The right shapes build.
+  CHECK(moe::presets::mixtral::make(w(8)).num_experts() == 8);
+  CHECK(moe::presets::dit_moe::make(w(8)).num_experts() == 8);
+  CHECK(moe::presets::dit_moe::make(w(16)).num_experts() == 16);
+  CHECK(moe::presets::deepseek_v3::make(w(256)).num_experts() == 256);
+  CHECK(moe::presets::switch_transformer::make(w(5)).num_experts() == 5);  // any number of experts
 }
 
 }  // namespace

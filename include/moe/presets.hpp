@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "moe/config.hpp"
+#include "moe/core/error.hpp"
 #include "moe/core/views.hpp"
 #include "moe/experts/shared.hpp"
 #include "moe/experts/swiglu.hpp"
@@ -25,6 +26,17 @@
 
 namespace moe::presets {
 
+namespace detail {
+/// Checks a preset's router weight `[E × d]`: `E` rows when the model fixes the number of experts
+/// (`experts` > 0), at least one column; throws moe::error naming 'weight.rows()' or
+/// 'weight.cols()' and the preset.
+template <class Derived>
+void check_weight(const char* where, const Eigen::DenseBase<Derived>& weight, index experts) {
+  if (experts > 0) moe::detail::check_extent(where, "weight.rows()", weight.rows(), experts);
+  if (weight.cols() < 1) moe::detail::fail_parameter(error_id::shape, where, "weight.cols()", ">= 1", weight.cols());
+}
+}  // namespace detail
+
 /// Mixtral 8x7B / 8x22B: softmax top-2 of 8 experts, the two probabilities renormalised (the same
 /// as a softmax over the two selected logits). No shared expert.
 struct mixtral {
@@ -32,9 +44,13 @@ struct mixtral {
   static constexpr index num_experts = 8;
   static constexpr int k = 2;
   static top_k_options options() { return {.k = k, .renormalize = true}; }
-  /// The router for a `[8 × d]` gate weight (any row-major Eigen matrix or map).
+  /// The router for a `[8 × d]` gate weight (any row-major Eigen matrix or map); other shapes
+  /// throw moe::error.
   template <class Derived>
-  static router make(const Eigen::DenseBase<Derived>& weight) { return router(view(weight), options()); }
+  static router make(const Eigen::DenseBase<Derived>& weight) {
+    detail::check_weight("moe::presets::mixtral::make", weight, num_experts);
+    return router(view(weight), options());
+  }
 };
 
 /// Qwen2-MoE (Hugging Face `Qwen2MoeSparseMoeBlock`; Qwen1.5-MoE-A2.7B: 60 experts, top-4): softmax
@@ -50,8 +66,11 @@ struct qwen2_moe {
   static top_k_options options(bool norm_topk_prob = false, int top_k = k) {
     return {.k = top_k, .renormalize = norm_topk_prob};
   }
+  /// The router for a `[60 × d]` gate weight; other shapes throw moe::error (other Qwen2-MoE
+  /// sizes, e.g. 64 experts top-8: `router(weight, options(norm_topk_prob, 8))`).
   template <class Derived>
   static router make(const Eigen::DenseBase<Derived>& weight, bool norm_topk_prob = false, int top_k = k) {
+    detail::check_weight("moe::presets::qwen2_moe::make", weight, num_experts);
     return router(view(weight), options(norm_topk_prob, top_k));
   }
 };
@@ -65,8 +84,12 @@ struct olmoe {
   static constexpr double z_loss = 1e-3;
   static top_k_options options() { return {.k = k, .renormalize = false}; }
   static load_balance_options load_balance() { return {.alpha = 0.01}; }
+  /// The router for a `[{num_experts} × d]` gate weight; other shapes throw moe::error.
   template <class Derived>
-  static router make(const Eigen::DenseBase<Derived>& weight) { return router(view(weight), options()); }
+  static router make(const Eigen::DenseBase<Derived>& weight) {
+    detail::check_weight("moe::presets::olmoe::make", weight, num_experts);
+    return router(view(weight), options());
+  }
 };
 
 /// DeepSeek-V3 (671B): sigmoid scores, selection bias, 8 groups of 32 experts, the 4 best groups
@@ -90,8 +113,10 @@ struct deepseek_v3 {
             .selection_bias = std::move(bias)};
   }
   static sequence_balance_options sequence_balance() { return {.alpha = 1e-4}; }
+  /// The router for a `[256 × d]` gate weight; other shapes throw moe::error.
   template <class Derived>
   static router make(const Eigen::DenseBase<Derived>& weight, std::vector<float> bias = {}) {
+    detail::check_weight("moe::presets::deepseek_v3::make", weight, num_experts);
     return router(view(weight), options(std::move(bias)));
   }
 };
@@ -103,8 +128,12 @@ struct jamba {
   static constexpr index num_experts = 16;
   static constexpr int k = 2;
   static top_k_options options() { return {.k = k, .renormalize = false}; }
+  /// The router for a `[{num_experts} × d]` gate weight; other shapes throw moe::error.
   template <class Derived>
-  static router make(const Eigen::DenseBase<Derived>& weight) { return router(view(weight), options()); }
+  static router make(const Eigen::DenseBase<Derived>& weight) {
+    detail::check_weight("moe::presets::jamba::make", weight, num_experts);
+    return router(view(weight), options());
+  }
 };
 
 /// Switch Transformer: softmax top-1, the gate is the raw probability, expert capacity
@@ -117,8 +146,10 @@ struct switch_transformer {
   static top_k_options options() { return {.k = k, .renormalize = false}; }
   /// @param capacity_factor 1.0 or 1.25 in training (Switch), 2.0 in evaluation.
   static capacity_options capacity_config(double capacity_factor = 1.25) { return {.capacity_factor = capacity_factor}; }
+  /// The router for an `[E × d]` gate weight (Switch models have 8 to 2048 experts: any E).
   template <class Derived>
   static router make(const Eigen::DenseBase<Derived>& weight, double capacity_factor = 1.25) {
+    detail::check_weight("moe::presets::switch_transformer::make", weight, 0);
     return router(top_k<softmax_gate>(view(weight), options()), capacity_config(capacity_factor));
   }
 };
@@ -133,8 +164,17 @@ struct dit_moe {
   static constexpr index num_shared_experts = 2;
   static constexpr double balance_alpha = 0.01;
   static top_k_options options() { return {.k = k, .renormalize = false}; }
+  /// The router for a `[8 × d]` or `[16 × d]` gate weight (DiT-MoE's two configurations); other
+  /// shapes throw moe::error (build `router(weight, options())` for another number of experts).
   template <class Derived>
-  static router make(const Eigen::DenseBase<Derived>& weight) { return router(view(weight), options()); }
+  static router make(const Eigen::DenseBase<Derived>& weight) {
+    constexpr const char* where = "moe::presets::dit_moe::make";
+    if (weight.rows() != 8 && weight.rows() != 16) {
+      moe::detail::fail_parameter(error_id::shape, where, "weight.rows()", "8 or 16", weight.rows());
+    }
+    detail::check_weight(where, weight, 0);
+    return router(view(weight), options());
+  }
 };
 
 }  // namespace moe::presets

@@ -2,6 +2,9 @@
 // Tests of include/moe/core/rounding.hpp: the guarded capacity rounding of routing-spec errata 1.
 #include <catch2/catch.hpp>
 
+#include <cmath>
+#include <limits>
+
 #include <moe/core/rounding.hpp>
 
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
@@ -28,6 +31,19 @@ TEST_CASE("capacity_floor: the guard pushes up", "[core][rounding]") {
   CHECK(moe::capacity_floor(2.5) == 2);
   CHECK(moe::capacity_floor(0.99) == 0);
   CHECK(moe::capacity_floor(0.0) == 0);
+}
+
+TEST_CASE("capacity rounding saturates instead of overflowing the index", "[core][rounding]") {
+  constexpr index top = std::numeric_limits<index>::max(), bottom = std::numeric_limits<index>::min();
+  CHECK(moe::capacity_ceil(1e300) == top);
+  CHECK(moe::capacity_floor(1e300) == top);
+  CHECK(moe::capacity_ceil(std::numeric_limits<double>::infinity()) == top);
+  CHECK(moe::capacity_ceil(-1e300) == bottom);
+  CHECK(moe::capacity_floor(-1e300) == bottom);
+  CHECK(moe::capacity_ceil(std::nan("")) == 0);
+  CHECK(moe::capacity_floor(std::nan("")) == 0);
+  CHECK(moe::capacity_ceil(-2.5) == -2);
+  CHECK(moe::capacity_floor(-2.5) == -3);
 }
 
 }  // namespace

@@ -115,6 +115,8 @@ TEST_CASE("blockffn losses: errors name the parameter", "[losses][blockffn][erro
   moe_test::throws_naming([&] { (void)moe::chunk_sparsification_loss(bad, {.chunk_length = 2}); }, "scores");
   moe_test::throws_naming([&] { (void)moe::activation_locality_loss(bad); }, "scores");
   moe_test::throws_naming([&] { (void)moe::activation_locality_loss(r, {.steepness = std::nan("")}); }, "steepness");
+  moe_test::throws_naming([&] { (void)moe::activation_locality_loss(r, {.steepness = 0}); }, "steepness");
+  moe_test::throws_naming([&] { (void)moe::activation_locality_loss(r, {.steepness = -100}); }, "steepness");
   const std::vector<index> bad_starts = {2};
   moe_test::throws_naming([&] { (void)moe::activation_locality_loss(r, {.sequence_starts = bad_starts}); },
                           "ctx.sequence_starts[0]");

@@ -12,13 +12,13 @@
 
 #include "../support/gradcheck.hpp"
 #include "../support/random.hpp"
+#include "../support/policies.hpp"
 
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
 using moe::index;
+using moe_test::golden;
 
 namespace {
-bool golden(double got, double want) { return std::abs(got - want) <= 1.5e-6 + 2e-5 * std::abs(want); }
-
 // The §13.1 golden logits, computed by the golden router.
 std::vector<float> golden_logits() {
   moe::row_matrix<float> w1 = moe::row_matrix<float>::Identity(2, 2), w2(3, 2), h(5, 2);
@@ -78,11 +78,16 @@ TEST_CASE("focal loss: gradient matches central differences (gamma 0, 0.5, 2)", 
       CHECK(moe_test::max_relative_error(grad, num) < 1e-3);
     }
   }
-  // A confident correct prediction (p_y -> 1): finite gradient, near 0.
+  // A confident correct prediction (p_y -> 1): finite gradient, near 0. At ±40, p_y rounds to 1 in
+  // double, so the loss is exactly 0; at ±10 it is (1-p)^0.5 · (-log p) with 1 - p = 2e^-20/(1+2e^-20).
   std::vector<double> z = {-40, 40, -40}, grad(3);
   const std::int32_t y = 1;
-  CHECK(moe::focal_loss(z, std::span<const std::int32_t>(&y, 1), {.gamma = 0.5}, grad) >= 0.0);
+  CHECK(moe::focal_loss(z, std::span<const std::int32_t>(&y, 1), {.gamma = 0.5}, grad) == 0.0);
   for (double g : grad) CHECK(std::abs(g) < 1e-12);
+  const std::vector<double> z10 = {-10, 10, -10};
+  const double q10 = 2 * std::exp(-20.0) / (1 + 2 * std::exp(-20.0));
+  CHECK(moe::focal_loss(z10, std::span<const std::int32_t>(&y, 1), {.gamma = 0.5}) ==
+        Approx(std::sqrt(q10) * std::log1p(2 * std::exp(-20.0))).epsilon(1e-6));
   // Float overload: same gradient to float precision.
   std::vector<float> zf = golden_logits(), gf(3);
   std::vector<double> zd(zf.begin(), zf.end()), gd(3);

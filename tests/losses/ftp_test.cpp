@@ -10,12 +10,13 @@
 
 #include "../support/gradcheck.hpp"
 #include "../support/random.hpp"
+#include "../support/policies.hpp"
 
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
 using moe::index;
+using moe_test::golden;
 
 namespace {
-bool golden(double got, double want) { return std::abs(got - want) <= 1.5e-6 + 2e-5 * std::abs(want); }
 const std::vector<float> golden_pi = {0.9f, 0.2f, 0.6f, 0.4f, 0.8f};
 }  // namespace
 

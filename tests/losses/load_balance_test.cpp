@@ -10,17 +10,18 @@
 #include <vector>
 
 #include <moe/losses/load_balance.hpp>
+#include <moe/losses/sequence_balance.hpp>
 #include <moe/routing/top_k.hpp>
 
 #include "../support/gradcheck.hpp"
 #include "../support/random.hpp"
+#include "../support/policies.hpp"
 
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
 using moe::index;
+using moe_test::golden;
 
 namespace {
-bool golden(double got, double want) { return std::abs(got - want) <= 1.5e-6 + 2e-5 * std::abs(want); }
-
 // Logits of the common example of §2.5.
 moe::row_matrix<double> common_z() {
   moe::row_matrix<double> z(3, 4);
@@ -121,6 +122,54 @@ TEST_CASE("load balancing losses: gradients match finite differences", "[losses]
   const auto num2 = moe_test::numerical_gradient(
       [&](const std::vector<double>& p) { return moe::expert_balance_loss(unflat(p, T, E), plan_s, 0.01); }, flat(zs));
   CHECK(moe_test::max_relative_error(flat(g), num2) < 1e-3);
+}
+
+TEST_CASE("load balancing losses: a row with a +inf logit has gradient 0 (its softmax is a constant step)",
+          "[losses][load_balance][gradient][inf]") {
+  moe_test::rng rng(702);
+  const index T = 6, E = 5;
+  const double inf = std::numeric_limits<double>::infinity();
+  moe::row_matrix<double> z = rng.matrix(T, E, 2.0f).cast<double>();
+  z(2, 1) = inf;  // p = one-hot: moving any finite logit of row 2 changes nothing
+  z(4, 0) = inf;
+  z(4, 3) = inf;  // two +inf: p = 1/2 on each
+  const auto plan = top_k_plan(z, 2);
+  const auto check = [&](auto&& loss_with_grad, auto&& loss, const char* name) {
+    INFO(name);
+    moe::row_matrix<double> g(T, E);
+    const double v = loss_with_grad(z, moe::view(g));
+    CHECK(std::isfinite(v));
+    CHECK(g.row(2).isZero(0.0));
+    CHECK(g.row(4).isZero(0.0));
+    // Elsewhere the gradient is the finite-difference one (+inf ± h stays +inf).
+    const auto num = moe_test::numerical_gradient([&](const std::vector<double>& p) { return loss(unflat(p, T, E)); },
+                                                  flat(z));
+    CHECK(moe_test::max_relative_error(flat(g), num) < 1e-3);
+  };
+  check([&](const auto& m, auto g) { return moe::load_balance_loss(m, plan, {.alpha = 0.7}, g); },
+        [&](const auto& m) { return moe::load_balance_loss(m, plan, {.alpha = 0.7}); }, "load_balance_loss");
+  check([&](const auto& m, auto g) { return moe::switch_load_balance_loss(m, 0.3, g); },
+        [&](const auto& m) { return moe::switch_load_balance_loss(m, 0.3); }, "switch_load_balance_loss");
+  check([&](const auto& m, auto g) { return moe::expert_balance_loss(m, plan, 0.01, g); },
+        [&](const auto& m) { return moe::expert_balance_loss(m, plan, 0.01); }, "expert_balance_loss");
+  const std::vector<index> starts = {0, 3};
+  const moe::route_context ctx{.sequence_starts = starts};
+  check([&](const auto& m, auto g) {
+          return moe::sequence_balance_loss(m, plan, ctx, {.alpha = 0.5, .scores = moe::loss_scores::softmax}, g);
+        },
+        [&](const auto& m) {
+          return moe::sequence_balance_loss(m, plan, ctx, {.alpha = 0.5, .scores = moe::loss_scores::softmax});
+        },
+        "sequence_balance_loss (softmax)");
+  // Normalised sigmoid scores stay differentiable in the finite logits of such a row (sigmoid(+inf)
+  // = 1 has derivative 0 itself): compare with finite differences only.
+  moe::row_matrix<double> g(T, E);
+  const moe::load_balance_options sig{.alpha = 0.7, .scores = moe::loss_scores::normalized_sigmoid};
+  moe::load_balance_loss(z, plan, sig, moe::view(g));
+  const auto num = moe_test::numerical_gradient(
+      [&](const std::vector<double>& p) { return moe::load_balance_loss(unflat(p, T, E), plan, sig); }, flat(z));
+  CHECK(moe_test::max_relative_error(flat(g), num) < 1e-3);
+  CHECK(g(2, 1) == 0.0);
 }
 
 TEST_CASE("load balancing losses: empty input, degenerate tokens and errors", "[losses][load_balance][error]") {

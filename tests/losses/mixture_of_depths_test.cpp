@@ -10,12 +10,13 @@
 
 #include "../support/gradcheck.hpp"
 #include "../support/random.hpp"
+#include "../support/policies.hpp"
 
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
 using moe::index;
+using moe_test::golden;
 
 namespace {
-bool golden(double got, double want) { return std::abs(got - want) <= 1.5e-6 + 2e-5 * std::abs(want); }
 }  // namespace
 
 TEST_CASE("mod_aux_loss: golden §13.2 (r = [1,-1,1,0], I = [0,2])", "[mod][loss][golden]") {

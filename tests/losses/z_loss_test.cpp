@@ -11,13 +11,13 @@
 
 #include "../support/gradcheck.hpp"
 #include "../support/random.hpp"
+#include "../support/policies.hpp"
 
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
 using moe::index;
+using moe_test::golden;
 
 namespace {
-bool golden(double got, double want) { return std::abs(got - want) <= 1.5e-6 + 2e-5 * std::abs(want); }
-
 moe::row_matrix<double> common_z() {
   moe::row_matrix<double> z(3, 4);
   z << 1, 0, -1, 0.5, 0, 1, 0.5, 0.5, 1, 1, -0.5, 1;

@@ -49,7 +49,7 @@ TEST_CASE("blockffn: gain, +inf scores, NaN", "[routing][blockffn][inf]") {
   check_slots(pi, 1, {0, moe::no_expert}, {2.0, 0});  // no overflow of a² (RMSNorm in double)
   auto bad = golden_r();
   bad(1, 1) = std::numeric_limits<float>::quiet_NaN();
-  moe_test::throws_naming([&] { moe_test::route_logits(r, bad); }, "x");
+  moe_test::throws_naming([&] { moe_test::route_logits(r, bad); }, "z");
   const moe::blockffn sanitised(moe_test::eye(4), {.nan = moe::nan_policy::to_neg_inf});
   CHECK(moe_test::route_logits(sanitised, bad).active_slots(1) == 2);
 }

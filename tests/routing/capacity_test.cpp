@@ -18,37 +18,32 @@
 #include <moe/losses/load_balance.hpp>
 #include <moe/losses/z_loss.hpp>
 #include <moe/routing/capacity.hpp>
+#include <moe/routing/expert_choice.hpp>
 #include <moe/routing/group_limited.hpp>
+#include <moe/routing/null_experts.hpp>
 
 #include "../support/layers.hpp"
 #include "../support/naive.hpp"
 #include "../support/random.hpp"
+#include "../support/policies.hpp"
 
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
 using moe::index;
+using moe_test::golden;
+using moe_test::route_logits;
 using capped = moe::capacity<moe::top_k<moe::softmax_gate>>;
 
 namespace {
-bool golden(double got, double want) { return std::abs(got - want) <= 1.5e-6 + 2e-5 * std::abs(want); }
-
 moe::row_matrix<float> identity(index E) {
   moe::row_matrix<float> w(E, E);
   w.setIdentity();
   return w;
 }
 
-template <class Router>
-moe::routing_plan route_logits(const Router& r, const moe::row_matrix<float>& z) {
-  moe::routing_plan plan;
-  moe::workspace ws;
-  ws.reset();
-  r.route_logits(moe::view(z), plan, ws);
-  return plan;
-}
-
 // Naive capacity over a base plan: offers in slot-major order (tokens ordered by `order`), a
 // counter per expert, kept iff position < C.
-moe::routing_plan naive_capacity(moe::routing_plan plan, index C, const std::vector<index>& order, bool renorm) {
+moe::routing_plan naive_capacity(const moe::routing_plan& base, index C, const std::vector<index>& order, bool renorm) {
+  auto plan = base;
   std::vector<index> count(static_cast<std::size_t>(plan.num_experts()), 0);
   for (index s = 0; s < plan.max_slots(); ++s) {
     for (const index t : order) {
@@ -59,6 +54,7 @@ moe::routing_plan naive_capacity(moe::routing_plan plan, index C, const std::vec
   }
   if (renorm) {
     for (index t = 0; t < plan.num_tokens(); ++t) {
+      if (plan.active_slots(t) == base.active_slots(t)) continue;  // lost nothing: unchanged
       double total = 0;
       for (index s = 0; s < plan.max_slots(); ++s) total += plan.weight(t, s);
       for (index s = 0; s < plan.max_slots(); ++s) {
@@ -145,12 +141,49 @@ TEST_CASE("capacity: golden B of spec §5 (top-2 slot ordering, C = 2)", "[routi
   CHECK(golden(plan.weight(2, 0), 0.622459));
   CHECK(golden(plan.weight(0, 0), 0.731059));
   // DeepSpeed top-2: the weights are renormalised over the kept routes; a lone survivor gets 1.
-  const capped ds(moe::top_k<>(identity(3), {.k = 2}), {.capacity_factor = 1.0, .renormalize_after_drop = true});
+  // That is a renormalising base (tokens that lost nothing) plus renormalize_after_drop.
+  const capped ds(moe::top_k<>(identity(3), {.k = 2, .renormalize = true}),
+                  {.capacity_factor = 1.0, .renormalize_after_drop = true});
   const auto p2 = route_logits(ds, z);
   CHECK(p2.expert(2, 1) == moe::no_expert);
   CHECK(p2.weight(2, 0) == 1.0f);
-  CHECK(golden(p2.weight(0, 0), 0.731059));  // raw softmax pair renormalised: e/(e+1)
+  CHECK(golden(p2.weight(0, 0), 0.731059));  // the softmax pair renormalised: e/(e+1)
   CHECK(golden(p2.weight(0, 1), 0.268941));
+  // With a raw-probability base only the token that lost a route is renormalised.
+  const capped raw(moe::top_k<>(identity(3), {.k = 2}), {.capacity_factor = 1.0, .renormalize_after_drop = true});
+  const auto p3 = route_logits(raw, z);
+  CHECK(p3.weight(2, 0) == 1.0f);
+  const double e = std::exp(1.0), total = e * e + e + 1;
+  CHECK(golden(p3.weight(0, 0), e * e / total));  // softmax([2, 1, 0]) unchanged
+  CHECK(golden(p3.weight(0, 1), e / total));
+}
+
+TEST_CASE("capacity: renormalize_after_drop leaves the tokens that lost nothing unchanged, bit for bit",
+          "[routing][capacity]") {
+  moe_test::rng rng(603);
+  const index E = 4, T = 24;
+  const auto z = rng.matrix(T, E, 2.0f);
+  const moe::top_k<> base(identity(E), {.k = 2, .renormalize = true, .route_scale = 2.5f});
+  const capped r(base, {.capacity_factor = 0.75, .renormalize_after_drop = true});
+  moe::routing_plan got, before;
+  moe::workspace ws;
+  ws.reset();
+  r.base().route_logits(moe::view(z), before, ws);
+  r.route_logits(moe::view(z), got, ws);
+  REQUIRE(got.dropped() > 0);
+  index lost_some = 0, lost_none = 0;
+  for (index t = 0; t < T; ++t) {
+    INFO("token " << t);
+    if (got.active_slots(t) == before.active_slots(t)) {
+      ++lost_none;  // the base's weights, route_scale included
+      for (index s = 0; s < 2; ++s) CHECK(got.weight(t, s) == before.weight(t, s));
+    } else if (got.active_slots(t) == 1) {
+      ++lost_some;  // a lone survivor gets 1 (DeepSpeed top-2)
+      CHECK(got.weight(t, 0) + got.weight(t, 1) == 1.0f);
+    }
+  }
+  CHECK(lost_none > 0);
+  CHECK(lost_some > 0);
 }
 
 TEST_CASE("capacity: batch prioritized routing serves confident tokens first", "[routing][capacity]") {
@@ -168,6 +201,81 @@ TEST_CASE("capacity: batch prioritized routing serves confident tokens first", "
   CHECK(std::vector<int>{b.expert(0, 0), b.expert(1, 0), b.expert(2, 0), b.expert(3, 0), b.expert(4, 0)} ==
         std::vector<int>{-1, 0, 0, 0, -1});
   CHECK(b.dropped() == 2);
+}
+
+TEST_CASE("capacity: batch prioritized routing orders by the top-1 gate, not by the renormalised weight",
+          "[routing][capacity]") {
+  // E = 4, k = 2, cf = 1: C = ceil(1 · 2 · 2 / 4) = 1. Both tokens want expert 0 first.
+  // Token 0: p = [0.4, 0.1, 0.25, 0.25] -> experts [0, 2], renormalised weights [0.615, 0.385].
+  // Token 1: p ~ [0.5, 0.5, 0, 0]       -> experts [0, 1], renormalised weights [0.5, 0.5].
+  // The top-1 gate (V-MoE) puts token 1 (0.5) before token 0 (0.4); the renormalised slot-0
+  // weight would put token 0 (0.615) first.
+  moe::row_matrix<float> z(2, 4);
+  z << std::log(0.4f), std::log(0.1f), std::log(0.25f), std::log(0.25f), 5, 5, -20, -20;
+  const capped bpr(moe::top_k<>(identity(4), {.k = 2, .renormalize = true}),
+                   {.capacity_factor = 1.0, .priority = moe::capacity_priority::batch_prioritized});
+  REQUIRE(bpr.expert_capacity(2) == 1);
+  const auto plan = route_logits(bpr, z);
+  REQUIRE(plan.has_top_score());
+  CHECK(golden(plan.top_score(0), 0.4));
+  CHECK(golden(plan.top_score(1), 0.5));
+  CHECK(plan.expert(1, 0) == 0);  // token 1 is served first
+  CHECK(plan.expert(0, 0) == moe::no_expert);
+  CHECK(plan.expert(0, 1) == 2);
+  CHECK(plan.expert(1, 1) == 1);
+  CHECK(plan.dropped() == 1);
+  // Without top scores (a plan from a router that records none), slot-0 weights order the tokens.
+  moe::routing_plan manual;
+  manual.reset(2, 1, 1);
+  manual.set(0, 0, 0, 0.3f);
+  manual.set(1, 0, 0, 0.6f);
+  CHECK_FALSE(manual.has_top_score());
+  const moe::capacity<moe::top_k<>> one(moe::top_k<>(identity(1), {.k = 1}),
+                                         {.capacity_factor = 0.5, .priority = moe::capacity_priority::batch_prioritized});
+  moe::workspace ws;
+  ws.reset();
+  one.apply(manual, ws);
+  CHECK(manual.expert(0, 0) == moe::no_expert);
+  CHECK(manual.expert(1, 0) == 0);
+  // With them, they decide; reset() forgets them.
+  manual.reset(2, 1, 1);
+  manual.set(0, 0, 0, 0.3f);
+  manual.set(1, 0, 0, 0.6f);
+  manual.set_top_score(0, 0.9f);
+  manual.set_top_score(1, 0.1f);
+  one.apply(manual, ws);
+  CHECK(manual.expert(0, 0) == 0);
+  CHECK(manual.expert(1, 0) == moe::no_expert);
+  manual.reset(2, 1, 1);
+  CHECK_FALSE(manual.has_top_score());
+}
+
+TEST_CASE("token-choice routers record the top-1 gate score of each token", "[routing][capacity]") {
+  moe::row_matrix<float> z(3, 4);
+  z << 1, 0, -1, 0.5f, 0, 1, 0.5f, 0.5f, 1, 1, -0.5f, 1;  // the common example's logits
+  // Softmax top-2 (§2.5): p of the first choice, also with renormalisation and route_scale.
+  const auto p = route_logits(moe::top_k<>(identity(4), {.k = 2, .renormalize = true, .route_scale = 3.0f}), z);
+  CHECK(golden(p.top_score(0), 0.473991));
+  CHECK(golden(p.top_score(1), 0.387456));
+  CHECK(golden(p.top_score(2), 0.310257));
+  // Group-limited (§4 golden): the unbiased sigmoid score of the first choice.
+  const moe::group_limited<> g(identity(4), {.k = 2, .n_groups = 2, .topk_groups = 1, .route_scale = 2.5f,
+                                             .selection_bias = {0, 0, 0.3f, 0.1f}});
+  const auto pg = route_logits(g, z);
+  REQUIRE(pg.has_top_score());
+  CHECK(golden(pg.top_score(0), 0.622459));  // S = [3, 2]
+  CHECK(golden(pg.top_score(1), 0.622459));  // S = [2, 3]
+  CHECK(golden(pg.top_score(2), 0.731059));  // S = [3, 2]
+  // Null experts (§7 golden): the first selected column, a null one included.
+  moe::row_matrix<float> zn(3, 4);
+  zn << 2, 1, 0, 0, 1, -1, 0.5f, 0, -1, 0, 1, 1;
+  const moe::row_matrix<float> w_true = identity(4).topRows(2), w_null = identity(4).bottomRows(2);
+  const moe::null_experts<moe::top_k<>> n(w_true, w_null, {.k = 2, .renormalize = true});
+  const auto pn = route_logits(n, zn);
+  REQUIRE(pn.has_top_score());
+  CHECK(golden(pn.top_score(0), 0.610296));
+  CHECK(golden(pn.top_score(1), 0.473991));
+  CHECK(golden(pn.top_score(2), 0.399486));
 }
 
 TEST_CASE("capacity equals the naive slot-major reference on random tokens", "[routing][capacity]") {
@@ -194,8 +302,14 @@ TEST_CASE("capacity equals the naive slot-major reference on random tokens", "[r
             CHECK(C == std::min<index>(static_cast<index>(std::ceil(cf * T * k / E - 1e-9)), T));
             auto order = position_order(T);
             if (bpr) {
-              std::stable_sort(order.begin(), order.end(),
-                               [&](index a, index b) { return before.weight(a, 0) > before.weight(b, 0); });
+              // V-MoE: descending top-1 gate, the largest softmax probability (naive, in double),
+              // ties to the lower token.
+              std::vector<double> top(static_cast<std::size_t>(T));
+              for (index t = 0; t < T; ++t) {
+                const auto pt = moe_test::naive_softmax(moe_test::naive_logits(w, x.data() + t * d));
+                top[static_cast<std::size_t>(t)] = *std::max_element(pt.begin(), pt.end());
+              }
+              std::stable_sort(order.begin(), order.end(), [&](index a, index b) { return top[a] > top[b]; });
             }
             const auto want = naive_capacity(before, C, order, renorm);
             INFO("E " << E << ", k " << k << ", cf " << cf << ", bpr " << bpr << ", renorm " << renorm);
@@ -211,6 +325,15 @@ TEST_CASE("capacity equals the naive slot-major reference on random tokens", "[r
       }
     }
   }
+}
+
+TEST_CASE("capacity and expert choice: a huge capacity factor clamps to T (no index overflow)",
+          "[routing][capacity]") {
+  const capped big(moe::top_k<>(identity(4), {.k = 2}), {.capacity_factor = 1e300});
+  CHECK(big.expert_capacity(10) == 10);
+  CHECK(big.expert_capacity(0) == 0);
+  const moe::expert_choice ec(identity(4), {.capacity_factor = 1e300});
+  CHECK(ec.tokens_per_expert(10) == 10);
 }
 
 TEST_CASE("capacity: C >= T, drop_tokens = false and min_capacity", "[routing][capacity]") {

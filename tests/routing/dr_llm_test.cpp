@@ -5,19 +5,20 @@
 
 #include <array>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include <moe/moe.hpp>
 
 #include "../support/layers.hpp"
+#include "../support/policies.hpp"
 
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
 using moe::index;
+using moe_test::golden;
 using moe::depth_decision;
 
 namespace {
-bool golden(double got, double want) { return std::abs(got - want) <= 1.5e-6 + 2e-5 * std::abs(want); }
-
 struct toy {
   moe::row_matrix<float> w1, w2;
   std::vector<float> b1, b2;
@@ -226,6 +227,33 @@ TEST_CASE("dr_llm: decisions are per sequence; forced decisions replace the rout
   CHECK(passes(r, x, ctx) == got);
   // T = 0: empty plan, no error.
   CHECK(passes(r, moe::row_matrix<float>(0, d)).empty());
+  // ... also with forced decisions (there is no sequence to check them against).
+  r.set_forced_decisions({depth_decision::repeat});
+  CHECK(passes(r, moe::row_matrix<float>(0, d)).empty());
+  CHECK(passes(r, x) == std::vector<int>(static_cast<std::size_t>(T), 2));
+}
+
+TEST_CASE("dr_llm: the workspace does not grow with the number of sequences", "[dr_llm]") {
+  moe_test::rng rng(9);
+  const index d = 16, L = 10;
+  const auto r = make(random_router(rng, d, 8), {.windows = 4});
+  const auto peak = [&](index sequences) {
+    const auto x = rng.matrix(sequences * L, d);
+    std::vector<index> starts;
+    for (index q = 0; q < sequences; ++q) starts.push_back(q * L);
+    moe::routing_plan plan;
+    plan.reset(x.rows(), 1, 1);
+    moe::workspace ws;
+    ws.reset();
+    r.decide(moe::view(x), {.sequence_starts = starts}, plan, ws);
+    ws.reset();  // the block now has the peak size of that pass
+    return ws.capacity();
+  };
+  const auto one = peak(1);
+  CHECK(one > 0);
+  // 64 sequences need 64 × 3 logits more, not 64 × the per-sequence scratch (pooled windows,
+  // activations, GEMM scratch): at most one more 4 KiB page here.
+  CHECK(peak(64) <= one + 4096);
 }
 
 TEST_CASE("dr_llm: errors name the parameter (T_p = 0 included)", "[dr_llm][error]") {
@@ -237,6 +265,19 @@ TEST_CASE("dr_llm: errors name the parameter (T_p = 0 included)", "[dr_llm][erro
   CHECK_THROWS_WITH(make(tr, {.windows = 0}), Catch::Contains("parameter 'windows'"));
   CHECK_THROWS_WITH(make(tr, {.rho = 1.5f}), Catch::Contains("parameter 'rho'"));
   CHECK_THROWS_WITH(make(tr, {.rho = NAN}), Catch::Contains("parameter 'rho'"));
+  // Non-finite router parameters.
+  auto nan_b1 = tr;
+  nan_b1.b1[1] = NAN;
+  CHECK_THROWS_WITH(make(nan_b1), Catch::Contains("parameter 'b1[1]'"));
+  auto inf_b2 = tr;
+  inf_b2.b2[2] = std::numeric_limits<float>::infinity();
+  CHECK_THROWS_WITH(make(inf_b2), Catch::Contains("parameter 'b2[2]'"));
+  auto nan_w1 = tr;
+  nan_w1.w1(1, 0) = NAN;
+  CHECK_THROWS_WITH(make(nan_w1), Catch::Contains("parameter 'w1(1, 0)'"));
+  auto inf_w2 = tr;
+  inf_w2.w2(2, 1) = -std::numeric_limits<float>::infinity();
+  CHECK_THROWS_WITH(make(inf_w2), Catch::Contains("parameter 'w2(2, 1)'"));
   const auto r = make(tr);
   CHECK_THROWS_WITH(logits(r, moe::row_matrix<float>(0, 2)), Catch::Contains("parameter 'prompt.rows()' must be >= 1"));
   const auto x = golden_prompt();

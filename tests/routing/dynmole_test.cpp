@@ -41,6 +41,26 @@ TEST_CASE("dynmole: golden example of spec §10", "[routing][dynmole][golden]") 
   CHECK(s.all_experts_fraction == Approx(1.0 / 3));
 }
 
+TEST_CASE("dynmole: the router's Tsallis and Shannon entropies are the canonical kernel's", "[routing][dynmole]") {
+  // The broadcast test uses kernels::tsallis_entropy (the same bits on every ISA) over its
+  // maximum (1 - E^(1-q)) / (q - 1), or log E at q = 1, computed in double.
+  moe_test::rng rng(1002);
+  const index E = 6;
+  for (const float q : {1.1f, 1.0f, 2.0f, 0.5f}) {
+    const moe::dynmole r(moe_test::eye(E), {.q = q, .entropy_eps = 1e-5f});
+    const double qd = q;
+    const double h_max = q == 1.0f ? std::log(6.0) : (1.0 - std::pow(6.0, 1.0 - qd)) / (qd - 1.0);
+    for (int rep = 0; rep < 20; ++rep) {
+      std::vector<float> z(static_cast<std::size_t>(E)), p(static_cast<std::size_t>(E));
+      for (auto& v : z) v = rng.uniform(-3.0f, 3.0f);
+      moe::kernels::softmax(z.data(), E, p.data());
+      INFO("q " << q);
+      CHECK(r.normalised_entropy(p.data()) ==
+            static_cast<double>(moe::kernels::tsallis_entropy(p.data(), E, q, 1e-5f)) / h_max);
+    }
+  }
+}
+
 TEST_CASE("dynmole: the expert that crosses top_p is not kept unless keep_top_k forces it", "[routing][dynmole]") {
   // p = softmax(log [0.5, 0.3, 0.2]) = [0.5, 0.3, 0.2]: C = [0.5, 0.8, 1.0].
   const auto z = moe_test::fmatrix({{std::log(0.5), std::log(0.3), std::log(0.2)}});
@@ -65,12 +85,13 @@ TEST_CASE("dynmole: Shannon branch at q = 1, Rényi option, E = 1", "[routing][d
     shannon -= (v + eps) * std::log(v + eps);
     power += std::pow(v + eps, 2.0);
   }
+  // Shannon and Tsallis: the fp32 canonical kernel (golden tolerance); Rényi: double.
   const moe::dynmole q1(I, {.q = 1.0f});
-  CHECK(q1.normalised_entropy(p) == Approx(shannon / std::log(4.0)).epsilon(1e-9));
+  CHECK(golden(q1.normalised_entropy(p), shannon / std::log(4.0)));
   const moe::dynmole renyi(I, {.q = 2.0f, .entropy = moe::dynmole_entropy::renyi});
   CHECK(renyi.normalised_entropy(p) == Approx(std::log(power + 1e-10) / (1 - 2.0) / std::log(4.0)).epsilon(1e-9));
   const moe::dynmole tsallis(I, {.q = 2.0f});
-  CHECK(tsallis.normalised_entropy(p) == Approx((1 - power) / (1 - 1.0 / 4)).epsilon(1e-9));
+  CHECK(golden(tsallis.normalised_entropy(p), (1 - power) / (1 - 1.0 / 4)));
   // Rényi broadcast: the entropy of [0.4, 0.3, 0.2, 0.1] is above 0.8 -> all four experts.
   const auto z = moe_test::fmatrix({{std::log(0.4), std::log(0.3), std::log(0.2), std::log(0.1)}});
   const moe::dynmole broadcast(I, {.q = 2.0f, .entropy_threshold = 0.8f, .entropy = moe::dynmole_entropy::renyi});
@@ -94,7 +115,7 @@ TEST_CASE("dynmole: -inf logits are never selected, not even by a broadcast", "[
   CHECK(plan.active_slots(1) == 0);
   auto z = golden_z();
   z(2, 1) = std::numeric_limits<float>::quiet_NaN();
-  moe_test::throws_naming([&] { moe_test::route_logits(moe::dynmole(moe_test::eye(4)), z); }, "x");
+  moe_test::throws_naming([&] { moe_test::route_logits(moe::dynmole(moe_test::eye(4)), z); }, "z");
   const moe::dynmole sanitised(moe_test::eye(4), {.nan = moe::nan_policy::to_neg_inf});
   const auto ps = moe_test::route_logits(sanitised, z);
   for (index s = 0; s < 4; ++s) CHECK(ps.expert(2, s) != 1);

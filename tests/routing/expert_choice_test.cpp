@@ -17,26 +17,19 @@
 #include "../support/layers.hpp"
 #include "../support/naive.hpp"
 #include "../support/random.hpp"
+#include "../support/policies.hpp"
 
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
 using moe::index;
+using moe_test::golden;
+using moe_test::route_logits;
 constexpr float inf = std::numeric_limits<float>::infinity();
 
 namespace {
-bool golden(double got, double want) { return std::abs(got - want) <= 1.5e-6 + 2e-5 * std::abs(want); }
-
 moe::row_matrix<float> identity(index E) {
   moe::row_matrix<float> w(E, E);
   w.setIdentity();
   return w;
-}
-
-moe::routing_plan route_logits(const moe::expert_choice& r, const moe::row_matrix<float>& z) {
-  moe::routing_plan plan;
-  moe::workspace ws;
-  ws.reset();
-  r.route_logits(moe::view(z), plan, ws);
-  return plan;
 }
 
 // Naive expert choice in double: per expert, a stable sort of the tokens by S[:, e] (descending),

@@ -2,6 +2,7 @@
 // Tests of include/moe/routing/ftp.hpp: routing-spec §13.4 ([OURS] definition), errata 1 and 9.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -10,13 +11,13 @@
 #include <moe/moe.hpp>
 
 #include "../support/layers.hpp"
+#include "../support/policies.hpp"
 
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
 using moe::index;
+using moe_test::golden;
 
 namespace {
-bool golden(double got, double want) { return std::abs(got - want) <= 1.5e-6 + 2e-5 * std::abs(want); }
-
 std::vector<int> static_mask(index L, double s) {
   std::vector<int> m(static_cast<std::size_t>(L));
   moe::ftp_static_mask(L, s, std::span<int>(m));
@@ -96,6 +97,16 @@ TEST_CASE("ftp: static router edge cases and the capacity guard", "[ftp]") {
   CHECK(m[46] == 1);
 }
 
+TEST_CASE("ftp: the static mode keeps its capacity guard (sparsity is a double)", "[ftp]") {
+  // 0.7 as a float is 0.699999988: (1 - s) * 10 = 3.0000001 would keep 4 tokens; as a double the
+  // guard of errata 1 gives ceil(3.0000000000000004) = 3.
+  const moe::ftp f(nullptr, {.sparsity = 0.7, .mode = moe::ftp_mode::static_priority});
+  CHECK(decide(f, 10, {}) == std::vector<int>{1, 0, 0, 0, 0, 0, 0, 0, 1, 1});
+  const moe::ftp g(nullptr, {.sparsity = 0.45, .mode = moe::ftp_mode::static_priority});
+  const auto kept = decide(g, 100, {});
+  CHECK(std::count(kept.begin(), kept.end(), 1) == 55);
+}
+
 TEST_CASE("ftp: features from positions and a caller-supplied attention matrix", "[ftp]") {
   // Head-averaged causal attention of 3 tokens.
   const std::vector<float> a = {1, 0, 0, 0.4f, 0.6f, 0, 0.2f, 0.3f, 0.5f};
@@ -143,6 +154,8 @@ TEST_CASE("ftp: the router 4 -> h -> 1 and the decision per sequence", "[ftp]") 
     moe::workspace ws;
     ws.reset();
     f.keep_probabilities(T, ctx, pi, ws);
+    std::vector<float> u(static_cast<std::size_t>(T));
+    f.keep_logits(T, ctx, u, ws);
     const auto got = decide(f, T, ctx);
     index offset = 0;
     for (std::size_t q = 0; q < lengths.size(); ++q) {
@@ -155,10 +168,31 @@ TEST_CASE("ftp: the router 4 -> h -> 1 and the decision per sequence", "[ftp]") 
         const double ref = small_router_ref(pd);
         const index g = starts[q] + t;
         CHECK(golden(pi[g], ref));
-        CHECK(got[g] == (pi[g] >= 0.5f ? 1 : 0));
+        CHECK(got[g] == (u[g] >= 0.0f ? 1 : 0));
+        CHECK(pi[g] == moe::kernels::sigmoid(u[g]));
       }
       offset += L * L;
     }
+  }
+}
+
+TEST_CASE("ftp: keep iff u >= 0 on the router's pre-sigmoid value (errata 9)", "[ftp]") {
+  // w2 = 0: u = b2 for every token. sigmoid(-1e-9) rounds to 0.5f, so pi >= 0.5 would keep it.
+  const moe::row_matrix<float> w1 = moe::row_matrix<float>::Zero(1, 4);
+  const std::vector<float> attention = {1, 0, 0.5f, 0.5f};
+  const moe::route_context ctx{.attention = attention};
+  const float phi[4] = {0, 0, 0, 0};
+  for (const float b2 : {-1e-9f, 0.0f, 1e-9f, -0.5f}) {
+    INFO("b2 = " << b2);
+    const auto router = std::make_shared<moe::ftp_router>(w1, std::vector<float>{0}, std::vector<float>{0}, b2);
+    CHECK(router->keep_logit(phi) == b2);
+    const int want = b2 >= 0.0f ? 1 : 0;
+    CHECK(decide(moe::ftp(router), 2, ctx) == std::vector<int>{want, want});
+    std::vector<float> u(2);
+    moe::workspace ws;
+    ws.reset();
+    moe::ftp(router).keep_logits(2, ctx, u, ws);
+    CHECK(u == std::vector<float>{b2, b2});
   }
 }
 

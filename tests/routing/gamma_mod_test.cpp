@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <limits>
 #include <cstring>
 #include <memory>
 #include <utility>
@@ -11,13 +12,13 @@
 #include <moe/moe.hpp>
 
 #include "../support/layers.hpp"
+#include "../support/policies.hpp"
 
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
 using moe::index;
+using moe_test::golden;
 
 namespace {
-bool golden(double got, double want) { return std::abs(got - want) <= 1.5e-6 + 2e-5 * std::abs(want); }
-
 moe::row_matrix<float> golden_logits() {
   moe::row_matrix<float> z(6, 2);
   z << 0, 1, 1, 0, 0, 0.5f, 0, -1, 2, 0, 0, 0;
@@ -121,6 +122,30 @@ TEST_CASE("gamma_mod: decode p >= 0.5 (errata 9) and the prefill threshold p > t
   CHECK(decide_z(prefill_half, half).passes == std::vector<int>{0});  // strict
 }
 
+TEST_CASE("gamma_mod: the decode and prefill rules are decided on the logits", "[gamma_mod]") {
+  // p = sigmoid(z1 - z0) rounds to 0.5f for |z1 - z0| = 1e-9: p >= 0.5 would process both
+  // tokens; on the logits z1 - z0 >= 0 processes only the second.
+  moe::row_matrix<float> z(3, 2);
+  z << 1e-9f, 0, 0, 1e-9f, 3, 3;
+  const moe::gamma_mod decode(any_router(), {.phase = moe::gamma_mod_phase::decode});
+  const auto d = decide_z(decode, z);
+  CHECK(d.passes == std::vector<int>{0, 1, 1});
+  CHECK(d.scale[1] == 0.5f);  // the scale is still p
+  // p > 0.5 (prefill threshold 0.5) is z1 - z0 > 0.
+  const moe::gamma_mod prefill(any_router(), {.phase = moe::gamma_mod_phase::prefill, .prefill_threshold = 0.5});
+  CHECK(decide_z(prefill, z).passes == std::vector<int>{0, 1, 0});
+  // A threshold t compares z1 - z0 with log(t / (1 - t)) in double: logit(0.7) = 0.8472979.
+  moe::row_matrix<float> near(2, 2);
+  near << 0, 0.847297f, 0, 0.847298f;
+  const moe::gamma_mod strict(any_router(), {.phase = moe::gamma_mod_phase::decode, .decode_threshold = 0.7});
+  CHECK(decide_z(strict, near).passes == std::vector<int>{0, 1});
+  // Thresholds 0 and 1: every token, and only tokens whose p is exactly 1 (none with finite logits).
+  const moe::gamma_mod all(any_router(), {.phase = moe::gamma_mod_phase::decode, .decode_threshold = 0.0});
+  CHECK(decide_z(all, z).passes == std::vector<int>{1, 1, 1});
+  const moe::gamma_mod none(any_router(), {.phase = moe::gamma_mod_phase::decode, .decode_threshold = 1.0});
+  CHECK(decide_z(none, z).passes == std::vector<int>{0, 0, 0});
+}
+
 TEST_CASE("gamma_mod: one router shared by several layers", "[gamma_mod][layer]") {
   moe_test::rng rng(41);
   const index d = 16, E = 4, f = 8, T = 14;
@@ -175,6 +200,11 @@ TEST_CASE("gamma_mod: one router shared by several layers", "[gamma_mod][layer]"
 }
 
 TEST_CASE("gamma_mod: errors name the parameter", "[gamma_mod][error]") {
+  moe::row_matrix<float> nan_w = moe::row_matrix<float>::Ones(2, 3);
+  nan_w(1, 2) = NAN;
+  CHECK_THROWS_WITH(moe::gamma_mod_router(nan_w), Catch::Contains("parameter 'weight(1, 2)'"));
+  nan_w(1, 2) = -std::numeric_limits<float>::infinity();
+  CHECK_THROWS_WITH(moe::gamma_mod_router(nan_w), Catch::Contains("parameter 'weight(1, 2)'"));
   const moe::row_matrix<float> w3 = moe::row_matrix<float>::Ones(3, 2);
   CHECK_THROWS_WITH(moe::gamma_mod_router(w3), Catch::Contains("parameter 'weight.rows()'"));
   CHECK_THROWS_WITH(moe::gamma_mod(nullptr), Catch::Contains("parameter 'router'"));

@@ -18,15 +18,16 @@
 #include "../support/layers.hpp"
 #include "../support/naive.hpp"
 #include "../support/random.hpp"
+#include "../support/policies.hpp"
 
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
 using moe::index;
+using moe_test::golden;
+using moe_test::route_logits;
+using moe_test::route;
 constexpr float inf = std::numeric_limits<float>::infinity();
 
 namespace {
-// |got - want| <= 1.5e-6 + 2e-5 |want| (spec errata 2).
-bool golden(double got, double want) { return std::abs(got - want) <= 1.5e-6 + 2e-5 * std::abs(want); }
-
 moe::row_matrix<float> common_w() {
   moe::row_matrix<float> w(4, 2);
   w << 1, 0, 0, 1, -1, 0.5f, 0.5f, 0.5f;
@@ -41,23 +42,6 @@ moe::row_matrix<float> identity(index E) {
   moe::row_matrix<float> w(E, E);
   w.setIdentity();
   return w;
-}
-
-template <class Router>
-moe::routing_plan route(const Router& r, const moe::row_matrix<float>& x) {
-  moe::routing_plan plan;
-  moe::workspace ws;
-  ws.reset();
-  r.route(moe::view(x), {}, plan, ws);
-  return plan;
-}
-template <class Router>
-moe::routing_plan route_logits(const Router& r, const moe::row_matrix<float>& z) {
-  moe::routing_plan plan;
-  moe::workspace ws;
-  ws.reset();
-  r.route_logits(moe::view(std::as_const(z)), plan, ws);
-  return plan;
 }
 
 void check_route(const moe::routing_plan& plan, index t, std::vector<int> experts, std::vector<double> weights) {
@@ -209,6 +193,69 @@ TEST_CASE("group_limited equals the naive reference on random tokens", "[routing
         }
       }
     }
+  }
+}
+
+TEST_CASE("group_limited: without a bias, experts are selected on the logits (saturating sigmoid)",
+          "[routing][group_limited]") {
+  // sigmoid(17) and sigmoid(20) both round to 1.0f: on the scores the two tie and expert 0
+  // would win; on the logits (as moe::top_k selects, errata 8) expert 1 wins.
+  moe::row_matrix<float> z(2, 4);
+  z << 17, 20, 0, 0,  //
+      0, 0, 20, 17;
+  for (const auto score : {moe::group_score::top2_sum, moe::group_score::max}) {
+    INFO("top2_sum " << (score == moe::group_score::top2_sum));
+    const moe::group_limited<> r(identity(4), {.k = 2, .n_groups = 2, .topk_groups = 1, .score = score});
+    const auto plan = route_logits(r, z);
+    check_route(plan, 0, {1, 0}, {0.5, 0.5});
+    check_route(plan, 1, {2, 3}, {0.5, 0.5});
+    // The same selection as top_k on the kept group, and as top_k on all experts here.
+    const moe::top_k<moe::sigmoid_gate> ref(identity(4), {.k = 2, .renormalize = true});
+    const auto want = route_logits(ref, z);
+    CHECK(std::equal(plan.all_experts().begin(), plan.all_experts().end(), want.all_experts().begin()));
+    // An all-zero bias is no bias; a nonzero one selects on s + b again, and zeroing it returns
+    // to the logits.
+    const moe::group_limited<> zero(identity(4), {.k = 1, .n_groups = 2, .topk_groups = 1, .score = score,
+                                                  .selection_bias = {0, 0, 0, 0}});
+    CHECK(route_logits(zero, z).expert(0, 0) == 1);
+    moe::group_limited<> state(identity(4), {.k = 1, .n_groups = 2, .topk_groups = 1, .score = score});
+    const std::vector<float> tilt = {1e-3f, 0, 0, 0};
+    state.set_bias(tilt);
+    CHECK(route_logits(state, z).expert(0, 0) == 0);  // 1 + 1e-3 > 1
+    state.set_bias(std::vector<float>(4, 0.0f));
+    CHECK(route_logits(state, z).expert(0, 0) == 1);
+    // update_bias with a balanced load leaves the bias at zero: still the logits.
+    state.update_bias(std::vector<index>{1, 1, 1, 1}, 0.5f);
+    CHECK(route_logits(state, z).expert(0, 0) == 1);
+  }
+}
+
+TEST_CASE("group_limited: k = E (every group kept) routes to every selectable expert", "[routing][group_limited]") {
+  moe::row_matrix<float> z(2, 6);
+  z << 0.5f, 2, -1, 2, 0, 1,  //
+      1, -inf, 3, 0, -inf, 2;
+  for (const auto score : {moe::group_score::top2_sum, moe::group_score::max}) {
+    INFO("top2_sum " << (score == moe::group_score::top2_sum));
+    // No bias: selection on the logits, ties to the lower expert.
+    const moe::group_limited<> r(identity(6), {.k = 6, .n_groups = 3, .topk_groups = 3, .score = score});
+    const auto plan = route_logits(r, z);
+    check_route(plan, 0, {1, 3, 5, 0, 4, 2}, {});
+    check_route(plan, 1, {2, 5, 0, 3}, {});  // -inf never selected
+    double total = 0;
+    for (index s = 0; s < 6; ++s) total += plan.weight(0, s);
+    CHECK(total == Approx(1.0).epsilon(1e-6));
+    // The same as top_k with k = E.
+    const auto want = route_logits(moe::top_k<moe::sigmoid_gate>(identity(6), {.k = 6, .renormalize = true}), z);
+    CHECK(std::equal(plan.all_experts().begin(), plan.all_experts().end(), want.all_experts().begin()));
+    CHECK(std::equal(plan.all_weights().begin(), plan.all_weights().end(), want.all_weights().begin()));
+    // With a bias: selection on s + b, weights from s.
+    const std::vector<float> bias = {0.6f, 0, 0, 0, 0, 0};
+    const moe::group_limited<> b(identity(6), {.k = 6, .n_groups = 3, .topk_groups = 3, .score = score,
+                                              .selection_bias = bias});
+    const auto pb = route_logits(b, z);
+    CHECK(pb.expert(0, 0) == 0);  // sigmoid(0.5) + 0.6 = 1.22 > sigmoid(2) = 0.88
+    CHECK(pb.active_slots(0) == 6);
+    CHECK(pb.active_slots(1) == 4);
   }
 }
 

@@ -9,13 +9,13 @@
 #include <moe/routing/mixture_of_depths.hpp>
 
 #include "../support/random.hpp"
+#include "../support/policies.hpp"
 
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
 using moe::index;
+using moe_test::golden;
 
 namespace {
-bool golden(double got, double want) { return std::abs(got - want) <= 1.5e-6 + 2e-5 * std::abs(want); }
-
 struct decided {
   moe::routing_plan plan;
   std::vector<int> passes;
@@ -134,10 +134,13 @@ TEST_CASE("mod: capacity from a fraction is computed in double with the guard (e
   }
 }
 
-TEST_CASE("mod: causal rule is strict (errata 9) and per token", "[mod]") {
+TEST_CASE("mod: causal rule is strict (errata 9), decided on r itself, and per token", "[mod]") {
   const moe::mod_capacity causal(golden_w, {.decision = moe::mod_decision::causal});
   const float tiny = std::numeric_limits<float>::denorm_min();
-  CHECK(decide_r(causal, {0.0f, -0.0f, 1e-3f, -1e-3f, tiny, 20.0f}).passes == std::vector<int>{0, 0, 1, 0, 0, 1});
+  // sigmoid(r) > 0.5 is r > 0: sigmoid(tiny) and sigmoid(1e-9) round to 0.5f, yet r > 0 enters;
+  // r = 0 (sigmoid exactly 0.5) does not.
+  CHECK(decide_r(causal, {0.0f, -0.0f, 1e-3f, -1e-3f, tiny, -tiny, 1e-9f, -1e-9f, 20.0f}).passes ==
+        std::vector<int>{0, 0, 1, 0, 1, 0, 1, 0, 1});
 }
 
 TEST_CASE("mod: errors name the parameter", "[mod][error]") {

@@ -138,7 +138,7 @@ TEST_CASE("null_experts: ±inf logits, NaN and the sigmoid gate", "[routing][nul
 
   auto nan_x = x;
   nan_x(0, 3) = std::numeric_limits<float>::quiet_NaN();
-  moe_test::throws_naming([&] { moe_test::route_logits(r, nan_x); }, "x");
+  moe_test::throws_naming([&] { moe_test::route_logits(r, nan_x); }, "z");
   const ada sanitised(w_true, w_null, {.k = 3, .renormalize = true, .nan = moe::nan_policy::to_neg_inf});
   CHECK(moe_test::route_logits(sanitised, nan_x).active_slots(0) == 2);
 

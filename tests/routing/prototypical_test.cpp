@@ -125,6 +125,9 @@ TEST_CASE("prototypical: errors name the parameter", "[routing][prototypical][er
   moe_test::throws_naming([&] { moe::prototypical(P, {.alpha = 0.0f}); }, "alpha");
   moe_test::throws_naming([&] { moe::prototypical(P, {.unconditional_experts = -1}); }, "unconditional_experts");
   moe_test::throws_naming([&] { moe::prototypical(P, {.eps = -1.0f}); }, "eps");
+  // eps = 0 would give a zero token the cosines 0 / 0 = NaN.
+  moe_test::throws_naming([&] { moe::prototypical(P, {.eps = 0.0f}); }, "eps");
+  moe_test::throws_naming([&] { moe::prototypical(P, {.eps = std::numeric_limits<float>::infinity()}); }, "eps");
   auto bad = P;
   bad(1, 1) = std::numeric_limits<float>::infinity();
   moe_test::throws_naming([&] { moe::prototypical{bad}; }, "prototypes");

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <limits>
+#include <tuple>
 #include <utility>
 #include <string>
 #include <vector>
@@ -12,15 +13,16 @@
 
 #include "../support/naive.hpp"
 #include "../support/random.hpp"
+#include "../support/policies.hpp"
 
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
 using moe::index;
+using moe_test::golden;
+using moe_test::route_logits;
+using moe_test::route;
 constexpr float inf = std::numeric_limits<float>::infinity();
 
 namespace {
-// |got - want| <= 1.5e-6 + 2e-5 |want| (spec errata 2: goldens are printed to 6 decimals).
-bool golden(double got, double want) { return std::abs(got - want) <= 1.5e-6 + 2e-5 * std::abs(want); }
-
 moe::row_matrix<float> common_w() {
   moe::row_matrix<float> w(4, 2);
   w << 1, 0, 0, 1, -1, 0.5f, 0.5f, 0.5f;
@@ -30,24 +32,6 @@ moe::row_matrix<float> common_x() {
   moe::row_matrix<float> x(3, 2);
   x << 1, 0, 0, 1, 1, 1;
   return x;
-}
-
-template <class Router>
-moe::routing_plan route(const Router& r, const moe::row_matrix<float>& x) {
-  moe::routing_plan plan;
-  moe::workspace ws;
-  ws.reset();
-  r.route(moe::view(x), {}, plan, ws);
-  return plan;
-}
-
-template <class Router>
-moe::routing_plan route_logits(const Router& r, const moe::row_matrix<float>& z) {
-  moe::routing_plan plan;
-  moe::workspace ws;
-  ws.reset();
-  r.route_logits(moe::view(z), plan, ws);
-  return plan;
 }
 
 void check_route(const moe::routing_plan& plan, index t, std::vector<int> experts, std::vector<double> weights) {
@@ -166,7 +150,7 @@ TEST_CASE("top_k: NaN logits are an error by default and -inf on request", "[rou
   } catch (const moe::error& e) {
     const std::string msg = e.what();
     CHECK(e.id() == "moe.error.input");
-    CHECK(msg.find("parameter 'x'") != std::string::npos);
+    CHECK(msg.find("moe::top_k::route_logits: parameter 'z'") != std::string::npos);
     CHECK(msg.find("token 1, expert 1") != std::string::npos);
   }
   const moe::top_k<moe::softmax_gate> sanitised(w, {.k = 2, .renormalize = true, .nan = moe::nan_policy::to_neg_inf});
@@ -236,6 +220,79 @@ TEMPLATE_TEST_CASE("top_k equals the naive reference on random tokens", "[routin
             REQUIRE(plan.weight(t, s) == Approx(want.weights[static_cast<std::size_t>(s)]).epsilon(2e-6));
           }
         }
+      }
+    }
+  }
+}
+
+TEST_CASE("top_k: k = E routes to every selectable expert, best first", "[routing][top_k]") {
+  moe::row_matrix<float> w(5, 5);
+  w.setIdentity();
+  moe::row_matrix<float> z(3, 5);
+  z << 0.5f, 2, -1, 2, 0,  // ties 1 and 3: lower index first
+      0, 0, 0, 0, 0,       // all tied: index order
+      1, -inf, 3, -inf, 2;  // -inf never selected, even with k = E
+  const moe::top_k<> r(w, {.k = 5, .renormalize = true});
+  const auto plan = route_logits(r, z);
+  moe_test::check_slots(plan, 0, {1, 3, 0, 4, 2}, {});
+  moe_test::check_slots(plan, 1, {0, 1, 2, 3, 4}, {0.2, 0.2, 0.2, 0.2, 0.2});
+  CHECK(plan.active_slots(2) == 3);
+  moe_test::check_slots(plan, 2, {2, 4, 0, moe::no_expert, moe::no_expert}, {});
+  for (index t = 0; t < 3; ++t) {
+    const auto want = moe_test::naive_top_k(std::vector<float>(z.row(t).begin(), z.row(t).end()), 5, false, true);
+    for (std::size_t s = 0; s < want.experts.size(); ++s) {
+      CHECK(plan.expert(t, static_cast<index>(s)) == want.experts[s]);
+      CHECK(plan.weight(t, static_cast<index>(s)) == Approx(want.weights[s]).epsilon(1e-6));
+    }
+    float total = 0;
+    for (float v : plan.weights(t)) total += v;
+    CHECK(total == Approx(1.0f).epsilon(1e-6));
+  }
+}
+
+TEST_CASE("top_k: 1, 2 or 3 threads give the same plan; a NaN reports the lowest token", "[routing][top_k][threads]") {
+  moe_test::rng rng(210);
+  const index E = 16, d = 32;
+  const auto w = rng.matrix(E, d);
+  const moe::top_k<> r(w, {.k = 4, .renormalize = true, .route_scale = 1.5f, .temperature = 0.8f});
+  const auto with_threads = [&](const moe::row_matrix<float>& x, int threads) {
+    moe::routing_plan plan;
+    moe::workspace ws;
+    ws.reset();
+    r.route(moe::view(x), {.threads = threads}, plan, ws);
+    return plan;
+  };
+  for (const index T : {1, 3, 8, 9, 20, 61}) {  // T <= decode_rows splits the panels, T > 8 the tokens
+    INFO("T " << T);
+    const auto x = rng.matrix(T, d);
+    const auto one = with_threads(x, 1);
+    for (const int threads : {2, 3}) {
+      INFO("threads " << threads);
+      const auto many = with_threads(x, threads);
+      CHECK(std::equal(one.all_experts().begin(), one.all_experts().end(), many.all_experts().begin()));
+      CHECK(std::equal(one.all_weights().begin(), one.all_weights().end(), many.all_weights().begin()));
+      for (index t = 0; t < T; ++t) {
+        CHECK(one.entropy(t) == many.entropy(t));
+        CHECK(one.top_score(t) == many.top_score(t));
+      }
+    }
+  }
+  // NaN tokens in the shares of threads 1 and 2 (3 threads: T = 20 -> rows [0,6) [6,13) [13,20);
+  // T = 8 -> [0,2) [2,5) [5,8)): the error names the lowest, whichever thread found it.
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (const auto& [T, first, second] : {std::tuple<index, index, index>{20, 8, 15}, {8, 3, 6}, {20, 14, 16}}) {
+    auto x = rng.matrix(T, d);
+    x(second, 0) = nan;
+    x(first, 5) = nan;
+    for (const int threads : {1, 2, 3}) {
+      INFO("T " << T << ", threads " << threads);
+      try {
+        with_threads(x, threads);
+        FAIL("expected moe::error");
+      } catch (const moe::error& e) {
+        const std::string msg = e.what();
+        INFO(msg);
+        CHECK(msg.find("(token " + std::to_string(first) + ", expert 0)") != std::string::npos);
       }
     }
   }

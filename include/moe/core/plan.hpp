@@ -32,7 +32,10 @@ struct expert_entry {
 /// - `output_scale(t)`: a factor on the token's whole layer output, routed and shared experts
 ///   (default 1; the Mixture-of-Depths router weight);
 /// - `entropy(t)`: the entropy (nats) of the token's full routing distribution, when the router
-///   computes one (`has_entropy()`).
+///   computes one (`has_entropy()`);
+/// - `top_score(t)`: the token's top-1 gate score, the score of its first choice before
+///   renormalisation, route_scale and any selection bias, when the router records one
+///   (`has_top_score()`; capacity's batch prioritized routing orders tokens by it).
 ///
 /// The expert-major view is built from those by `build_expert_major()`, a stable counting sort:
 /// `offsets()[e] .. offsets()[e+1]` index the `entries()` that expert `e` computes, in token order.
@@ -54,6 +57,8 @@ class routing_plan {
     m_passes.assign(static_cast<std::size_t>(tokens), std::uint8_t{1});
     m_entropy.assign(static_cast<std::size_t>(tokens), 0.0f);
     m_has_entropy = false;
+    m_top_score.assign(static_cast<std::size_t>(tokens), 0.0f);
+    m_has_top_score = false;
     m_output_scale.assign(static_cast<std::size_t>(tokens), 1.0f);
     m_has_output_scale = false;
     m_dropped = 0;
@@ -120,6 +125,21 @@ class routing_plan {
   [[nodiscard]] float* entropy_data() noexcept { return m_entropy.data(); }
   /// Declares that entropy(t) holds the routing entropy of every token.
   void mark_entropy() noexcept { m_has_entropy = true; }
+
+  /// Top-1 gate score of token t: the gate score of its first choice (slot 0 of the router's
+  /// selection, a null column included) before renormalisation, route_scale and any selection
+  /// bias; 0 for a token that routes nowhere. Valid when has_top_score().
+  [[nodiscard]] float top_score(index t) const noexcept { return m_top_score[static_cast<std::size_t>(t)]; }
+  void set_top_score(index t, float v) noexcept {
+    m_top_score[static_cast<std::size_t>(t)] = v;
+    m_has_top_score = true;
+  }
+  /// True once the router recorded top-1 gate scores since the last reset().
+  [[nodiscard]] bool has_top_score() const noexcept { return m_has_top_score; }
+  /// The `[T]` top-1 gate scores, for routers that fill them in bulk (then call mark_top_score()).
+  [[nodiscard]] float* top_score_data() noexcept { return m_top_score.data(); }
+  /// Declares that top_score(t) holds the top-1 gate score of every token.
+  void mark_top_score() noexcept { m_has_top_score = true; }
 
   /// Factor on the whole layer output of token t (routed and shared experts); 1 by default.
   [[nodiscard]] float output_scale(index t) const noexcept {
@@ -200,6 +220,8 @@ class routing_plan {
   std::vector<std::uint8_t> m_passes;
   std::vector<float> m_entropy;
   bool m_has_entropy = false;
+  std::vector<float> m_top_score;
+  bool m_has_top_score = false;
   std::vector<float> m_output_scale;
   bool m_has_output_scale = false;
   index m_dropped = 0;

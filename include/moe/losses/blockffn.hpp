@@ -12,6 +12,7 @@
 
 #include "moe/config.hpp"
 #include "moe/core/error.hpp"
+#include "moe/core/sequences.hpp"
 #include "moe/core/views.hpp"
 #include "moe/losses/detail/row_math.hpp"
 #include "moe/routing/token_choice.hpp"
@@ -34,7 +35,7 @@ struct chunk_sparsification_options {
 
 /// Options of moe::activation_locality_loss (BlockFFN's released values for 0.1B–1.2B).
 struct activation_locality_options {
-  /// Sigmoid steepness s (BlockFFN: 100).
+  /// Sigmoid steepness s, finite and > 0 (BlockFFN: 100).
   double steepness = 100;
   /// lambda_AL (2e-3; 1e-3 for the 0.8B model).
   double coefficient = 2e-3;
@@ -87,10 +88,10 @@ double chunk_sparsification_loss(const Eigen::DenseBase<Derived>& scores,
     detail::fail_parameter(error_id::config, where, "coefficient", "finite", options.coefficient);
   }
   if (!options.valid.empty()) detail::check_extent(where, "valid.size()", static_cast<index>(options.valid.size()), T);
-  detail::token_choice::check_sequence_starts(options.sequence_starts, T, where);
-  const index n_seq = detail::token_choice::sequence_count(options.sequence_starts);
+  detail::check_sequence_starts(options.sequence_starts, T, where);
+  const index n_seq = detail::sequence_count(options.sequence_starts);
   for (index q = 0; q < n_seq; ++q) {
-    const auto [s0, s1] = detail::token_choice::sequence_range(options.sequence_starts, q, T);
+    const auto [s0, s1] = detail::sequence_range(options.sequence_starts, q, T);
     if ((s1 - s0) % Lc != 0) {
       detail::fail_parameter(error_id::config, where, "chunk_length",
                              detail::concat("a divisor of every sequence length (sequence ", q, " has ", s1 - s0,
@@ -177,20 +178,20 @@ double activation_locality_loss(const Eigen::DenseBase<Derived>& scores, const a
   constexpr const char* where = "moe::activation_locality_loss";
   const auto rs = view(scores);
   const index T = rs.rows(), E = rs.cols();
-  if (!std::isfinite(options.steepness)) {
-    detail::fail_parameter(error_id::config, where, "steepness", "finite", options.steepness);
+  if (!(options.steepness > 0) || !std::isfinite(options.steepness)) {
+    detail::fail_parameter(error_id::config, where, "steepness", "finite and > 0", options.steepness);
   }
   if (!std::isfinite(options.coefficient)) {
     detail::fail_parameter(error_id::config, where, "coefficient", "finite", options.coefficient);
   }
-  detail::token_choice::check_sequence_starts(options.sequence_starts, T, where);
+  detail::check_sequence_starts(options.sequence_starts, T, where);
   if (grad) std::fill(grad, grad + T * E, Scalar(0));
   const auto r = detail::blockffn::finite_scores(rs, where);
   const double s = options.steepness;
   index pairs = 0;
-  const index n_seq = detail::token_choice::sequence_count(options.sequence_starts);
+  const index n_seq = detail::sequence_count(options.sequence_starts);
   for (index q = 0; q < n_seq; ++q) {
-    const auto [s0, s1] = detail::token_choice::sequence_range(options.sequence_starts, q, T);
+    const auto [s0, s1] = detail::sequence_range(options.sequence_starts, q, T);
     pairs += std::max<index>(s1 - s0 - 1, 0);
   }
   if (pairs == 0 || E == 0) return 0.0;
@@ -198,7 +199,7 @@ double activation_locality_loss(const Eigen::DenseBase<Derived>& scores, const a
   double total = 0;
   std::vector<double> g(grad ? static_cast<std::size_t>(T * E) : 0, 0.0);
   for (index q = 0; q < n_seq; ++q) {
-    const auto [s0, s1] = detail::token_choice::sequence_range(options.sequence_starts, q, T);
+    const auto [s0, s1] = detail::sequence_range(options.sequence_starts, q, T);
     for (index t = s0 + 1; t < s1; ++t) {
       for (index e = 0; e < E; ++e) {
         const double x = s * r[(t - 1) * E + e];  // logit from the previous token

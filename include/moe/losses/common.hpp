@@ -2,9 +2,11 @@
 // SPDX-FileCopyrightText: The moe authors
 #pragma once
 
-// Shared pieces of the auxiliary losses: the per-token distribution a balance loss averages, its
+// Shared pieces of the balance losses: the per-token distribution a balance loss averages, its
 // backward pass, and the argument checks. Losses compute in double whatever the logits' type
-// (they run once per step on [T × E] values, so the cost is small and the results are clean).
+// (they run once per step on [T × E] values, so the cost is small and the results are clean);
+// the double-precision row math (softmax, sigmoid, softplus, top-k) is detail/row_math.hpp, the
+// one set every loss uses.
 
 #include <algorithm>
 #include <cmath>
@@ -19,7 +21,9 @@
 #include "moe/core/context.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/plan.hpp"
+#include "moe/core/sequences.hpp"
 #include "moe/core/views.hpp"
+#include "moe/losses/detail/row_math.hpp"
 
 namespace moe {
 
@@ -31,52 +35,33 @@ enum class loss_scores {
 
 namespace detail {
 
-/// Distribution `p [E]` of one logits row in double, and what its backward pass needs in `aux`
-/// (`aux[0]` = Σ sigmoid for normalized_sigmoid). Follows routing-spec §1.2 for ±inf: softmax
-/// shares the mass among +inf logits and gives 0 to -inf ones; an all -inf row gives p = 0.
-template <class Row>
-void loss_row_scores(const Row& z, index E, loss_scores kind, double* p, double* aux) {
-  constexpr double inf = std::numeric_limits<double>::infinity();
-  if (kind == loss_scores::softmax) {
-    double m = -inf;
-    for (index e = 0; e < E; ++e) m = std::max(m, static_cast<double>(z(e)));
-    if (m == -inf) {
-      for (index e = 0; e < E; ++e) p[e] = 0.0;
-      return;
-    }
-    if (m == inf) {
-      double n = 0;
-      for (index e = 0; e < E; ++e) n += static_cast<double>(z(e)) == inf;
-      for (index e = 0; e < E; ++e) p[e] = static_cast<double>(z(e)) == inf ? 1.0 / n : 0.0;
-      return;
-    }
-    double total = 0;
-    for (index e = 0; e < E; ++e) total += p[e] = std::exp(static_cast<double>(z(e)) - m);
-    for (index e = 0; e < E; ++e) p[e] /= total;
-    return;
-  }
+/// Distribution `p [E]` of one row `z [E]` (double) of logits, and what its backward pass needs
+/// in `aux` (`aux[0]` = Σ sigmoid for normalized_sigmoid). Follows routing-spec §1.2 for ±inf
+/// (loss_math::softmax): softmax shares the mass among +inf logits and gives 0 to -inf ones; an
+/// all -inf row gives p = 0. Returns loss_math::softmax's state for softmax (0 degenerate, 2
+/// saturated: a +inf logit, p a constant step; 1 otherwise) and 1 for normalized_sigmoid.
+inline int loss_row_scores(const double* z, index E, loss_scores kind, double* p, double* aux) noexcept {
+  if (kind == loss_scores::softmax) return loss_math::softmax(z, E, p);
   double total = 0;
-  for (index e = 0; e < E; ++e) {
-    const double x = static_cast<double>(z(e));
-    p[e] = x >= 0 ? 1.0 / (1.0 + std::exp(-x)) : std::exp(x) / (1.0 + std::exp(x));
-    total += p[e];
-  }
+  for (index e = 0; e < E; ++e) total += p[e] = loss_math::sigmoid(z[e]);
   aux[0] = total;
   for (index e = 0; e < E; ++e) p[e] = total > 0 ? p[e] / total : 0.0;
+  return 1;
 }
 
 /// Backward pass of loss_row_scores: `g_j = scale · Σ_i v_i ∂p_i/∂z_j`, i.e.
-/// softmax: `scale · p_j (v_j - Σ_i v_i p_i)`;
+/// softmax: `scale · p_j (v_j - Σ_i v_i p_i)`, and 0 on a saturated row (`state` 2: a +inf
+/// logit makes p a constant step) or a degenerate one;
 /// normalized sigmoid: `scale · s_j (1 - s_j) / S · (v_j - Σ_i v_i p_i)` with `s_j = S p_j`.
 template <class Out>
-void loss_row_backward(loss_scores kind, const double* p, const double* aux, const double* v, index E, double scale,
-                       Out&& g) {
+void loss_row_backward(loss_scores kind, int state, const double* p, const double* aux, const double* v, index E,
+                       double scale, Out&& g) {
   double dot = 0;
   for (index e = 0; e < E; ++e) dot += v[e] * p[e];
   for (index e = 0; e < E; ++e) {
     double d = 0;
     if (kind == loss_scores::softmax) {
-      d = p[e] * (v[e] - dot);
+      d = state == 1 ? p[e] * (v[e] - dot) : 0.0;
     } else if (aux[0] > 0) {
       const double s = p[e] * aux[0];
       d = s * (1.0 - s) / aux[0] * (v[e] - dot);
@@ -120,29 +105,6 @@ inline void check_coefficient(const char* where, const char* param, double value
   if (!std::isfinite(value)) fail_parameter(error_id::config, where, param, "finite", value);
 }
 
-/// The sequences `[begin, end)` of a batch of T tokens from `ctx.sequence_starts` (empty: one
-/// sequence). The starts must begin at 0 and increase strictly, each below T.
-inline std::vector<std::pair<index, index>> sequence_ranges(const char* where, const route_context& ctx, index T) {
-  std::vector<std::pair<index, index>> out;
-  const auto starts = ctx.sequence_starts;
-  if (starts.empty()) {
-    out.emplace_back(0, T);
-    return out;
-  }
-  if (starts[0] != 0) fail_parameter(error_id::input, where, "ctx.sequence_starts[0]", "0", starts[0]);
-  for (std::size_t i = 0; i < starts.size(); ++i) {
-    const index end = i + 1 < starts.size() ? starts[i + 1] : T;
-    if (!(end > starts[i]) || starts[i] >= T) {
-      fail_parameter(error_id::input, where, "ctx.sequence_starts",
-                     concat("strictly increasing from 0, every start < T = ", T),
-                     concat("start ", starts[i], " followed by ", end));
-    }
-    out.emplace_back(starts[i], end);
-  }
-  return out;
-}
-
-
 /// The common core of the balance losses over the rows `[begin, end)` of `logits [T × E]`:
 /// returns `scale · Σ_e f_e P_e` with `P_e = (1/L) Σ_t p_{t,e}` (L = end - begin) and, if `grad`
 /// is given, writes its rows `t` = `(scale / L) · J_tᵀ f` (f is treated as a constant).
@@ -152,13 +114,15 @@ double balance_term(const Eigen::DenseBase<L>& logits, index begin, index end, c
   const auto& z = logits.derived();
   const index E = z.cols(), n = end - begin;
   if (n <= 0) return 0.0;
-  std::vector<double> p(static_cast<std::size_t>(E)), P(static_cast<std::size_t>(E), 0.0);
+  std::vector<double> row(static_cast<std::size_t>(E)), p(static_cast<std::size_t>(E)),
+      P(static_cast<std::size_t>(E), 0.0);
   double aux = 0;
   for (index t = begin; t < end; ++t) {
-    loss_row_scores([&](index e) { return z(t, e); }, E, kind, p.data(), &aux);
+    for (index e = 0; e < E; ++e) row[static_cast<std::size_t>(e)] = static_cast<double>(z(t, e));
+    const int state = loss_row_scores(row.data(), E, kind, p.data(), &aux);
     for (index e = 0; e < E; ++e) P[static_cast<std::size_t>(e)] += p[static_cast<std::size_t>(e)];
     if (grad) {
-      loss_row_backward(kind, p.data(), &aux, f, E, scale / static_cast<double>(n),
+      loss_row_backward(kind, state, p.data(), &aux, f, E, scale / static_cast<double>(n),
                         [&](index e) -> Scalar& { return (*grad)(t, e); });
     }
   }

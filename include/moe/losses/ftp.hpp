@@ -13,7 +13,7 @@
 
 #include "moe/config.hpp"
 #include "moe/core/error.hpp"
-#include "moe/losses/depth_common.hpp"
+#include "moe/losses/detail/row_math.hpp"
 
 namespace moe {
 namespace detail {
@@ -29,11 +29,11 @@ double ftp_sparsity_loss_impl(std::span<const S> pi, std::span<const S> sparsity
   }
   const index T = static_cast<index>(pi.size()) / layers;
   check_extent(where, "pi.size()", static_cast<index>(pi.size()), layers * T);
-  for (index i = 0; i < layers * T; ++i) depth::check_probability(where, "pi", i, pi[static_cast<std::size_t>(i)]);
+  for (index i = 0; i < layers * T; ++i) loss_math::check_probability(where, "pi", i, pi[static_cast<std::size_t>(i)]);
   double total = 0;
   for (index l = 0; l < layers; ++l) {
     const S target = sparsity[static_cast<std::size_t>(l)];
-    depth::check_probability(where, "sparsity", l, target);
+    loss_math::check_probability(where, "sparsity", l, target);
     double skipped = 0;  // Σ_t (1 - pi)
     for (index t = 0; t < T; ++t) skipped += 1.0 - static_cast<double>(pi[static_cast<std::size_t>(l * T + t)]);
     const double achieved = T > 0 ? skipped / static_cast<double>(T) : 0.0;
@@ -58,8 +58,8 @@ double ftp_guide_loss_impl(std::span<const S> pi, std::span<const S> mask, std::
   double total = 0;
   for (index t = 0; t < T; ++t) {
     const auto i = static_cast<std::size_t>(t);
-    depth::check_probability(where, "pi", t, pi[i]);
-    depth::check_probability(where, "mask", t, mask[i]);
+    loss_math::check_probability(where, "pi", t, pi[i]);
+    loss_math::check_probability(where, "mask", t, mask[i]);
     const double p = pi[i], m = mask[i];
     // torch.nn.BCELoss: each log clamped to >= -100, so pi = 0 or 1 stays finite.
     const double log_p = std::max(std::log(p), -100.0), log_q = std::max(std::log1p(-p), -100.0);

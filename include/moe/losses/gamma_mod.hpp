@@ -12,7 +12,7 @@
 
 #include "moe/config.hpp"
 #include "moe/core/error.hpp"
-#include "moe/losses/depth_common.hpp"
+#include "moe/losses/detail/row_math.hpp"
 
 namespace moe {
 
@@ -38,9 +38,9 @@ double gamma_mod_aux_loss_impl(std::span<const S> logits, std::span<const S> tar
     if (!(y >= 0.0 && y <= 1.0)) fail_parameter(error_id::input, where, concat("target[", t, "]"), "in [0, 1]", y);
     // With v = z1 - z0: -log p1 = softplus(-v), -log p0 = softplus(v).
     const double v = z1 - z0;
-    total += y * depth::softplus(-v) + (1.0 - y) * depth::softplus(v);
+    total += y * loss_math::softplus(-v) + (1.0 - y) * loss_math::softplus(v);
     if (!grad.empty()) {
-      const double g = (depth::sigmoid(v) - y) / static_cast<double>(T);  // dL/dz1 = p1 - y
+      const double g = (loss_math::sigmoid(v) - y) / static_cast<double>(T);  // dL/dz1 = p1 - y
       grad[static_cast<std::size_t>(2 * t)] = static_cast<S>(-g);
       grad[static_cast<std::size_t>(2 * t + 1)] = static_cast<S>(g);
     }

@@ -6,8 +6,12 @@ namespace moe {
 
 /// How a load-balancing loss normalises the expert counts `c_j` (routing-spec §1.3).
 enum class lbl_normalization {
-  per_assignment,  ///< `f_j = c_j / Σ_i c_i` (= c_j / (T·k)): the fractions sum to 1 (default)
-  hf_mixtral       ///< `f_j = c_j / T`, as HF Mixtral's function: k times per_assignment
+  /// `f_j = c_j / (T·k)`, the share of the T·k assignment slots (default). moe::load_balance_loss
+  /// divides by T·k whatever the plan holds, so the fractions sum to 1 only when every token fills
+  /// its k slots (a token with fewer assignments, from -inf logits or a capacity drop, leaves its
+  /// share unused); moe::null_experts_balance_loss divides by `Σ_i c_i`, so its fractions sum to 1.
+  per_assignment,
+  hf_mixtral  ///< `f_j = c_j / T`, as HF Mixtral's function: k times per_assignment
 };
 
 }  // namespace moe

@@ -12,7 +12,7 @@
 
 #include "moe/config.hpp"
 #include "moe/core/error.hpp"
-#include "moe/losses/depth_common.hpp"
+#include "moe/losses/detail/row_math.hpp"
 
 namespace moe {
 
@@ -35,8 +35,8 @@ double mod_aux_loss_impl(std::span<const S> r, std::span<const S> target, std::s
     if (!std::isfinite(v)) fail_parameter(error_id::input, where, concat("r[", t, "]"), "finite", v);
     if (!(y >= 0.0 && y <= 1.0)) fail_parameter(error_id::input, where, concat("target[", t, "]"), "in [0, 1]", y);
     // BCE(sigmoid(v), y) = softplus(v) - y v.
-    total += depth::softplus(v) - y * v;
-    if (!grad.empty()) grad[i] = static_cast<S>((depth::sigmoid(v) - y) / static_cast<double>(T));
+    total += loss_math::softplus(v) - y * v;
+    if (!grad.empty()) grad[i] = static_cast<S>((loss_math::sigmoid(v) - y) / static_cast<double>(T));
   }
   return T > 0 ? total / static_cast<double>(T) : 0.0;
 }

@@ -38,6 +38,9 @@ struct null_experts_balance_options {
 /// @param k slots per token, in [1, E + m]. The selection is recomputed from the logits with
 ///          the routers' rule (top-k of z, ties to the lower column, -inf never selected): the
 ///          selection of moe::null_experts<moe::top_k<softmax_gate>> without a selection bias.
+///          The loss cannot take the routing plan instead: moe::null_experts writes a null slot
+///          as moe::no_expert, so the plan no longer says which null expert was chosen, and the
+///          null counts `c_j` (averaged or not) are part of the loss.
 /// @param grad nullptr, or `[T × (E + m)]` row-major: receives `dL/dz`, the counts being
 ///             constants: `coefficient·((E+m)/T)·p_tj·(f_j − Σ_i f_i p_ti)` (0 on a row whose
 ///             maximum is +inf, where the softmax is a constant step).

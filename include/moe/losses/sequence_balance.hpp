@@ -11,6 +11,7 @@
 #include "moe/config.hpp"
 #include "moe/core/context.hpp"
 #include "moe/core/plan.hpp"
+#include "moe/core/sequences.hpp"
 #include "moe/core/views.hpp"
 #include "moe/losses/common.hpp"
 
@@ -38,11 +39,21 @@ double sequence_balance_impl(const Eigen::DenseBase<L>& logits, const routing_pl
     if (grad) grad->setZero();
     return 0.0;
   }
-  const auto ranges = sequence_ranges(where, ctx, T);
-  const double n_seq = static_cast<double>(ranges.size());
+  // Sequences by the routers' rule (core/sequences.hpp); empty ones hold no token and are not
+  // counted in the average.
+  check_sequence_starts(ctx.sequence_starts, T, where);
+  const index n_all = sequence_count(ctx.sequence_starts);
+  index n_nonempty = 0;
+  for (index q = 0; q < n_all; ++q) {
+    const auto [begin, end] = sequence_range(ctx.sequence_starts, q, T);
+    n_nonempty += end > begin;
+  }
+  const double n_seq = static_cast<double>(n_nonempty);
   std::vector<double> f(static_cast<std::size_t>(E));
   double value = 0;
-  for (const auto& [begin, end] : ranges) {
+  for (index q = 0; q < n_all; ++q) {
+    const auto [begin, end] = sequence_range(ctx.sequence_starts, q, T);
+    if (end == begin) continue;
     const double len = static_cast<double>(end - begin);
     std::fill(f.begin(), f.end(), 0.0);
     for (index t = begin; t < end; ++t) {
@@ -58,7 +69,8 @@ double sequence_balance_impl(const Eigen::DenseBase<L>& logits, const routing_pl
 }  // namespace detail
 
 /// DeepSeek-V3 complementary sequence-wise balance loss (routing-spec §4), per sequence of length L
-/// then averaged over the sequences of `ctx.sequence_starts` (empty: the batch is one sequence):
+/// then averaged over the non-empty sequences of `ctx.sequence_starts` (empty: the batch is one
+/// sequence; the starts follow the routers' rules of core/sequences.hpp, empty sequences allowed):
 /// ```
 /// s~_{t,e} = s_{t,e} / Σ_j s_{t,j}    (s = sigmoid(z), the unbiased scores)
 /// P_e = (1/L) Σ_t s~_{t,e},  f_e = E / (K·L) · Σ_t 1[e ∈ S_t],  L_bal = alpha · Σ_e f_e P_e

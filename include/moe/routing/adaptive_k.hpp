@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -16,6 +17,7 @@
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/kernels/gating.hpp"
+#include "moe/routing/detail/rows.hpp"
 #include "moe/routing/gates.hpp"
 #include "moe/routing/top_k.hpp"
 
@@ -122,7 +124,7 @@ class adaptive_k {
 
   /// @param weight router weight `[E × d]`, one row per expert (copied and packed).
   adaptive_k(const_matrix_map<float> weight, adaptive_k_options options = {})
-      : m_options(checked(options, weight.rows())),
+      : m_options(checked(options, weight.rows(), weight.cols())),
         m_base(weight, {.k = m_options.k_max,
                         .renormalize = m_options.renormalize,
                         .route_scale = m_options.route_scale,
@@ -157,26 +159,25 @@ class adaptive_k {
     const index T = x.rows(), E = num_experts();
     float* z = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * E, 1)));  // [T × E]
     m_base.logits(x, z, E, ws);
-    route_rows(z, T, plan, ws);
+    route_rows(z, T, plan, ws, "moe::adaptive_k::route", "x");
   }
 
-  /// Routes precomputed logits `z [T × E]` (already divided by the temperature, if any).
+  /// Routes precomputed raw logits `z = W x [T × E]` (copied; the temperature is applied here,
+  /// once, so that route_logits(W x) routes as route(x)).
   void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws) const {
     detail::check_extent("moe::adaptive_k::route_logits", "z.cols()", z.cols(), num_experts());
-    const index T = z.rows(), E = num_experts();
-    float* copy = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * E, 1)));  // [T × E]
-    for (index t = 0; t < T; ++t) {
-      for (index e = 0; e < E; ++e) copy[t * E + e] = z(t, e);
-    }
-    route_rows(copy, T, plan, ws);
+    float* copy = detail::copy_logits(z, ws);  // [T × E]
+    m_base.scale_logits(copy, z.rows(), num_experts());
+    route_rows(copy, z.rows(), plan, ws, "moe::adaptive_k::route_logits", "z");
   }
 
   /// Mean k and the number of tokens per k.
   [[nodiscard]] adaptive_k_stats policy_stats(const routing_plan& plan) const { return detail::adaptive_stats(plan); }
 
  private:
-  static adaptive_k_options checked(adaptive_k_options o, index E) {
+  static adaptive_k_options checked(adaptive_k_options o, index E, index d) {
     constexpr const char* where = "moe::adaptive_k";
+    detail::check_gate_options(where, E, d, o.route_scale, o.temperature);
     detail::check_common(where, E, o.k_min, o.k_max);
     if (o.k_mid == 0) o.k_mid = (o.k_min + o.k_max) / 2;
     detail::check_range<index>(where, "k_mid", o.k_mid, o.k_min, o.k_max);
@@ -187,7 +188,8 @@ class adaptive_k {
     return o;
   }
 
-  void route_rows(float* z, index T, routing_plan& plan, workspace& ws) const {
+  void route_rows(float* z, index T, routing_plan& plan, workspace& ws, std::string_view where,
+                  std::string_view param) const {
     const index E = num_experts(), K = m_options.k_max;
     plan.reset(T, K, E);
     if (T == 0) return;
@@ -197,11 +199,13 @@ class adaptive_k {
     float* w = ws.take<float>(static_cast<std::size_t>(K));
     for (index t = 0; t < T; ++t) {
       float* zt = z + t * E;
-      m_base.prepare_row(zt, E, t);
+      detail::apply_nan_policy(zt, E, t, m_options.nan,
+                               {.where = where, .param = param, .option = "adaptive_k_options::nan"});
       float H = 0.0f;
       m_base.gate_row(zt, p, &H, scratch);
       plan.set_entropy(t, H);
       const index count = std::min<index>(m_base.select_row(zt, p, idx, scratch), k_for_entropy(H));
+      plan.set_top_score(t, count > 0 ? p[idx[0]] : 0.0f);
       m_base.weigh_row(p, idx, count, w);
       for (index s = 0; s < count; ++s) plan.set(t, s, idx[s], w[s]);
     }
@@ -232,7 +236,7 @@ class top_p {
 
   /// @param weight router weight `[E × d]`, one row per expert (copied and packed).
   top_p(const_matrix_map<float> weight, top_p_options options = {})
-      : m_options(checked(options, weight.rows())),
+      : m_options(checked(options, weight.rows(), weight.cols())),
         m_base(weight, {.k = m_options.k_max,
                         .renormalize = m_options.renormalize,
                         .route_scale = m_options.route_scale,
@@ -255,32 +259,32 @@ class top_p {
     const index T = x.rows(), E = num_experts();
     float* z = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * E, 1)));  // [T × E]
     m_base.logits(x, z, E, ws);
-    route_rows(z, T, plan, ws);
+    route_rows(z, T, plan, ws, "moe::top_p::route", "x");
   }
 
-  /// Routes precomputed logits `z [T × E]` (already divided by the temperature, if any).
+  /// Routes precomputed raw logits `z = W x [T × E]` (copied; the temperature is applied here,
+  /// once, so that route_logits(W x) routes as route(x)).
   void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws) const {
     detail::check_extent("moe::top_p::route_logits", "z.cols()", z.cols(), num_experts());
-    const index T = z.rows(), E = num_experts();
-    float* copy = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * E, 1)));  // [T × E]
-    for (index t = 0; t < T; ++t) {
-      for (index e = 0; e < E; ++e) copy[t * E + e] = z(t, e);
-    }
-    route_rows(copy, T, plan, ws);
+    float* copy = detail::copy_logits(z, ws);  // [T × E]
+    m_base.scale_logits(copy, z.rows(), num_experts());
+    route_rows(copy, z.rows(), plan, ws, "moe::top_p::route_logits", "z");
   }
 
   /// Mean k and the number of tokens per k.
   [[nodiscard]] adaptive_k_stats policy_stats(const routing_plan& plan) const { return detail::adaptive_stats(plan); }
 
  private:
-  static top_p_options checked(top_p_options o, index E) {
+  static top_p_options checked(top_p_options o, index E, index d) {
     constexpr const char* where = "moe::top_p";
+    detail::check_gate_options(where, E, d, o.route_scale, o.temperature);
     detail::check_common(where, E, o.k_min, o.k_max);
     if (!(o.p > 0.0f && o.p <= 1.0f)) detail::fail_parameter(error_id::config, where, "p", "in (0, 1]", o.p);
     return o;
   }
 
-  void route_rows(float* z, index T, routing_plan& plan, workspace& ws) const {
+  void route_rows(float* z, index T, routing_plan& plan, workspace& ws, std::string_view where,
+                  std::string_view param) const {
     const index E = num_experts(), K = m_options.k_max;
     plan.reset(T, K, E);
     if (T == 0) return;
@@ -290,7 +294,8 @@ class top_p {
     float* w = ws.take<float>(static_cast<std::size_t>(K));
     for (index t = 0; t < T; ++t) {
       float* zt = z + t * E;
-      m_base.prepare_row(zt, E, t);
+      detail::apply_nan_policy(zt, E, t, m_options.nan,
+                               {.where = where, .param = param, .option = "top_p_options::nan"});
       float H = 0.0f;
       m_base.gate_row(zt, q, &H, scratch);
       plan.set_entropy(t, H);
@@ -303,6 +308,7 @@ class top_p {
         if (mass >= target) break;
       }
       kt = std::min<index>(std::max<index>(kt, m_options.k_min), count);
+      plan.set_top_score(t, kt > 0 ? q[idx[0]] : 0.0f);
       m_base.weigh_row(q, idx, kt, w);
       for (index s = 0; s < kt; ++s) plan.set(t, s, idx[s], w[s]);
     }

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <limits>
 #include <span>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -15,10 +16,12 @@
 #include "moe/core/context.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/plan.hpp"
+#include "moe/core/sequences.hpp"
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/kernels/gating.hpp"
 #include "moe/kernels/gemm.hpp"
+#include "moe/routing/detail/rows.hpp"
 #include "moe/routing/gates.hpp"
 #include "moe/routing/token_choice.hpp"
 
@@ -55,13 +58,13 @@ inline double chunk_sparsity(const routing_plan& plan, index chunk_length, std::
   constexpr const char* where = "moe::chunk_sparsity";
   if (chunk_length < 1) detail::fail_parameter(error_id::config, where, "chunk_length", ">= 1", chunk_length);
   const index T = plan.num_tokens(), E = plan.num_experts();
-  detail::token_choice::check_sequence_starts(sequence_starts, T, where);
+  detail::check_sequence_starts(sequence_starts, T, where);
   if (T == 0 || E == 0) return 0.0;
   std::vector<std::uint8_t> used(static_cast<std::size_t>(E));
   double fraction = 0;
   index chunks = 0;
-  for (index q = 0; q < detail::token_choice::sequence_count(sequence_starts); ++q) {
-    const auto [s0, s1] = detail::token_choice::sequence_range(sequence_starts, q, T);
+  for (index q = 0; q < detail::sequence_count(sequence_starts); ++q) {
+    const auto [s0, s1] = detail::sequence_range(sequence_starts, q, T);
     for (index c0 = s0; c0 < s1; c0 += chunk_length) {
       std::fill(used.begin(), used.end(), std::uint8_t{0});
       index count = 0;
@@ -133,18 +136,13 @@ class blockffn {
     const index T = x.rows();
     float* r = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * m_experts, 1)));  // [T × E]
     kernels::gemm(x.data(), T, x.outerStride(), m_weight, r, m_experts, ws);
-    route_rows(r, T, plan, ws);
+    route_rows(r, T, plan, ws, "moe::blockffn::route", "x");
   }
 
-  /// Routes precomputed raw scores `r [T × E]` (copied).
-  void route_logits(const_matrix_map<float> r, routing_plan& plan, workspace& ws) const {
-    detail::check_extent("moe::blockffn::route_logits", "z.cols()", r.cols(), m_experts);
-    const index T = r.rows();
-    float* copy = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * m_experts, 1)));  // [T × E]
-    for (index t = 0; t < T; ++t) {
-      for (index e = 0; e < m_experts; ++e) copy[t * m_experts + e] = r(t, e);
-    }
-    route_rows(copy, T, plan, ws);
+  /// Routes precomputed raw scores `z = W_r x [T × E]` (copied).
+  void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws) const {
+    detail::check_extent("moe::blockffn::route_logits", "z.cols()", z.cols(), m_experts);
+    route_rows(detail::copy_logits(z, ws), z.rows(), plan, ws, "moe::blockffn::route_logits", "z");
   }
 
   /// Token-level and chunk-level sparsity (chunks of options().chunk_length consecutive tokens,
@@ -164,7 +162,8 @@ class blockffn {
   }
 
  private:
-  void route_rows(float* r, index T, routing_plan& plan, workspace& ws) const {
+  void route_rows(float* r, index T, routing_plan& plan, workspace& ws, std::string_view where,
+                  std::string_view param) const {
     const index E = m_experts;
     plan.reset(T, E, E);
     if (T == 0) return;
@@ -174,7 +173,12 @@ class blockffn {
     std::int32_t* idx = ws.take<std::int32_t>(static_cast<std::size_t>(E));
     for (index t = 0; t < T; ++t) {
       float* rt = r + t * E;
-      prepare_row(rt, t);
+      detail::apply_nan_policy(rt, E, t, m_options.nan,
+                               {.where = where,
+                                .param = param,
+                                .option = "blockffn_options::nan",
+                                .value = "router score",
+                                .expected = "finite or ±inf scores"});
       index n_inf = 0;
       double sq = 0;
       for (index e = 0; e < E; ++e) {
@@ -204,20 +208,6 @@ class blockffn {
       for (index e = 0; e < E; ++e) key[e] = a_hat[e] / total;
       plan.set_entropy(t, kernels::entropy(key, E));
     }
-  }
-
-  void prepare_row(float* r, index t) const {
-    if (!kernels::has_nan(r, m_experts)) return;
-    if (m_options.nan == nan_policy::to_neg_inf) {
-      kernels::nan_to_neg_inf(r, m_experts);
-      return;
-    }
-    index e = 0;
-    while (!std::isnan(r[e])) ++e;
-    detail::throw_error(error_id::input,
-                        detail::concat("moe::blockffn::route: parameter 'x' gives a NaN router score (token ", t,
-                                       ", expert ", e, "); expected finite or ±inf scores, or set "
-                                       "blockffn_options::nan = moe::nan_policy::to_neg_inf"));
   }
 
   blockffn_options m_options;

@@ -15,6 +15,7 @@
 #include "moe/core/rounding.hpp"
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
+#include "moe/kernels/gating.hpp"
 #include "moe/routing/top_k.hpp"
 
 namespace moe {
@@ -22,7 +23,10 @@ namespace moe {
 /// The order in which assignments claim places in an expert's capacity (within one slot).
 enum class capacity_priority {
   position,          ///< ascending token index (GShard, Switch, DeepSpeed; the default)
-  batch_prioritized  ///< descending slot-0 weight, ties by lower token index (V-MoE batch prioritized routing)
+  /// descending top-1 gate score (routing_plan::top_score, the first choice's score before
+  /// renormalisation and scaling), ties by lower token index (V-MoE batch prioritized routing,
+  /// routing-spec §5); a base that records no top scores is ordered by its slot-0 weight instead
+  batch_prioritized
 };
 
 /// Options of moe::capacity (routing-spec §5).
@@ -35,9 +39,12 @@ struct capacity_options {
   bool drop_tokens = true;
   /// Order of the assignments inside each slot.
   capacity_priority priority = capacity_priority::position;
-  /// true: every token's surviving weights are divided by their sum (DeepSpeed top-2: a lone
-  /// survivor gets weight 1; the base's route_scale is not kept). false (GShard, Switch): the
-  /// surviving weights are left as they are.
+  /// true: the surviving weights of every token that lost an assignment are divided by their sum
+  /// (kernels::renormalize_scale: a lone survivor gets weight 1, the base's route_scale is not
+  /// kept for such a token); a token that lost nothing keeps its weights bit for bit, so
+  /// DeepSpeed's top-2 gate (weights over the kept routes for every token) is a base with
+  /// `renormalize = true` plus this. false (GShard, Switch): the surviving weights are left as
+  /// they are.
   bool renormalize_after_drop = false;
 };
 
@@ -55,7 +62,8 @@ struct capacity_stats {
 /// assignments (K = base.max_slots(); the ceiling is computed in double with the guard of
 /// errata 1, then clamped to `[min_capacity, T]`). Assignments are served slot-major: every slot-0
 /// assignment before any slot-1 assignment; inside a slot, tokens in ascending index (or by
-/// descending slot-0 weight with batch_prioritized). Each expert counts the assignments it is
+/// descending top-1 gate score with batch_prioritized: `plan.top_score(t)`, which every built-in
+/// token-choice router records, or the slot-0 weight for a base that records none). Each expert counts the assignments it is
 /// offered; one whose position (0-based) is `< C` is kept, the others are dropped, and the count
 /// grows either way (GShard / HF cumulative-sum semantics). A dropped assignment becomes
 /// `moe::no_expert` with weight 0 (it contributes nothing); a token left with no assignment has
@@ -138,11 +146,15 @@ class capacity {
     auto* order = ws.take<std::int32_t>(static_cast<std::size_t>(T));
     for (index t = 0; t < T; ++t) order[t] = static_cast<std::int32_t>(t);
     if (m_options.priority == capacity_priority::batch_prioritized && K > 0) {
+      // The top-1 gate score (the spec's order); the slot-0 weight when the base records none.
+      const bool top = plan.has_top_score();
+      const auto key = [&](std::int32_t t) { return top ? plan.top_score(t) : plan.weight(t, 0); };
       std::sort(order, order + T, [&](std::int32_t a, std::int32_t b) {
-        const float wa = plan.weight(a, 0), wb = plan.weight(b, 0);
+        const float wa = key(a), wb = key(b);
         return wa > wb || (wa == wb && a < b);
       });
     }
+    auto* lost = ws.take_zeroed<std::uint8_t>(static_cast<std::size_t>(T));  // token lost an assignment
     index dropped = 0;
     for (index s = 0; s < K; ++s) {
       for (index i = 0; i < T; ++i) {
@@ -151,16 +163,15 @@ class capacity {
         if (e == no_expert) continue;
         if (count[e]++ >= C) {
           plan.set(t, s, no_expert, 0.0f);
+          lost[t] = 1;
           ++dropped;
         }
       }
     }
     if (m_options.renormalize_after_drop) {
+      // Only the tokens that lost something; dropped slots hold weight 0 and stay 0.
       for (index t = 0; t < T; ++t) {
-        auto w = plan.weights(t);
-        float total = 0.0f;
-        for (index s = 0; s < K; ++s) total += w[s];
-        for (index s = 0; s < K; ++s) w[s] = total > 0.0f ? w[s] / total : 0.0f;
+        if (lost[t]) kernels::renormalize_scale(plan.weights(t).data(), K, true, 1.0f);
       }
       plan.invalidate();
     }

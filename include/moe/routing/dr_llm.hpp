@@ -26,6 +26,7 @@
 #include "moe/core/context.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/plan.hpp"
+#include "moe/core/sequences.hpp"
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/kernels/gating.hpp"
@@ -59,7 +60,12 @@ struct dr_llm_options {
 /// The whole sequence is the prompt: route the prefill. Decisions are taken once per input and
 /// reused for every generated token: set them with set_forced_decisions() (also the way to
 /// teacher-force labels in training). An empty sequence (T_p = 0) throws moe::error; T = 0 gives
-/// an empty plan. Statistics: moe::depth_stats through layer_skip::policy_stats, and
+/// an empty plan (with or without forced decisions).
+///
+/// Thread safety: forced decisions are router state, one list for the whole router. decide()
+/// only reads them, but set_forced_decisions() / clear_forced_decisions() must not run
+/// concurrently with any other call, and concurrent requests that need different decisions need
+/// their own dr_llm (copies are cheap next to a layer) or a router without forced decisions. Statistics: moe::depth_stats through layer_skip::policy_stats, and
 /// moe::depth_stack_stats for a stack. Training loss: moe::focal_loss (losses/dr_llm.hpp).
 class dr_llm {
  public:
@@ -81,6 +87,10 @@ class dr_llm {
     detail::check_extent(where, "w2.rows()", w2.rows(), classes);
     detail::check_extent(where, "w2.cols()", w2.cols(), m_bottleneck);
     detail::check_extent(where, "b2.size()", static_cast<index>(b2.size()), classes);
+    check_finite(where, "w1", w1);
+    check_finite(where, "w2", w2);
+    check_finite(where, "b1", b1);
+    check_finite(where, "b2", b2);
     if (m_options.windows < 1) detail::fail_parameter(error_id::config, where, "windows", ">= 1", m_options.windows);
     if (!(m_options.rho >= -1.0f && m_options.rho <= 1.0f)) {
       detail::fail_parameter(error_id::config, where, "rho", "in [-1, 1]", m_options.rho);
@@ -114,22 +124,31 @@ class dr_llm {
     return z;
   }
 
-  /// Logits `z [S × 3]` (row-major) of the S sequences of `x [T × d]`.
+  /// Number of sequences of a batch of T tokens: those of ctx.sequence_starts (core/sequences.hpp),
+  /// none when T = 0.
+  [[nodiscard]] static index count_sequences(const route_context& ctx, index T) noexcept {
+    return T == 0 ? 0 : detail::sequence_count(ctx.sequence_starts);
+  }
+
+  /// Logits `z [S × 3]` (row-major) of the S = count_sequences(ctx, T) sequences of
+  /// `x [T × d]`. An empty sequence throws moe::error (Dr.LLM needs a prompt).
   void logits(const_matrix_map<float> x, const route_context& ctx, std::span<float> z, workspace& ws) const {
     constexpr const char* where = "moe::dr_llm::logits";
     detail::check_extent(where, "x.cols()", x.cols(), m_hidden);
-    detail::check_extent(where, "z.size()", static_cast<index>(z.size()),
-                         classes * detail::depth::count_sequences(ctx, x.rows()));
-    index seq = 0;
-    detail::depth::for_each_sequence(ctx, x.rows(), where, [&](index begin, index end) {
+    detail::check_sequence_starts(ctx.sequence_starts, x.rows(), where);
+    const index S = count_sequences(ctx, x.rows());
+    detail::check_extent(where, "z.size()", static_cast<index>(z.size()), classes * S);
+    const auto per_sequence = ws.mark();  // each sequence's scratch is released after it
+    for (index seq = 0; seq < S; ++seq) {
+      const auto [begin, end] = detail::sequence_range(ctx.sequence_starts, seq, x.rows());
       if (end == begin) {
         detail::throw_error(error_id::input, detail::concat(where, ": parameter 'ctx.sequence_starts' gives an "
                                                                    "empty sequence ", seq,
                                                             "; Dr.LLM needs a prompt of >= 1 token"));
       }
       logits_of(x, begin, end, z.data() + seq * classes, ws);
-      ++seq;
-    });
+      ws.rewind(per_sequence);
+    }
   }
 
   /// The decision for logits `z [3]`: argmax (ties: lower class), after the rho interpolation.
@@ -156,7 +175,8 @@ class dr_llm {
   }
 
   /// Uses these decisions (one per sequence, each 0, 1 or 2) instead of the router's: decode
-  /// steps after a prefill, or teacher forcing with labels. Empty: the router decides.
+  /// steps after a prefill, or teacher forcing with labels. Empty: the router decides. Writes
+  /// router state: not concurrently with decide() or any other call on this router.
   void set_forced_decisions(std::vector<depth_decision> decisions) {
     for (std::size_t i = 0; i < decisions.size(); ++i) {
       const auto v = static_cast<int>(decisions[i]);
@@ -165,7 +185,7 @@ class dr_llm {
     }
     m_forced = std::move(decisions);
   }
-  /// Lets the router decide again.
+  /// Lets the router decide again (router state, as set_forced_decisions()).
   void clear_forced_decisions() noexcept { m_forced.clear(); }
   [[nodiscard]] std::span<const depth_decision> forced_decisions() const noexcept { return m_forced; }
 
@@ -174,11 +194,12 @@ class dr_llm {
     constexpr const char* where = "moe::dr_llm::decide";
     detail::check_extent(where, "x.cols()", x.cols(), m_hidden);
     detail::check_extent(where, "plan.num_tokens()", plan.num_tokens(), x.rows());
-    const index S = detail::depth::count_sequences(ctx, x.rows());
+    if (x.rows() == 0) return;  // no sequence to decide for, forced or not
+    const index S = count_sequences(ctx, x.rows());
     if (!m_forced.empty()) {
       detail::check_extent(where, "forced_decisions().size()", static_cast<index>(m_forced.size()), S);
       index seq = 0;
-      detail::depth::for_each_sequence(ctx, x.rows(), where, [&](index begin, index end) {
+      detail::for_each_sequence(ctx.sequence_starts, x.rows(), where, [&](index begin, index end) {
         for (index t = begin; t < end; ++t) plan.set_passes(t, static_cast<int>(m_forced[static_cast<std::size_t>(seq)]));
         ++seq;
       });
@@ -194,7 +215,7 @@ class dr_llm {
       }
     }
     index seq = 0;
-    detail::depth::for_each_sequence(ctx, x.rows(), where, [&](index begin, index end) {
+    detail::for_each_sequence(ctx.sequence_starts, x.rows(), where, [&](index begin, index end) {
       const int n = static_cast<int>(decision(std::span<const float, 3>(z + seq * classes, 3)));
       for (index t = begin; t < end; ++t) plan.set_passes(t, n);
       ++seq;
@@ -202,6 +223,21 @@ class dr_llm {
   }
 
  private:
+  static void check_finite(const char* where, const char* name, const_matrix_map<float> m) {
+    for (index i = 0; i < m.rows(); ++i) {
+      for (index j = 0; j < m.cols(); ++j) {
+        if (!std::isfinite(m(i, j))) {
+          detail::fail_parameter(error_id::config, where, detail::concat(name, "(", i, ", ", j, ")"), "finite", m(i, j));
+        }
+      }
+    }
+  }
+  static void check_finite(const char* where, const char* name, std::span<const float> v) {
+    for (std::size_t i = 0; i < v.size(); ++i) {
+      if (!std::isfinite(v[i])) detail::fail_parameter(error_id::config, where, detail::concat(name, "[", i, "]"), "finite", v[i]);
+    }
+  }
+
   // GELU, tanh approximation: 0.5 v (1 + tanh(u)), u = sqrt(2/pi) (v + 0.044715 v^3), written as
   // v sigmoid(2u) (the same function) so that it uses the canonical sigmoid, whose bits do not
   // depend on the ISA or the libm.

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <string_view>
 #include <utility>
 
 #include "moe/concepts.hpp"
@@ -16,6 +17,7 @@
 #include "moe/core/workspace.hpp"
 #include "moe/kernels/gating.hpp"
 #include "moe/kernels/gemm.hpp"
+#include "moe/routing/detail/rows.hpp"
 #include "moe/routing/gates.hpp"
 
 namespace moe {
@@ -56,7 +58,9 @@ struct dynmole_stats {
 
 namespace detail::dynmole {
 
-/// Normalised entropy of the probabilities `p[0..E)` (double), routing-spec §10; E = 1 gives 0.
+/// Normalised entropy of the probabilities `p[0..E)` in double, routing-spec §10; E = 1 gives 0.
+/// What moe::dynmole_loss uses (and the router for Rényi); the router's Tsallis and Shannon
+/// entropies come from kernels::tsallis_entropy (dynmole::normalised_entropy).
 template <class P>
 double normalised_entropy(const P* p, index E, double q, double eps, dynmole_entropy kind) noexcept {
   if (E <= 1) return 0.0;
@@ -140,6 +144,8 @@ class dynmole {
     if (!(m_options.entropy_eps >= 0.0f) || !std::isfinite(m_options.entropy_eps)) {
       detail::fail_parameter(error_id::config, where, "entropy_eps", "finite and >= 0", m_options.entropy_eps);
     }
+    const double q = m_options.q, E = static_cast<double>(m_experts);
+    m_entropy_max = m_options.q == 1.0f ? std::log(E) : (1.0 - std::pow(E, 1.0 - q)) / (q - 1.0);
     m_weight = kernels::pack_panels(weight.data(), m_experts, m_hidden, weight.outerStride(),
                                     kernels::panel_width<kernels::gemm_arch>);
   }
@@ -161,23 +167,30 @@ class dynmole {
     const index T = x.rows();
     float* z = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * m_experts, 1)));  // [T × E]
     kernels::gemm(x.data(), T, x.outerStride(), m_weight, z, m_experts, ws);
-    route_rows(z, T, plan, ws);
+    route_rows(z, T, plan, ws, "moe::dynmole::route", "x");
   }
 
-  /// Routes precomputed logits `z [T × E]` (copied).
+  /// Routes precomputed logits `z = W x [T × E]` (copied).
   void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws) const {
     detail::check_extent("moe::dynmole::route_logits", "z.cols()", z.cols(), m_experts);
-    const index T = z.rows();
-    float* copy = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * m_experts, 1)));  // [T × E]
-    for (index t = 0; t < T; ++t) {
-      for (index e = 0; e < m_experts; ++e) copy[t * m_experts + e] = z(t, e);
-    }
-    route_rows(copy, T, plan, ws);
+    route_rows(detail::copy_logits(z, ws), z.rows(), plan, ws, "moe::dynmole::route_logits", "z");
   }
 
-  /// Normalised entropy of one token's probabilities `p [E]` (what the broadcast test uses).
+  /// Normalised entropy of one token's probabilities `p [E]` (what the broadcast test uses); 0
+  /// when E = 1. Tsallis (and Shannon, q = 1): the canonical fp32 kernels::tsallis_entropy (the
+  /// same bits on every ISA; within the golden tolerance of routing-spec §10) over its maximum
+  /// `(1 − E^(1−q)) / (q − 1)` (`log E` at q = 1) computed in double. Its `1 − Σ (p+eps)^q` cancels
+  /// for q near 1 (about 1e-4 relative at |q − 1| = 1e-3), which moves only tokens within that of
+  /// the threshold. Rényi stays in double (detail::dynmole::normalised_entropy): rebuilding
+  /// `Σ (p+eps)^q` from the fp32 Tsallis value would cancel twice. moe::dynmole_loss computes
+  /// every entropy in double (its gradient is checked against finite differences).
   [[nodiscard]] double normalised_entropy(const float* p) const noexcept {
-    return detail::dynmole::normalised_entropy(p, m_experts, m_options.q, m_options.entropy_eps, m_options.entropy);
+    if (m_experts <= 1) return 0.0;
+    if (m_options.entropy == dynmole_entropy::renyi && m_options.q != 1.0f) {
+      return detail::dynmole::normalised_entropy(p, m_experts, m_options.q, m_options.entropy_eps, m_options.entropy);
+    }
+    return static_cast<double>(kernels::tsallis_entropy(p, m_experts, m_options.q, m_options.entropy_eps)) /
+           m_entropy_max;
   }
 
   /// Experts per token and the fraction of tokens routed to every expert.
@@ -198,7 +211,8 @@ class dynmole {
   }
 
  private:
-  void route_rows(float* z, index T, routing_plan& plan, workspace& ws) const {
+  void route_rows(float* z, index T, routing_plan& plan, workspace& ws, std::string_view where,
+                  std::string_view param) const {
     const index E = m_experts;
     plan.reset(T, E, E);
     if (T == 0) return;
@@ -207,7 +221,8 @@ class dynmole {
     const bool may_broadcast = m_options.entropy_threshold < 1.0f;
     for (index t = 0; t < T; ++t) {
       float* zt = z + t * E;
-      prepare_row(zt, t);
+      detail::apply_nan_policy(zt, E, t, m_options.nan,
+                               {.where = where, .param = param, .option = "dynmole_options::nan"});
       if (!kernels::softmax(zt, E, p)) {
         plan.set_entropy(t, 0.0f);
         continue;  // all -inf: routes nowhere
@@ -227,26 +242,14 @@ class dynmole {
         keep = std::max<index>(below, std::min<index>(m_options.keep_top_k, ranked));
       }
       for (index r = 0; r < keep; ++r) plan.set(t, r, idx[r], p[idx[r]]);
+      plan.set_top_score(t, keep > 0 ? p[idx[0]] : 0.0f);
     }
-  }
-
-  void prepare_row(float* z, index t) const {
-    if (!kernels::has_nan(z, m_experts)) return;
-    if (m_options.nan == nan_policy::to_neg_inf) {
-      kernels::nan_to_neg_inf(z, m_experts);
-      return;
-    }
-    index e = 0;
-    while (!std::isnan(z[e])) ++e;
-    detail::throw_error(error_id::input,
-                        detail::concat("moe::dynmole::route: parameter 'x' gives a NaN router logit (token ", t,
-                                       ", expert ", e, "); expected finite or ±inf logits, or set "
-                                       "dynmole_options::nan = moe::nan_policy::to_neg_inf"));
   }
 
   dynmole_options m_options;
   index m_experts;
   index m_hidden;
+  double m_entropy_max = 0;  // the maximum Tsallis (Shannon at q = 1) entropy over E experts
   kernels::packed_weights m_weight;
 };
 

@@ -17,6 +17,7 @@
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/kernels/gating.hpp"
+#include "moe/routing/detail/rows.hpp"
 #include "moe/routing/gates.hpp"
 #include "moe/routing/top_k.hpp"
 
@@ -74,7 +75,7 @@ class expert_choice {
 
   /// @param weight router weight `[E × d]`, one row per expert (copied and packed).
   expert_choice(const_matrix_map<float> weight, expert_choice_options options = {})
-      : m_options(checked(options, weight.rows())),
+      : m_options(checked(options, weight.rows(), weight.cols())),
         m_base(weight, {.k = m_options.fallback_k, .renormalize = m_options.fallback_renormalize, .nan = m_options.nan}) {}
 
   /// Convenience: any row-major Eigen matrix `[E × d]`.
@@ -100,18 +101,13 @@ class expert_choice {
     const index T = x.rows(), E = num_experts();
     float* z = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * E, 1)));  // [T × E]
     m_base.logits(x, z, E, ws);
-    route_rows(z, T, plan, ws, "moe::expert_choice::route", "x.rows()");
+    route_rows(z, T, plan, ws, "moe::expert_choice::route", "x");
   }
 
-  /// Routes precomputed logits `z [T × E]`.
+  /// Routes precomputed logits `z = W x [T × E]` (copied).
   void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws) const {
     detail::check_extent("moe::expert_choice::route_logits", "z.cols()", z.cols(), num_experts());
-    const index T = z.rows(), E = num_experts();
-    float* copy = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * E, 1)));  // [T × E]
-    for (index t = 0; t < T; ++t) {
-      for (index e = 0; e < E; ++e) copy[t * E + e] = z(t, e);
-    }
-    route_rows(copy, T, plan, ws, "moe::expert_choice::route_logits", "z.rows()");
+    route_rows(detail::copy_logits(z, ws), z.rows(), plan, ws, "moe::expert_choice::route_logits", "z");
   }
 
   /// k_c, unchosen tokens and the largest number of experts per token of a plan.
@@ -127,9 +123,9 @@ class expert_choice {
   }
 
  private:
-  static expert_choice_options checked(expert_choice_options o, index E) {
+  static expert_choice_options checked(expert_choice_options o, index E, index d) {
     constexpr const char* where = "moe::expert_choice";
-    if (E < 1) detail::fail_parameter(error_id::shape, where, "weight.rows()", ">= 1", E);
+    detail::check_gate_options(where, E, d, 1.0f, 1.0f);
     if (!(o.capacity_factor > 0.0) || !std::isfinite(o.capacity_factor)) {
       detail::fail_parameter(error_id::config, where, "capacity_factor", "finite and > 0", o.capacity_factor);
     }
@@ -137,14 +133,15 @@ class expert_choice {
     return o;
   }
 
-  void route_rows(float* z, index T, routing_plan& plan, workspace& ws, const char* where, const char* rows) const {
+  // `param` names the input ("x" or "z") in errors.
+  void route_rows(float* z, index T, routing_plan& plan, workspace& ws, const char* where, const char* param) const {
     constexpr float neg_inf = -std::numeric_limits<float>::infinity();
     const index E = num_experts();
     plan.reset(T, E, E);
     if (T == 0) return;
     const index kc = tokens_per_expert(T);
     if (kc == 0 && m_options.small_batch == expert_choice_fallback::reject) {
-      detail::fail_parameter(error_id::input, where, rows,
+      detail::fail_parameter(error_id::input, where, detail::concat(param, ".rows()"),
                              detail::concat(">= E/c = ", static_cast<double>(E) / m_options.capacity_factor,
                                             " so that every expert picks a token (k_c = floor(T·c/E) is 0; "
                                             "expert choice needs a full-sequence call: for decode steps set "
@@ -155,7 +152,8 @@ class expert_choice {
     float* scratch = ws.take<float>(static_cast<std::size_t>(std::max(T, E)));
     for (index t = 0; t < T; ++t) {
       float* zt = z + t * E;
-      m_base.prepare_row(zt, E, t);
+      detail::apply_nan_policy(zt, E, t, m_options.nan,
+                               {.where = where, .param = param, .option = "expert_choice_options::nan"});
       float H = 0.0f;
       m_base.gate_row(zt, S + t * E, &H, scratch);
       plan.set_entropy(t, H);

@@ -12,7 +12,9 @@
 //      rank(a_t) / (L-1), rank 0 for the largest a_t (ties: lower position); phi4 = s_l;
 //   2. keep probability pi_t = sigmoid(w2 · ReLU(W1 phi + b1) + b2), one global router
 //      (4 -> 64 -> 1) shared by every block;
-//   3. keep iff pi_t >= 0.5 (errata 9: FTP's own comparison); skipped tokens pass through.
+//   3. keep iff pi_t >= 0.5 (errata 9: FTP's own comparison), decided on the pre-sigmoid value as
+//      u_t >= 0 (a rounded sigmoid would turn a tiny negative u_t into 0.5); skipped tokens pass
+//      through.
 // The static router keeps the first ceil((1 - s_l) L) tokens of the priority list
 // [0, L-1, L-2, ..., 1] (it guides training; moe::ftp_mode::static_priority uses it to route).
 
@@ -27,6 +29,8 @@
 #include "moe/core/context.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/plan.hpp"
+#include "moe/core/rounding.hpp"
+#include "moe/core/sequences.hpp"
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/kernels/math.hpp"
@@ -80,7 +84,7 @@ void ftp_static_mask(index L, double sparsity, std::span<Scalar> mask) {
   constexpr const char* where = "moe::ftp_static_mask";
   if (!(sparsity >= 0.0 && sparsity <= 1.0)) detail::fail_parameter(error_id::config, where, "sparsity", "in [0, 1]", sparsity);
   detail::check_extent(where, "mask.size()", static_cast<index>(mask.size()), L);
-  const index keep = detail::depth::guarded_ceil((1.0 - sparsity) * static_cast<double>(L), L);
+  const index keep = std::clamp<index>(capacity_ceil((1.0 - sparsity) * static_cast<double>(L)), 0, L);
   for (index t = 0; t < L; ++t) {
     // Position 0 is first in the list, then L-1, L-2, ...: t >= 1 is at list index L - t.
     const bool kept = t == 0 ? keep >= 1 : L - t < keep;
@@ -121,8 +125,10 @@ class ftp_router {
   /// h, the hidden width.
   [[nodiscard]] index hidden_units() const noexcept { return m_units; }
 
-  /// Keep probability of one token from its features `phi [4]`.
-  [[nodiscard]] float keep_probability(const float* phi) const noexcept {
+  /// The router's pre-sigmoid value `u = w2 · ReLU(W1 phi + b1) + b2` of one token from its
+  /// features `phi [4]`: the token is kept iff `u >= 0` (i.e. `sigmoid(u) >= 0.5`, decided
+  /// before the sigmoid rounds).
+  [[nodiscard]] float keep_logit(const float* phi) const noexcept {
     float u = m_b2;
     for (index j = 0; j < m_units; ++j) {
       const float* w = m_w1.data() + j * ftp_feature_count;
@@ -130,8 +136,11 @@ class ftp_router {
       for (index i = 0; i < ftp_feature_count; ++i) a = kernels::fmadd(w[i], phi[i], a);
       u = kernels::fmadd(m_w2[static_cast<std::size_t>(j)], std::max(a, 0.0f), u);
     }
-    return kernels::sigmoid(u);
+    return u;
   }
+
+  /// Keep probability `pi = sigmoid(keep_logit(phi))` of one token from its features `phi [4]`.
+  [[nodiscard]] float keep_probability(const float* phi) const noexcept { return kernels::sigmoid(keep_logit(phi)); }
 
  private:
   index m_units;
@@ -143,19 +152,21 @@ class ftp_router {
 
 /// How an FTP block decides.
 enum class ftp_mode {
-  router,          ///< the token router: keep iff pi >= 0.5
+  router,          ///< the token router: keep iff pi >= 0.5, decided as u >= 0 (pi = sigmoid(u))
   static_priority  ///< the static router: the first ceil((1 - s_l) L) of [0, L-1, ..., 1]
 };
 
 /// Options of moe::ftp.
 struct ftp_options {
-  /// s_l: the block's target skip fraction in [0, 1] (feature phi4; the static router's budget).
-  float sparsity = 0.0f;
+  /// s_l: the block's target skip fraction in [0, 1] (feature phi4, as a float; the static
+  /// router's budget). A double, so that the static router's capacity `ceil((1 - s_l) L)` keeps
+  /// the guard of errata 1 (as a float, 0.7 would keep 4 of 10 tokens instead of 3).
+  double sparsity = 0.0;
   ftp_mode mode = ftp_mode::router;
 };
 
 /// FTP depth policy of one block: per sequence, the shared token router keeps the tokens with
-/// `pi >= 0.5` (or the static router its priority prefix); the others skip the layer (output 0,
+/// `pi >= 0.5`, decided on its pre-sigmoid value as `u >= 0` (or the static router its priority prefix); the others skip the layer (output 0,
 /// the residual passes them through). Kept tokens are not scaled (the hard mask of the forward
 /// pass). Router mode needs route_context::attention; a missing or mis-sized one throws
 /// moe::error naming 'ctx.attention.size()'. Losses: losses/ftp.hpp.
@@ -168,7 +179,7 @@ class ftp {
   ftp(std::shared_ptr<const ftp_router> router, ftp_options options = {})
       : m_router(std::move(router)), m_options(options) {
     constexpr const char* where = "moe::ftp";
-    if (!(m_options.sparsity >= 0.0f && m_options.sparsity <= 1.0f)) {
+    if (!(m_options.sparsity >= 0.0 && m_options.sparsity <= 1.0)) {
       detail::fail_parameter(error_id::config, where, "sparsity", "in [0, 1]", m_options.sparsity);
     }
     if (!m_router && m_options.mode == ftp_mode::router) {
@@ -182,25 +193,13 @@ class ftp {
   /// Keep probabilities `pi [T]` of the T tokens of a batch (sequences from ctx) from
   /// ctx.attention. Needs the router.
   void keep_probabilities(index T, const route_context& ctx, std::span<float> pi, workspace& ws) const {
-    constexpr const char* where = "moe::ftp::keep_probabilities";
-    if (!m_router) detail::fail_parameter(error_id::config, where, "router", "not null", "nullptr");
-    detail::check_extent(where, "pi.size()", static_cast<index>(pi.size()), T);
-    index expected = 0;
-    index longest = 0;
-    detail::depth::for_each_sequence(ctx, T, where, [&](index begin, index end) {
-      expected += (end - begin) * (end - begin);
-      longest = std::max(longest, end - begin);
-    });
-    detail::check_extent(where, "ctx.attention.size()", static_cast<index>(ctx.attention.size()), expected);
-    float* phi = ws.take<float>(static_cast<std::size_t>(std::max<index>(longest * ftp_feature_count, 1)));
-    index offset = 0;
-    detail::depth::for_each_sequence(ctx, T, where, [&](index begin, index end) {
-      const index L = end - begin;
-      ftp_features(ctx.attention.subspan(static_cast<std::size_t>(offset), static_cast<std::size_t>(L * L)), L,
-                   m_options.sparsity, {phi, static_cast<std::size_t>(L * ftp_feature_count)});
-      for (index t = 0; t < L; ++t) pi[static_cast<std::size_t>(begin + t)] = m_router->keep_probability(phi + t * ftp_feature_count);
-      offset += L * L;
-    });
+    router_values(T, ctx, pi, ws, "moe::ftp::keep_probabilities", true);
+  }
+
+  /// The router's pre-sigmoid values `u [T]` (keep iff `u >= 0`; `pi = sigmoid(u)`) of the T
+  /// tokens of a batch, from ctx.attention. Needs the router.
+  void keep_logits(index T, const route_context& ctx, std::span<float> u, workspace& ws) const {
+    router_values(T, ctx, u, ws, "moe::ftp::keep_logits", false);
   }
 
   /// Sets the passes of `plan` (reset to x.rows() tokens); x itself is not read.
@@ -210,19 +209,28 @@ class ftp {
     detail::check_extent(where, "plan.num_tokens()", plan.num_tokens(), T);
     if (m_options.mode == ftp_mode::static_priority) {
       auto* mask = ws.take<std::uint8_t>(static_cast<std::size_t>(std::max<index>(T, 1)));
-      detail::depth::for_each_sequence(ctx, T, where, [&](index begin, index end) {
+      detail::for_each_sequence(ctx.sequence_starts, T, where, [&](index begin, index end) {
         ftp_static_mask<std::uint8_t>(end - begin, m_options.sparsity,
                                       {mask + begin, static_cast<std::size_t>(end - begin)});
       });
       for (index t = 0; t < T; ++t) plan.set_passes(t, mask[t]);
       return;
     }
-    float* pi = ws.take<float>(static_cast<std::size_t>(std::max<index>(T, 1)));
-    keep_probabilities(T, ctx, {pi, static_cast<std::size_t>(T)}, ws);
-    decide_probabilities({pi, static_cast<std::size_t>(T)}, plan);
+    float* u = ws.take<float>(static_cast<std::size_t>(std::max<index>(T, 1)));
+    keep_logits(T, ctx, {u, static_cast<std::size_t>(T)}, ws);
+    decide_logits({u, static_cast<std::size_t>(T)}, plan);
   }
 
-  /// The decision from given keep probabilities `pi [T]`: keep iff pi >= 0.5.
+  /// The decision from given pre-sigmoid router values `u [T]`: keep iff u >= 0, i.e.
+  /// sigmoid(u) >= 0.5 (errata 9, decided before the sigmoid rounds). What decide() does.
+  static void decide_logits(std::span<const float> u, routing_plan& plan) {
+    detail::check_extent("moe::ftp::decide", "plan.num_tokens()", plan.num_tokens(), static_cast<index>(u.size()));
+    for (index t = 0; t < plan.num_tokens(); ++t) plan.set_passes(t, u[static_cast<std::size_t>(t)] >= 0.0f ? 1 : 0);
+  }
+
+  /// The decision from given keep probabilities `pi [T]`: keep iff pi >= 0.5. On probabilities
+  /// that were rounded to float a tiny negative u gives pi = 0.5 and is kept: prefer
+  /// decide_logits() when u is at hand.
   static void decide_probabilities(std::span<const float> pi, routing_plan& plan) {
     detail::check_extent("moe::ftp::decide", "plan.num_tokens()", plan.num_tokens(), static_cast<index>(pi.size()));
     // Errata 9: FTP's own comparison, >=.
@@ -230,6 +238,32 @@ class ftp {
   }
 
  private:
+  // keep_probabilities() (probability) or keep_logits() into out [T].
+  void router_values(index T, const route_context& ctx, std::span<float> out, workspace& ws, const char* where,
+                     bool probability) const {
+    if (!m_router) detail::fail_parameter(error_id::config, where, "router", "not null", "nullptr");
+    detail::check_extent(where, probability ? "pi.size()" : "u.size()", static_cast<index>(out.size()), T);
+    index expected = 0;
+    index longest = 0;
+    detail::for_each_sequence(ctx.sequence_starts, T, where, [&](index begin, index end) {
+      expected += (end - begin) * (end - begin);
+      longest = std::max(longest, end - begin);
+    });
+    detail::check_extent(where, "ctx.attention.size()", static_cast<index>(ctx.attention.size()), expected);
+    float* phi = ws.take<float>(static_cast<std::size_t>(std::max<index>(longest * ftp_feature_count, 1)));
+    index offset = 0;
+    detail::for_each_sequence(ctx.sequence_starts, T, where, [&](index begin, index end) {
+      const index L = end - begin;
+      ftp_features(ctx.attention.subspan(static_cast<std::size_t>(offset), static_cast<std::size_t>(L * L)), L,
+                   static_cast<float>(m_options.sparsity), {phi, static_cast<std::size_t>(L * ftp_feature_count)});
+      for (index t = 0; t < L; ++t) {
+        const float u = m_router->keep_logit(phi + t * ftp_feature_count);
+        out[static_cast<std::size_t>(begin + t)] = probability ? kernels::sigmoid(u) : u;
+      }
+      offset += L * L;
+    });
+  }
+
   std::shared_ptr<const ftp_router> m_router;
   ftp_options m_options;
 };

@@ -14,11 +14,14 @@
 //      if L <= L_ic every token is processed; the top-C scores enter (ties: lower position);
 //   3. phase prefill with a prefill threshold: token t enters iff p_t > threshold (the released
 //      code's nearly dense 0.005); phase decode: token t enters iff p_t >= decode threshold (0.5);
+//      both are decided on the logits, `z1 - z0` against `log(theta / (1 - theta))` in double
+//      (errata 9: `p >= 0.5` is `z1 - z0 >= 0`; a rounded p would make |z1 - z0| < 3e-8 a tie);
 //   4. a token that enters has its output scaled by p_t (γ-MoD scales the MLP output, which is
 //      what an MoE layer computes).
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <memory>
 #include <span>
 
@@ -26,6 +29,8 @@
 #include "moe/core/context.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/plan.hpp"
+#include "moe/core/rounding.hpp"
+#include "moe/core/sequences.hpp"
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/kernels/gating.hpp"
@@ -38,11 +43,19 @@ namespace moe {
 /// in a `std::shared_ptr` and give the same pointer to every layer's moe::gamma_mod.
 class gamma_mod_router {
  public:
-  /// @param weight `[2 × d]`: row 0 "skip", row 1 "process" (copied and packed).
+  /// @param weight `[2 × d]`: row 0 "skip", row 1 "process" (copied and packed); finite.
   explicit gamma_mod_router(const_matrix_map<float> weight) : m_hidden(weight.cols()) {
     constexpr const char* where = "moe::gamma_mod_router";
     detail::check_extent(where, "weight.rows()", weight.rows(), 2);
     if (m_hidden < 1) detail::fail_parameter(error_id::shape, where, "weight.cols()", ">= 1", m_hidden);
+    for (index i = 0; i < 2; ++i) {
+      for (index j = 0; j < m_hidden; ++j) {
+        if (!std::isfinite(weight(i, j))) {
+          detail::fail_parameter(error_id::config, where, detail::concat("weight(", i, ", ", j, ")"), "finite",
+                                 weight(i, j));
+        }
+      }
+    }
     m_weight = kernels::pack_panels(weight.data(), 2, m_hidden, weight.outerStride(),
                                     kernels::panel_width<kernels::gemm_arch>);
   }
@@ -67,7 +80,7 @@ class gamma_mod_router {
 enum class gamma_mod_phase {
   training,  ///< masked routing with capacity (the training rule)
   prefill,   ///< the training rule, or `p > prefill_threshold` when that is >= 0
-  decode     ///< `p >= decode_threshold` per token
+  decode     ///< `p >= decode_threshold` per token (decided on the logits)
 };
 
 /// Options of moe::gamma_mod.
@@ -78,10 +91,12 @@ struct gamma_mod_options {
   double skip_fraction = 0.5;
   gamma_mod_phase phase = gamma_mod_phase::training;
   /// Prefill rule: < 0 uses the training rule [OURS default]; >= 0 processes the tokens with
-  /// `p > prefill_threshold` (released code: 0.005), no question-token mask.
-  float prefill_threshold = -1.0f;
-  /// Decode rule: a token is processed iff `p >= decode_threshold` (code: 0.5).
-  float decode_threshold = 0.5f;
+  /// `p > prefill_threshold` (released code: 0.005), no question-token mask; decided as
+  /// `z1 - z0 > log(t / (1 - t))` in double.
+  double prefill_threshold = -1.0;
+  /// Decode rule: a token is processed iff `p >= decode_threshold` (code: 0.5), decided as
+  /// `z1 - z0 >= log(t / (1 - t))` in double (0 for t = 0.5; t = 1 processes nothing).
+  double decode_threshold = 0.5;
 };
 
 /// γ-MoD depth policy of one layer: the shared 2-class router gives p_t; masked routing with
@@ -103,13 +118,15 @@ class gamma_mod {
     if (!(m_options.skip_fraction >= 0.0 && m_options.skip_fraction <= 1.0)) {
       detail::fail_parameter(error_id::config, where, "skip_fraction", "in [0, 1]", m_options.skip_fraction);
     }
-    if (!(m_options.prefill_threshold <= 1.0f)) {  // also rejects NaN
+    if (!(m_options.prefill_threshold <= 1.0)) {  // also rejects NaN
       detail::fail_parameter(error_id::config, where, "prefill_threshold", "<= 1 (< 0: training rule)",
                              m_options.prefill_threshold);
     }
-    if (!(m_options.decode_threshold >= 0.0f && m_options.decode_threshold <= 1.0f)) {
+    if (!(m_options.decode_threshold >= 0.0 && m_options.decode_threshold <= 1.0)) {
       detail::fail_parameter(error_id::config, where, "decode_threshold", "in [0, 1]", m_options.decode_threshold);
     }
+    m_decode_logit = logit(m_options.decode_threshold);
+    m_prefill_logit = logit(m_options.prefill_threshold);
   }
 
   [[nodiscard]] index hidden() const noexcept { return m_router->hidden(); }
@@ -122,7 +139,7 @@ class gamma_mod {
     if (L <= lic) return L;
     const double x = static_cast<double>(L) *
                      (1.0 - m_options.skip_fraction * static_cast<double>(lic) / static_cast<double>(L));
-    return detail::depth::guarded_ceil(x, L);
+    return std::clamp<index>(capacity_ceil(x), 0, L);
   }
 
   /// Sets passes and output scales of `plan` (reset to x.rows() tokens) from `x [T × d]`.
@@ -140,6 +157,7 @@ class gamma_mod {
     const index T = z.rows();
     detail::check_extent(where, "plan.num_tokens()", plan.num_tokens(), T);
     float* p = ws.take<float>(static_cast<std::size_t>(std::max<index>(T, 1)));
+    double* v = ws.take<double>(static_cast<std::size_t>(std::max<index>(T, 1)));  // z1 - z0
     for (index t = 0; t < T; ++t) {
       const float row[2] = {z(t, 0), z(t, 1)};
       if (!std::isfinite(row[0]) || !std::isfinite(row[1])) {
@@ -149,17 +167,18 @@ class gamma_mod {
       float q[2];
       kernels::softmax(row, 2, q);
       p[t] = q[1];
+      v[t] = static_cast<double>(row[1]) - static_cast<double>(row[0]);
     }
     const auto phase = m_options.phase;
     if (phase == gamma_mod_phase::decode) {
-      // Errata 9: γ-MoD's own comparison, >=.
-      for (index t = 0; t < T; ++t) plan.set_passes(t, p[t] >= m_options.decode_threshold ? 1 : 0);
-    } else if (phase == gamma_mod_phase::prefill && m_options.prefill_threshold >= 0.0f) {
-      for (index t = 0; t < T; ++t) plan.set_passes(t, p[t] > m_options.prefill_threshold ? 1 : 0);
+      // Errata 9: γ-MoD's own comparison, >=, on the logits: p >= t iff z1 - z0 >= logit(t).
+      for (index t = 0; t < T; ++t) plan.set_passes(t, v[t] >= m_decode_logit ? 1 : 0);
+    } else if (phase == gamma_mod_phase::prefill && m_options.prefill_threshold >= 0.0) {
+      for (index t = 0; t < T; ++t) plan.set_passes(t, v[t] > m_prefill_logit ? 1 : 0);
     } else {
       float* score = ws.take<float>(static_cast<std::size_t>(std::max<index>(T, 1)));
       index* idx = ws.take<index>(static_cast<std::size_t>(std::max<index>(T, 1)));
-      detail::depth::for_each_sequence(ctx, T, where, [&](index begin, index end) {
+      detail::for_each_sequence(ctx.sequence_starts, T, where, [&](index begin, index end) {
         for (index t = begin; t < end; ++t) {
           score[t] = t - begin >= m_options.instruction_tokens ? p[t] + 1.0f : p[t];
         }
@@ -172,8 +191,17 @@ class gamma_mod {
   }
 
  private:
+  // log(t / (1 - t)): p = sigmoid(z1 - z0) >= t iff z1 - z0 >= logit(t) (±inf at t = 0 and 1).
+  static double logit(double t) noexcept {
+    if (!(t > 0.0)) return -std::numeric_limits<double>::infinity();
+    if (t >= 1.0) return std::numeric_limits<double>::infinity();
+    return std::log(t / (1.0 - t));
+  }
+
   std::shared_ptr<const gamma_mod_router> m_router;
   gamma_mod_options m_options;
+  double m_decode_logit = 0;
+  double m_prefill_logit = 0;
 };
 
 static_assert(depth_policy<gamma_mod>);

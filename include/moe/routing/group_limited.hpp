@@ -2,10 +2,12 @@
 // SPDX-FileCopyrightText: The moe authors
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <span>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -17,6 +19,7 @@
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/kernels/gating.hpp"
+#include "moe/routing/detail/rows.hpp"
 #include "moe/routing/gates.hpp"
 #include "moe/routing/top_k.hpp"
 
@@ -61,6 +64,12 @@ struct group_limited_options {
 /// are selected (ties: lower expert); their weights are the *unbiased* scores, renormalised if
 /// asked, times `route_scale`.
 ///
+/// Without a bias (empty, or every entry 0, as the bias is after set_bias() with zeros) the
+/// experts of the kept groups are selected on their logits instead, as moe::top_k does (errata 8,
+/// style R11): the gates are monotone, so this is the same selection, except that logits whose
+/// scores round to the same float (sigmoid(17) and sigmoid(20) are both 1.0f) do not tie. The
+/// group scores are still sums (or maxima) of the scores.
+///
 /// Masking with -inf follows DeepSeek's official inference code. The Hugging Face port masks with
 /// 0.0, which is wrong as soon as a biased score can be negative: a masked expert (biased score
 /// 0) then beats every kept expert whose biased score is below 0. Here a masked expert is never
@@ -77,6 +86,11 @@ struct group_limited_options {
 /// that the caller has summed itself (e.g. all-reduced over data-parallel ranks). Routing is
 /// const and batch invariant.
 ///
+/// Thread safety: the bias is router state. route() and route_logits() only read it and may run
+/// concurrently with each other; update_bias() and set_bias() write it and must not run
+/// concurrently with any other call on the same router (call them between steps, as training
+/// does).
+///
 /// @tparam Gate moe::sigmoid_gate (DeepSeek-V3, default) or moe::softmax_gate (DeepSeek-V2).
 template <class Gate = sigmoid_gate>
 class group_limited {
@@ -88,7 +102,7 @@ class group_limited {
 
   /// @param weight router weight `[E × d]`, one row per expert (copied and packed).
   group_limited(const_matrix_map<float> weight, group_limited_options options = {})
-      : m_options(checked(std::move(options), weight.rows())),
+      : m_options(checked(std::move(options), weight.rows(), weight.cols())),
         m_base(weight, {.k = m_options.k,
                         .renormalize = m_options.renormalize,
                         .route_scale = m_options.route_scale,
@@ -97,6 +111,7 @@ class group_limited {
         m_group_size(weight.rows() / m_options.n_groups) {
     m_bias = m_options.selection_bias;
     if (m_bias.empty()) m_bias.assign(static_cast<std::size_t>(weight.rows()), 0.0f);
+    bias_changed();
   }
 
   /// Convenience: any row-major Eigen matrix `[E × d]`.
@@ -114,14 +129,17 @@ class group_limited {
   /// The current selection bias `[E]`.
   [[nodiscard]] std::span<const float> bias() const noexcept { return m_bias; }
 
-  /// Replaces the selection bias (`[E]`, finite values).
+  /// Replaces the selection bias (`[E]`, finite values). Writes router state: not concurrently
+  /// with route() or any other call on this router.
   void set_bias(std::span<const float> bias) {
     check_bias("moe::group_limited::set_bias", "bias", bias, num_experts());
     m_bias.assign(bias.begin(), bias.end());
+    bias_changed();
   }
 
   /// Auxiliary-loss-free balancing step: counts the assignments of each expert in `plan` and
-  /// applies update_bias(load, gamma).
+  /// applies update_bias(load, gamma). Writes router state: not concurrently with route() or any
+  /// other call on this router.
   void update_bias(const routing_plan& plan, float gamma) {
     detail::check_extent("moe::group_limited::update_bias", "plan.num_experts()", plan.num_experts(),
                          num_experts());
@@ -134,7 +152,8 @@ class group_limited {
 
   /// Auxiliary-loss-free balancing step from per-expert loads `c [E]` (assignments, any token
   /// set): `b_e += gamma · sign(mean(c) - c_e)`, sign(0) = 0. The sign is computed exactly, in
-  /// integers (`sign(Σc - E·c_e)`), so an expert exactly at the mean is left alone.
+  /// integers (`sign(Σc - E·c_e)`), so an expert exactly at the mean is left alone. Writes router
+  /// state: not concurrently with route() or any other call on this router.
   void update_bias(std::span<const index> load, float gamma) {
     constexpr const char* where = "moe::group_limited::update_bias";
     detail::check_extent(where, "load.size()", static_cast<index>(load.size()), num_experts());
@@ -152,6 +171,7 @@ class group_limited {
       const float sign = diff > 0 ? 1.0f : (diff < 0 ? -1.0f : 0.0f);
       m_bias[static_cast<std::size_t>(e)] += gamma * sign;
     }
+    bias_changed();
   }
 
   /// Routes `x [T × d]` into `plan` (`[T × k]` over E experts).
@@ -160,21 +180,24 @@ class group_limited {
     const index T = x.rows(), E = num_experts();
     float* z = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * E, 1)));  // [T × E]
     m_base.logits(x, z, E, ws);
-    route_rows(z, T, plan, ws);
+    route_rows(z, T, plan, ws, "moe::group_limited::route", "x");
   }
 
-  /// Routes precomputed logits `z [T × E]` (already divided by the temperature, if any).
+  /// Routes precomputed raw logits `z = W x [T × E]` (copied; the temperature is applied here,
+  /// once, so that route_logits(W x) routes as route(x)).
   void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws) const {
     detail::check_extent("moe::group_limited::route_logits", "z.cols()", z.cols(), num_experts());
-    const index T = z.rows(), E = num_experts();
-    float* copy = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * E, 1)));  // [T × E]
-    for (index t = 0; t < T; ++t) {
-      for (index e = 0; e < E; ++e) copy[t * E + e] = z(t, e);
-    }
-    route_rows(copy, T, plan, ws);
+    float* copy = detail::copy_logits(z, ws);  // [T × E]
+    m_base.scale_logits(copy, z.rows(), num_experts());
+    route_rows(copy, z.rows(), plan, ws, "moe::group_limited::route_logits", "z");
   }
 
  private:
+  // Selection runs on the logits when the bias is all zero (the gates are monotone).
+  void bias_changed() noexcept {
+    m_select_on_logits = Gate::monotone && std::all_of(m_bias.begin(), m_bias.end(), [](float b) { return b == 0.0f; });
+  }
+
   static void check_bias(const char* where, const char* param, std::span<const float> bias, index E) {
     detail::check_extent(where, detail::concat(param, ".size()"), static_cast<index>(bias.size()), E);
     for (const float b : bias) {
@@ -182,9 +205,9 @@ class group_limited {
     }
   }
 
-  static group_limited_options checked(group_limited_options o, index E) {
+  static group_limited_options checked(group_limited_options o, index E, index d) {
     constexpr const char* where = "moe::group_limited";
-    if (E < 1) detail::fail_parameter(error_id::shape, where, "weight.rows()", ">= 1", E);
+    detail::check_gate_options(where, E, d, o.route_scale, o.temperature);
     detail::check_range<index>(where, "n_groups", o.n_groups, 1, E);
     if (E % o.n_groups != 0) {
       detail::fail_parameter(error_id::config, where, "n_groups",
@@ -197,7 +220,8 @@ class group_limited {
   }
 
   // Gate, mask, select and weigh every row of z (modified in place by the NaN policy).
-  void route_rows(float* z, index T, routing_plan& plan, workspace& ws) const {
+  void route_rows(float* z, index T, routing_plan& plan, workspace& ws, std::string_view where,
+                  std::string_view param) const {
     constexpr float neg_inf = -std::numeric_limits<float>::infinity();
     const index E = num_experts(), G = m_options.n_groups, g = m_group_size, k = m_options.k;
     plan.reset(T, k, E);
@@ -212,7 +236,8 @@ class group_limited {
     const float* b = m_bias.data();
     for (index t = 0; t < T; ++t) {
       float* zt = z + t * E;
-      m_base.prepare_row(zt, E, t);
+      detail::apply_nan_policy(zt, E, t, m_options.nan,
+                               {.where = where, .param = param, .option = "group_limited_options::nan"});
       float H = 0.0f;
       m_base.gate_row(zt, s, &H, key);
       plan.set_entropy(t, H);
@@ -226,10 +251,13 @@ class group_limited {
       for (index grp = 0; grp < G; ++grp) keep[grp] = 0;
       for (index i = 0; i < kept; ++i) keep[gidx[i]] = 1;
       for (index grp = 0; grp < G; ++grp) {
-        if (keep[grp]) continue;
-        for (index e = grp * g; e < (grp + 1) * g; ++e) key[e] = neg_inf;  // -inf, not 0.0
+        for (index e = grp * g; e < (grp + 1) * g; ++e) {
+          if (!keep[grp]) key[e] = neg_inf;          // -inf, not 0.0
+          else if (m_select_on_logits) key[e] = zt[e];  // no bias: select on the logits
+        }
       }
       const index count = kernels::top_k(key, E, k, idx);
+      plan.set_top_score(t, count > 0 ? s[idx[0]] : 0.0f);  // unbiased
       m_base.weigh_row(s, idx, count, w);
       for (index slot = 0; slot < count; ++slot) plan.set(t, slot, idx[slot], w[slot]);
     }
@@ -254,6 +282,7 @@ class group_limited {
   top_k<Gate> m_base;  // logits, NaN policy, gate and weights; selection is done here
   index m_group_size;
   std::vector<float> m_bias;  // [E], the current selection bias
+  bool m_select_on_logits = true;  // the bias is all zero and the gate monotone
 };
 
 static_assert(router<group_limited<sigmoid_gate>>);

@@ -165,43 +165,6 @@ void executed_mask(const routing_plan& plan, std::span<Scalar> mask) {
 
 namespace detail::depth {
 
-/// Integer capacity from a real-valued one (routing-spec §1.2 and errata 1), in double:
-/// `ceil(x - 1e-9 max(1, |x|))`, then clamped to [0, n].
-inline index guarded_ceil(double x, index n) noexcept {
-  const double c = std::ceil(x - 1e-9 * std::max(1.0, std::abs(x)));
-  if (!(c > 0.0)) return 0;
-  return c >= static_cast<double>(n) ? n : static_cast<index>(c);
-}
-
-/// Calls `f(begin, end)` for every sequence of a batch of T tokens described by
-/// `ctx.sequence_starts` (empty: one sequence `[0, T)`). Nothing is called when T = 0. Throws
-/// moe::error naming 'ctx.sequence_starts' when the starts are not ascending from 0 within T.
-template <class F>
-void for_each_sequence(const route_context& ctx, index T, const char* where, F&& f) {
-  if (T == 0) return;
-  const auto starts = ctx.sequence_starts;
-  if (starts.empty()) {
-    f(index{0}, T);
-    return;
-  }
-  if (starts[0] != 0) fail_parameter(error_id::input, where, "ctx.sequence_starts[0]", "0", starts[0]);
-  for (std::size_t i = 1; i < starts.size(); ++i) {
-    if (starts[i] < starts[i - 1] || starts[i] > T) {
-      fail_parameter(error_id::input, where, concat("ctx.sequence_starts[", i, "]"),
-                     concat("in [", starts[i - 1], ", ", T, "] (ascending)"), starts[i]);
-    }
-  }
-  for (std::size_t i = 0; i < starts.size(); ++i) {
-    f(starts[i], i + 1 < starts.size() ? starts[i + 1] : T);
-  }
-}
-
-/// Number of sequences `for_each_sequence` visits.
-inline index count_sequences(const route_context& ctx, index T) noexcept {
-  if (T == 0) return 0;
-  return ctx.sequence_starts.empty() ? 1 : static_cast<index>(ctx.sequence_starts.size());
-}
-
 /// Marks (passes = 1) the C tokens with the largest keys among rows `[begin, end)` and skips
 /// (passes = 0) the others. Ties go to the lower position. `idx` has room for end - begin values.
 /// The order is a total order (key descending, then position ascending), so the selected set does

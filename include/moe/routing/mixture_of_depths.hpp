@@ -9,7 +9,8 @@
 //   2. decision::capacity (training, full-sequence processing): per sequence of length L the C
 //      tokens with the largest r enter the layer (ties: lower position), the others skip;
 //      decision::causal (autoregressive sampling): token t enters iff sigmoid(r_t) > 0.5 (strict,
-//      errata 9: sigmoid(0) = 0.5 does not enter);
+//      errata 9: sigmoid(0) = 0.5 does not enter), decided as r_t > 0 (a rounded sigmoid would
+//      turn a tiny positive r_t into 0.5);
 //   3. a token that enters has its whole output scaled by r_t (identity, the paper) or
 //      sigmoid(r_t), which puts the router on the gradient path.
 
@@ -22,6 +23,8 @@
 #include "moe/core/context.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/plan.hpp"
+#include "moe/core/rounding.hpp"
+#include "moe/core/sequences.hpp"
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/kernels/gemm.hpp"
@@ -39,7 +42,7 @@ enum class mod_weight_transform {
 /// Which tokens enter a Mixture-of-Depths layer.
 enum class mod_decision {
   capacity,  ///< the top-C tokens of each sequence (training, full-sequence processing)
-  causal     ///< token t enters iff sigmoid(r_t) > 0.5 (autoregressive sampling)
+  causal     ///< token t enters iff sigmoid(r_t) > 0.5, i.e. r_t > 0 (autoregressive sampling)
 };
 
 /// Options of moe::mod_capacity.
@@ -99,7 +102,7 @@ class mod_capacity {
   /// Tokens that enter in a sequence of L tokens (capacity decision).
   [[nodiscard]] index capacity(index L) const noexcept {
     if (m_options.capacity >= 0) return std::min(m_options.capacity, L);
-    return detail::depth::guarded_ceil(m_options.capacity_fraction * static_cast<double>(L), L);
+    return std::clamp<index>(capacity_ceil(m_options.capacity_fraction * static_cast<double>(L)), 0, L);
   }
 
   /// Router weights `r [T] = x · w`.
@@ -132,11 +135,12 @@ class mod_capacity {
       }
     }
     if (m_options.decision == mod_decision::causal) {
-      // Errata 9: MoD's own comparison, strict.
-      for (index t = 0; t < T; ++t) plan.set_passes(t, kernels::sigmoid(r[static_cast<std::size_t>(t)]) > 0.5f ? 1 : 0);
+      // Errata 9: MoD's own comparison, strict: sigmoid(r) > 0.5 exactly when r > 0 (decided on r,
+      // not on the rounded sigmoid, which is 0.5f for 0 < r < 3e-8).
+      for (index t = 0; t < T; ++t) plan.set_passes(t, r[static_cast<std::size_t>(t)] > 0.0f ? 1 : 0);
     } else {
       index* idx = ws.take<index>(static_cast<std::size_t>(std::max<index>(T, 1)));
-      detail::depth::for_each_sequence(ctx, T, where, [&](index begin, index end) {
+      detail::for_each_sequence(ctx.sequence_starts, T, where, [&](index begin, index end) {
         detail::depth::select_top(r.data(), begin, end, capacity(end - begin), idx, plan);
       });
     }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <concepts>
 #include <cstdint>
+#include <string_view>
 #include <utility>
 
 #include "moe/concepts.hpp"
@@ -99,7 +100,8 @@ class null_experts {
     route_by_stages(*this, x, plan, ws, "moe::null_experts::route");
   }
 
-  /// Routes precomputed logits `z [T × (E + m)]` (true experts first; copied).
+  /// Routes precomputed raw logits `z [T × (E + m)]` (true experts first; copied; the base's
+  /// temperature is applied once, as route() applies it).
   void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws) const {
     route_logits_by_stages(*this, z, plan, ws, "moe::null_experts::route_logits");
   }
@@ -128,8 +130,14 @@ class null_experts {
   [[nodiscard]] index columns() const noexcept { return m_base.columns(); }
   /// The base's logits `z [T × (E + m)]`.
   void logits(const_matrix_map<float> x, float* z, index ldz, workspace& ws) const { m_base.logits(x, z, ldz, ws); }
+  /// The base's temperature (scale_logits) on raw logits, if the base has one.
+  void scale_logits(float* z, index rows, index ldz) const { detail::token_choice::scale(m_base, z, rows, ldz); }
   /// The base's NaN policy.
   void prepare_row(float* z, index n, index t) const { m_base.prepare_row(z, n, t); }
+  /// The base's NaN policy, an error naming `where` and `param` when the base supports it.
+  void prepare_row(float* z, index n, index t, std::string_view where, std::string_view param) const {
+    detail::token_choice::prepare(m_base, z, n, t, where, param);
+  }
   /// The base's gate over all E + m columns (softmax over E + m for moe::top_k<softmax_gate>).
   bool gate_row(const float* z, float* s) const { return m_base.gate_row(z, s); }
   /// The base's entropy of the E + m scores.

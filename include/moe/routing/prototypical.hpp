@@ -19,6 +19,7 @@
 #include "moe/kernels/gating.hpp"
 #include "moe/kernels/gemm.hpp"
 #include "moe/kernels/math.hpp"
+#include "moe/routing/detail/rows.hpp"
 #include "moe/routing/gates.hpp"
 
 namespace moe {
@@ -41,7 +42,8 @@ struct prototypical_options {
   /// Unconditional experts N_u >= 0 (ProMoE configs: 1). They are experts N_E .. N_E+N_u-1 of
   /// the bank; every unconditional token goes to all of them with weight 1.
   index unconditional_experts = 1;
-  /// Norm floor of the cosine, as PyTorch's F.normalize: `x / max(‖x‖, eps)`; >= 0.
+  /// Norm floor of the cosine, as PyTorch's F.normalize: `x / max(‖x‖, eps)`; finite and > 0
+  /// (with 0 a zero token would get the cosines 0 / 0).
   float eps = 1e-12f;
   /// NaN cosines (from NaN or infinite token states): an error (default) or -inf.
   nan_policy nan = nan_policy::error;
@@ -88,8 +90,8 @@ class prototypical {
     if (m_options.unconditional_experts < 0) {
       detail::fail_parameter(error_id::config, where, "unconditional_experts", ">= 0", m_options.unconditional_experts);
     }
-    if (!(m_options.eps >= 0.0f) || !std::isfinite(m_options.eps)) {
-      detail::fail_parameter(error_id::config, where, "eps", "finite and >= 0", m_options.eps);
+    if (!(m_options.eps > 0.0f) || !std::isfinite(m_options.eps)) {
+      detail::fail_parameter(error_id::config, where, "eps", "finite and > 0", m_options.eps);
     }
     m_prototypes = prototypes;
     m_norm.resize(static_cast<std::size_t>(m_routed));
@@ -153,7 +155,13 @@ class prototypical {
       for (index j = 0; j < N; ++j) {
         zt[j] = static_cast<float>(m_options.alpha * (zt[j] / (nx * m_norm[static_cast<std::size_t>(j)])));
       }
-      prepare_row(zt, t);
+      // The NaN policy (NaN cosines come from NaN or infinite token states).
+      detail::apply_nan_policy(zt, N, t, m_options.nan,
+                               {.where = where,
+                                .param = "x",
+                                .option = "prototypical_options::nan",
+                                .value = "cosine",
+                                .expected = "finite token states"});
       const index count = kernels::top_k(zt, N, K, idx);
       switch (m_options.activation) {
         case prototype_activation::identity: std::copy(zt, zt + N, g); break;
@@ -164,6 +172,7 @@ class prototypical {
           break;
       }
       for (index s = 0; s < count; ++s) plan.set(t, s, idx[s], g[idx[s]]);
+      plan.set_top_score(t, count > 0 ? g[idx[0]] : 0.0f);
     }
   }
 
@@ -202,18 +211,6 @@ class prototypical {
     for (index u = 0; u < m_options.unconditional_experts; ++u) {
       plan.set(t, u, static_cast<std::int32_t>(m_routed + u), 1.0f);
     }
-  }
-
-  void prepare_row(float* z, index t) const {
-    if (!kernels::has_nan(z, m_routed)) return;
-    if (m_options.nan == nan_policy::to_neg_inf) {
-      kernels::nan_to_neg_inf(z, m_routed);
-      return;
-    }
-    detail::throw_error(error_id::input,
-                        detail::concat("moe::prototypical::route: parameter 'x' gives a NaN cosine (token ", t,
-                                       "); expected finite token states, or set prototypical_options::nan = "
-                                       "moe::nan_policy::to_neg_inf"));
   }
 
   prototypical_options m_options;

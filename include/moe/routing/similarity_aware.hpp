@@ -15,6 +15,7 @@
 #include "moe/core/context.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/plan.hpp"
+#include "moe/core/sequences.hpp"
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/kernels/gating.hpp"
@@ -235,7 +236,7 @@ class similarity_aware {
     constexpr const char* where = "moe::similarity_aware::route";
     detail::check_extent(where, "x.cols()", x.cols(), hidden());
     const index T = x.rows();
-    detail::token_choice::check_sequence_starts(ctx.sequence_starts, T, where);
+    detail::check_sequence_starts(ctx.sequence_starts, T, where);
     check_attention(ctx, T, where);
     plan.reset(T, max_slots(), num_experts());
     if (T == 0) return;
@@ -249,10 +250,10 @@ class similarity_aware {
       m_base.prepare_row(z + t * C, C, t);
       ok[t] = m_base.gate_row(z + t * C, pi + t * C) ? 1 : 0;
     }
-    const index n_seq = detail::token_choice::sequence_count(ctx.sequence_starts);
+    const index n_seq = detail::sequence_count(ctx.sequence_starts);
     index L_max = 0;
     for (index q = 0; q < n_seq; ++q) {
-      const auto [s0, s1] = detail::token_choice::sequence_range(ctx.sequence_starts, q, T);
+      const auto [s0, s1] = detail::sequence_range(ctx.sequence_starts, q, T);
       L_max = std::max(L_max, s1 - s0);
     }
     row_buffers buf;
@@ -267,7 +268,7 @@ class similarity_aware {
     index attention_offset = 0;
     const auto per_sequence = ws.mark();  // the kernel's scratch is released after each sequence
     for (index q = 0; q < n_seq; ++q) {
-      const auto [s0, s1] = detail::token_choice::sequence_range(ctx.sequence_starts, q, T);
+      const auto [s0, s1] = detail::sequence_range(ctx.sequence_starts, q, T);
       const index L = s1 - s0;
       if (L == 0) continue;
       mixing_rows(x, ctx, s0, L, attention_offset, buf.S, buf.row_ok, ws);
@@ -284,16 +285,16 @@ class similarity_aware {
     constexpr const char* where = "moe::similarity_aware::mixing_matrix";
     detail::check_extent(where, "x.cols()", x.cols(), hidden());
     const index T = x.rows();
-    detail::token_choice::check_sequence_starts(ctx.sequence_starts, T, where);
+    detail::check_sequence_starts(ctx.sequence_starts, T, where);
     check_attention(ctx, T, where);
-    const index n_seq = detail::token_choice::sequence_count(ctx.sequence_starts);
+    const index n_seq = detail::sequence_count(ctx.sequence_starts);
     detail::check_range<index>(where, "sequence", sequence, 0, n_seq - 1);
     index offset = 0;
     for (index q = 0; q < sequence; ++q) {
-      const auto [a, b] = detail::token_choice::sequence_range(ctx.sequence_starts, q, T);
+      const auto [a, b] = detail::sequence_range(ctx.sequence_starts, q, T);
       offset += (b - a) * (b - a);
     }
-    const auto [s0, s1] = detail::token_choice::sequence_range(ctx.sequence_starts, sequence, T);
+    const auto [s0, s1] = detail::sequence_range(ctx.sequence_starts, sequence, T);
     const index L = s1 - s0;
     row_matrix<float> S = row_matrix<float>::Zero(L, L);
     if (L == 0) return S;
@@ -366,9 +367,9 @@ class similarity_aware {
                              "the head-averaged attention (similarity_source::attention)", "empty");
     }
     index expected = 0;
-    const index n_seq = detail::token_choice::sequence_count(ctx.sequence_starts);
+    const index n_seq = detail::sequence_count(ctx.sequence_starts);
     for (index q = 0; q < n_seq; ++q) {
-      const auto [s0, s1] = detail::token_choice::sequence_range(ctx.sequence_starts, q, T);
+      const auto [s0, s1] = detail::sequence_range(ctx.sequence_starts, q, T);
       expected += (s1 - s0) * (s1 - s0);
     }
     detail::check_extent(where, "ctx.attention.size()", static_cast<index>(ctx.attention.size()), expected);
@@ -471,6 +472,7 @@ class similarity_aware {
     }
     plan.set_entropy(t, m_base.row_entropy(q, b.scratch));
     const index count = m_base.select_row(key, q, b.idx, b.scratch);
+    plan.set_top_score(t, count > 0 ? q[b.idx[0]] : 0.0f);  // the mixed score the token was routed by
     float* weigh_from = q;
     if (m_options.combine == combine_weights::own) {
       std::copy(pi + t * C, pi + (t + 1) * C, b.own);

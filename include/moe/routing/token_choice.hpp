@@ -8,8 +8,14 @@
 // (C = columns(); a column is an expert, or something that computes nothing such as a null
 // expert):
 //
-//   1. logits(x, z, ldz, ws)           z [T × C] (row stride ldz) from the token states x [T × d]
-//   2. prepare_row(z, C, t)            the NaN policy on one row (throws or maps NaN to -inf)
+//   1. logits(x, z, ldz, ws)           z [T × C] (row stride ldz) from the token states x [T × d]:
+//                                      a linear map, then scale_logits()
+//      scale_logits(z, T, ldz)         optional: what logits() applies after the linear map (a
+//                                      temperature); route_logits_by_stages() applies it to the
+//                                      caller's raw logits, so that route_logits(W x) = route(x)
+//   2. prepare_row(z, C, t)            the NaN policy on one row (throws or maps NaN to -inf);
+//      prepare_row(z, C, t, where, p)  optional: the same, an error naming `where` and the
+//                                      parameter `p` ('x' for route, 'z' for route_logits)
 //   3. gate_row(z, s) -> bool          scores s [C] = gate(z); false for a degenerate row
 //      row_entropy(s, scratch)         the entropy the plan records for the token
 //   4. select_row(z, s, idx, scratch)  up to max_slots() columns, best first (ties: lower
@@ -31,6 +37,7 @@
 #include <concepts>
 #include <cstdint>
 #include <span>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 
@@ -38,8 +45,10 @@
 #include "moe/config.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/plan.hpp"
+#include "moe/core/sequences.hpp"
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
+#include "moe/routing/detail/rows.hpp"
 #include "moe/routing/top_k.hpp"
 
 namespace moe {
@@ -66,24 +75,45 @@ static_assert(token_choice_policy<top_k<sigmoid_gate>>);
 
 namespace detail::token_choice {
 
-/// Runs prepare, gate, select and weigh on the rows of `z [T × C]` (modified in place).
+/// The NaN stage of `policy` on one row: its prepare_row(z, C, t, where, param) when it has one,
+/// else prepare_row(z, C, t).
 template <class P>
-void route_rows(const P& policy, float* z, index T, routing_plan& plan, workspace& ws) {
+void prepare(const P& policy, float* z, index C, index t, std::string_view where, std::string_view param) {
+  if constexpr (requires { policy.prepare_row(z, C, t, where, param); }) {
+    policy.prepare_row(z, C, t, where, param);
+  } else {
+    policy.prepare_row(z, C, t);
+  }
+}
+
+/// The temperature stage of `policy` (scale_logits) on `rows` rows of C raw logits, if it has one.
+template <class P>
+void scale(const P& policy, float* z, index rows, index C) {
+  if constexpr (requires { policy.scale_logits(z, rows, C); }) policy.scale_logits(z, rows, C);
+}
+
+/// Runs prepare, gate, select and weigh on the rows of `z [T × C]` (modified in place); NaN
+/// errors name `where` and `param`.
+template <class P>
+void route_rows(const P& policy, float* z, index T, routing_plan& plan, workspace& ws, std::string_view where,
+                std::string_view param) {
   const index C = policy.columns();
   const index K = policy.max_slots();
   float* s = ws.take<float>(static_cast<std::size_t>(C));        // [C]
   float* scratch = ws.take<float>(static_cast<std::size_t>(C));  // [C]
   std::int32_t* idx = ws.take<std::int32_t>(static_cast<std::size_t>(std::max<index>(K, 1)));
   float* w = ws.take<float>(static_cast<std::size_t>(std::max<index>(K, 1)));
+  plan.mark_top_score();  // degenerate tokens keep 0
   for (index t = 0; t < T; ++t) {
     float* zt = z + t * C;
-    policy.prepare_row(zt, C, t);
+    prepare(policy, zt, C, t, where, param);
     if (!policy.gate_row(zt, s)) {
       plan.set_entropy(t, 0.0f);
       continue;  // degenerate: routes nowhere
     }
     plan.set_entropy(t, policy.row_entropy(s, scratch));
     const index count = policy.select_row(zt, s, idx, scratch);
+    plan.set_top_score(t, count > 0 ? s[idx[0]] : 0.0f);  // before weigh_row may overwrite s
     policy.weigh_row(s, idx, count, w);
     for (index slot = 0; slot < count; ++slot) {
       plan.set(t, slot, policy.column_expert(idx[slot]), w[slot]);
@@ -105,11 +135,12 @@ void route_by_stages(const P& policy, const_matrix_map<float> x, routing_plan& p
   if (T == 0) return;
   float* z = ws.take<float>(static_cast<std::size_t>(T * C));  // [T × C]
   policy.logits(x, z, C, ws);
-  detail::token_choice::route_rows(policy, z, T, plan, ws);
+  detail::token_choice::route_rows(policy, z, T, plan, ws, where, "x");
 }
 
-/// Like route_by_stages() from precomputed logits `z [T × columns()]` (copied): the logits
-/// stage is skipped.
+/// Like route_by_stages() from precomputed raw logits `z = W x [T × columns()]` (copied): the
+/// linear map is skipped, the policy's scale_logits() stage (its temperature) is applied once,
+/// so that this routes `W x` as route_by_stages() routes x.
 template <token_choice_policy P>
 void route_logits_by_stages(const P& policy, const_matrix_map<float> z, routing_plan& plan, workspace& ws,
                             const char* where = "moe::route_logits_by_stages") {
@@ -118,11 +149,9 @@ void route_logits_by_stages(const P& policy, const_matrix_map<float> z, routing_
   const index T = z.rows();
   plan.reset(T, policy.max_slots(), policy.num_experts());
   if (T == 0) return;
-  float* copy = ws.take<float>(static_cast<std::size_t>(T * C));  // [T × C]
-  for (index t = 0; t < T; ++t) {
-    for (index c = 0; c < C; ++c) copy[t * C + c] = z(t, c);
-  }
-  detail::token_choice::route_rows(policy, copy, T, plan, ws);
+  float* copy = detail::copy_logits(z, ws);  // [T × C]
+  detail::token_choice::scale(policy, copy, T, C);
+  detail::token_choice::route_rows(policy, copy, T, plan, ws, where, "z");
 }
 
 namespace detail::token_choice {
@@ -142,33 +171,6 @@ struct options_of<P> {
 };
 template <class P>
 using options_of_t = typename options_of<P>::type;
-
-/// Validates `sequence_starts` (ascending, first 0, every start in [0, T]) for T tokens; throws
-/// moe::error naming `ctx.sequence_starts`. Empty is one sequence.
-inline void check_sequence_starts(std::span<const index> starts, index T, const char* where) {
-  if (starts.empty()) return;
-  if (starts[0] != 0) {
-    fail_parameter(error_id::input, where, "ctx.sequence_starts[0]", "0", starts[0]);
-  }
-  for (std::size_t i = 1; i < starts.size(); ++i) {
-    if (starts[i] < starts[i - 1] || starts[i] > T) {
-      fail_parameter(error_id::input, where, concat("ctx.sequence_starts[", i, "]"),
-                     concat("in [", starts[i - 1], ", ", T, "] (ascending)"), starts[i]);
-    }
-  }
-}
-
-/// Number of sequences described by `starts` (1 when empty).
-inline index sequence_count(std::span<const index> starts) noexcept {
-  return starts.empty() ? 1 : static_cast<index>(starts.size());
-}
-
-/// Begin and end rows of sequence `i`.
-inline std::pair<index, index> sequence_range(std::span<const index> starts, index i, index T) noexcept {
-  if (starts.empty()) return {0, T};
-  const auto u = static_cast<std::size_t>(i);
-  return {starts[u], u + 1 < starts.size() ? starts[u + 1] : T};
-}
 
 }  // namespace detail::token_choice
 }  // namespace moe

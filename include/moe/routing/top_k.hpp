@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <string_view>
 #include <vector>
 
 #include "moe/concepts.hpp"
@@ -17,6 +18,7 @@
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/kernels/gemm.hpp"
+#include "moe/routing/detail/rows.hpp"
 #include "moe/routing/gates.hpp"
 
 namespace moe {
@@ -39,6 +41,22 @@ struct top_k_options {
   nan_policy nan = nan_policy::error;
 };
 
+namespace detail {
+
+/// The checks moe::top_k makes of its weight `[E × d]` and of `route_scale` and `temperature`,
+/// reported as `where` (the policies built on moe::top_k name themselves).
+inline void check_gate_options(std::string_view where, index experts, index hidden, float route_scale,
+                               float temperature) {
+  if (experts < 1) fail_parameter(error_id::shape, where, "weight.rows()", ">= 1", experts);
+  if (hidden < 1) fail_parameter(error_id::shape, where, "weight.cols()", ">= 1", hidden);
+  if (!std::isfinite(route_scale)) fail_parameter(error_id::config, where, "route_scale", "finite", route_scale);
+  if (!(temperature > 0.0f) || !std::isfinite(temperature)) {
+    fail_parameter(error_id::config, where, "temperature", "finite and > 0", temperature);
+  }
+}
+
+}  // namespace detail
+
 /// Token-choice top-k router: logits `z = W x / temperature`, scores `gate(z)`, the k best experts
 /// per token (ties: lower expert index; -inf logits never selected), weights from the scores.
 ///
@@ -59,15 +77,8 @@ class top_k {
   top_k(const_matrix_map<float> weight, top_k_options options = {})
       : m_options(std::move(options)), m_experts(weight.rows()), m_hidden(weight.cols()) {
     constexpr const char* where = "moe::top_k";
-    if (m_experts < 1) detail::fail_parameter(error_id::shape, where, "weight.rows()", ">= 1", m_experts);
-    if (m_hidden < 1) detail::fail_parameter(error_id::shape, where, "weight.cols()", ">= 1", m_hidden);
+    detail::check_gate_options(where, m_experts, m_hidden, m_options.route_scale, m_options.temperature);
     detail::check_range<index>(where, "k", m_options.k, 1, m_experts);
-    if (!std::isfinite(m_options.route_scale)) {
-      detail::fail_parameter(error_id::config, where, "route_scale", "finite", m_options.route_scale);
-    }
-    if (!(m_options.temperature > 0.0f) || !std::isfinite(m_options.temperature)) {
-      detail::fail_parameter(error_id::config, where, "temperature", "finite and > 0", m_options.temperature);
-    }
     if (!m_options.selection_bias.empty()) {
       detail::check_extent(where, "selection_bias.size()",
                            static_cast<index>(m_options.selection_bias.size()), m_experts);
@@ -112,23 +123,22 @@ class top_k {
         kernels::gemm_rows(x.data() + rows.begin * x.outerStride(), rows.end - rows.begin, x.outerStride(),
                            m_weight, 0, m_weight.panels, z + rows.begin * m_experts, m_experts, scratch[tid]);
       }
-      if (m_options.temperature != 1.0f) divide_rows(z, rows.begin, rows.end);
-    });
+      scale_logits(z + rows.begin * m_experts, rows.end - rows.begin, m_experts);
+    }, "moe::top_k::route", "x");
   }
 
-  /// Routes precomputed logits `z [T × E]` (not yet divided by the temperature): the score
-  /// stage is skipped. NaN handling follows the options.
+  /// Routes precomputed raw logits `z = W x [T × E]` (copied; the temperature is applied here,
+  /// once, so that route_logits(W x) routes as route(x)): the linear map is skipped. NaN
+  /// handling follows the options; an error names 'z'.
   void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws,
                     const route_context& ctx = {}) const {
     detail::check_extent("moe::top_k::route_logits", "z.cols()", z.cols(), m_experts);
     const index T = z.rows();
     route_rows(T, threads_for(ctx, T), plan, ws, [&](float* copy, int tid, int team, auto&&) {
       const auto rows = detail::share_of(T, tid, team);
-      for (index t = rows.begin; t < rows.end; ++t) {
-        for (index e = 0; e < m_experts; ++e) copy[t * m_experts + e] = z(t, e);
-      }
-      if (m_options.temperature != 1.0f) divide_rows(copy, rows.begin, rows.end);
-    });
+      detail::copy_rows(z, rows.begin, rows.end, copy);
+      scale_logits(copy + rows.begin * m_experts, rows.end - rows.begin, m_experts);
+    }, "moe::top_k::route_logits", "z");
   }
 
   /// Token count up to which route() splits the router's panels (not the tokens) between threads.
@@ -148,33 +158,32 @@ class top_k {
     return Gate::entropy(p, m_experts, scratch);
   }
 
-  /// Logits `z [T × E]` (row stride ldz) of `x`, divided by the temperature (one thread).
+  /// Logits `z [T × E]` (row stride ldz) of `x`, divided by the temperature (one thread): the
+  /// GEMM, then scale_logits().
   void logits(const_matrix_map<float> x, float* z, index ldz, workspace& ws) const {
     kernels::gemm(x.data(), x.rows(), x.outerStride(), m_weight, z, ldz, ws);
-    if (m_options.temperature != 1.0f) {
-      for (index t = 0; t < x.rows(); ++t) {
-        for (index e = 0; e < m_experts; ++e) z[t * ldz + e] /= m_options.temperature;
-      }
+    scale_logits(z, x.rows(), ldz);
+  }
+
+  /// What logits() applies after the linear map: divides `rows` rows of E raw logits (row stride
+  /// ldz) by the temperature, in place (nothing at temperature 1). route_logits() of this policy
+  /// and of the policies built on it apply it exactly once to the caller's raw logits.
+  void scale_logits(float* z, index rows, index ldz) const noexcept {
+    if (m_options.temperature == 1.0f) return;
+    for (index t = 0; t < rows; ++t) {
+      for (index e = 0; e < m_experts; ++e) z[t * ldz + e] /= m_options.temperature;
     }
   }
 
   /// The router weight, packed for kernels::gemm_rows (`[E × d]` in panels).
   [[nodiscard]] const kernels::packed_weights& packed_weight() const noexcept { return m_weight; }
 
-  /// Applies the NaN policy to a logits row of length n (token t, for the message).
-  void prepare_row(float* z, index n, index t) const {
-    if (!kernels::has_nan(z, n)) return;
-    if (m_options.nan == nan_policy::to_neg_inf) {
-      kernels::nan_to_neg_inf(z, n);
-      return;
-    }
-    index e = 0;
-    while (!std::isnan(z[e])) ++e;
-    detail::throw_error(error_id::input,
-                        detail::concat("moe::top_k::route: parameter 'x' gives a NaN router logit "
-                                       "(token ", t, ", expert ", e,
-                                       "); expected finite or ±inf logits, or set "
-                                       "top_k_options::nan = moe::nan_policy::to_neg_inf"));
+  /// Applies the NaN policy to a logits row of length n (token t, for the message); an error
+  /// names `where` and `param` (the caller's entry point and its input: 'x' for route(), 'z' for
+  /// route_logits()).
+  void prepare_row(float* z, index n, index t, std::string_view where = "moe::top_k::route",
+                   std::string_view param = "x") const {
+    detail::apply_nan_policy(z, n, t, m_options.nan, {.where = where, .param = param, .option = "top_k_options::nan"});
   }
 
   /// Scores `p = gate(z)` of one row of E logits; false if the row is degenerate (all -inf).
@@ -209,17 +218,12 @@ class top_k {
     return static_cast<int>(std::max<index>(1, std::min<index>(nt, T)));
   }
 
-  void divide_rows(float* z, index begin, index end) const noexcept {
-    for (index t = begin; t < end; ++t) {
-      for (index e = 0; e < m_experts; ++e) z[t * m_experts + e] /= m_options.temperature;
-    }
-  }
-
   // Runs scores(z, tid, team, barrier), which fills the team's logits, then gates, selects and
   // weighs each thread's share of the rows. A NaN logit under nan_policy::error is reported after
-  // the parallel region, for the lowest such token.
+  // the parallel region, for the lowest such token, naming `where` and `param`.
   template <class Scores>
-  void route_rows(index T, int nt, routing_plan& plan, workspace& ws, Scores&& scores) const {
+  void route_rows(index T, int nt, routing_plan& plan, workspace& ws, Scores&& scores, std::string_view where,
+                  std::string_view param) const {
     const index E = m_experts, k = m_options.k;
     plan.reset(T, k, E);
     if (T == 0) return;
@@ -231,6 +235,7 @@ class top_k {
     auto* nan_token = ws.take<index>(static_cast<std::size_t>(nt));
     std::fill(nan_token, nan_token + nt, index{-1});
     float* entropy = plan.entropy_data();
+    float* top = plan.top_score_data();
     detail::parallel_region(nt, [&](int tid, int team, auto&& barrier) {
       scores(z, tid, team, barrier);
       float* pt = p + tid * E;
@@ -249,6 +254,7 @@ class top_k {
         }
         gate_row(zt, pt, entropy + t, st);
         const index count = select_row(zt, pt, it, st);
+        top[t] = count > 0 ? pt[it[0]] : 0.0f;
         weigh_row(pt, it, count, wt);
         auto experts = plan.experts(t);
         auto weights = plan.weights(t);
@@ -259,8 +265,9 @@ class top_k {
       }
     });
     plan.mark_entropy();
+    plan.mark_top_score();
     for (int i = 0; i < nt; ++i) {
-      if (nan_token[i] >= 0) prepare_row(z + nan_token[i] * E, E, nan_token[i]);  // throws
+      if (nan_token[i] >= 0) prepare_row(z + nan_token[i] * E, E, nan_token[i], where, param);  // throws
     }
   }
 

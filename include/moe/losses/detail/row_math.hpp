@@ -2,8 +2,9 @@
 // SPDX-FileCopyrightText: The moe authors
 #pragma once
 
-// Double-precision row helpers shared by the loss functions of losses/: the same rules as the
-// routers' float kernels (±inf, ties to the lower index), computed in double.
+// Double-precision row helpers shared by every loss function of losses/ (balance losses, the
+// policy losses and the layer-skip losses): the same rules as the routers' float kernels (±inf,
+// ties to the lower index), computed in double. The one set of such helpers: do not add others.
 
 #include <algorithm>
 #include <cmath>
@@ -79,14 +80,20 @@ inline index top_k(const double* key, index n, index k, std::int32_t* idx) noexc
   return count;
 }
 
-/// Logistic sigmoid, stable for large |x|.
+/// Logistic sigmoid `1 / (1 + e^-x)`, stable for large |x|; sigmoid(±inf) = 1 and 0.
 inline double sigmoid(double x) noexcept {
   if (x >= 0) return 1.0 / (1.0 + std::exp(-x));
   const double e = std::exp(x);
   return e / (1.0 + e);
 }
 
-/// softplus(x) = log(1 + exp(x)), stable for large |x|.
+/// softplus(x) = log(1 + exp(x)), stable for any finite x.
 inline double softplus(double x) noexcept { return std::max(x, 0.0) + std::log1p(std::exp(-std::abs(x))); }
+
+/// Throws moe::error (input) naming `name[i]` unless 0 <= v <= 1 (probabilities, targets).
+template <class S>
+void check_probability(const char* where, const char* name, index i, S v) {
+  if (!(v >= S(0) && v <= S(1))) fail_parameter(error_id::input, where, concat(name, "[", i, "]"), "in [0, 1]", v);
+}
 
 }  // namespace moe::detail::loss_math
