@@ -8,7 +8,7 @@ bash scripts/install_deps.sh
 config="${1:-release}"
 case "$config" in
   release) opts=(-DCMAKE_BUILD_TYPE=Release) ;;
-  asan) opts=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOE_SANITIZE=ON -DMOE_BUILD_EXAMPLES=OFF -DMOE_BUILD_BENCHMARKS=OFF) ;;
+  asan) opts=(-DCMAKE_BUILD_TYPE=Debug -DMOE_SANITIZE=ON -DMOE_BUILD_EXAMPLES=OFF -DMOE_BUILD_BENCHMARKS=OFF) ;;
   *) echo "usage: $0 [release|asan]" >&2; exit 2 ;;
 esac
 cmake -S . -B "build/$config" "${opts[@]}" -DCMAKE_CXX_COMPILER_LAUNCHER=ccache >/dev/null

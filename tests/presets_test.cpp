@@ -106,7 +106,7 @@ TEST_CASE("preset olmoe: softmax top-8 of 64, not renormalised", "[presets]") {
   CHECK(moe::presets::olmoe::z_loss == 1e-3);
 }
 
-TEST_CASE("preset deepseek_v3: 8 groups, 4 kept, top-8, scale 2.5; -inf masking with negative biases",
+TEST_CASE("preset deepseek_v3: 8 groups, 4 kept, top-8, scale 2.5, -inf masking with negative biases",
           "[presets][group_limited]") {
   constexpr index E = moe::presets::deepseek_v3::num_experts;
   const auto w = identity(E);

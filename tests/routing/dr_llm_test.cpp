@@ -152,7 +152,7 @@ TEST_CASE("dr_llm: T_p < W uses one token per window and drops nothing", "[dr_ll
   }
 }
 
-TEST_CASE("dr_llm: logit ties go to the lower class; all -inf is skip", "[dr_llm]") {
+TEST_CASE("dr_llm: logit ties go to the lower class, all -inf is skip", "[dr_llm]") {
   const auto r = make(golden_router());
   CHECK(r.decision(std::array<float, 3>{1, 1, 0}) == depth_decision::skip);
   CHECK(r.decision(std::array<float, 3>{0, 1, 1}) == depth_decision::execute);
@@ -192,7 +192,7 @@ TEST_CASE("dr_llm: router penalty rho interpolates the probabilities", "[dr_llm]
   CHECK(at_s(0.5f) == depth_decision::execute);    // execute everywhere
 }
 
-TEST_CASE("dr_llm: decisions are per sequence; forced decisions replace the router's", "[dr_llm]") {
+TEST_CASE("dr_llm: decisions are per sequence, forced decisions replace the router's", "[dr_llm]") {
   moe_test::rng rng(8);
   const index d = 16;
   auto tr = random_router(rng, d, 8);
@@ -289,7 +289,7 @@ TEST_CASE("dr_llm: errors name the parameter (T_p = 0 included)", "[dr_llm][erro
   CHECK_THROWS_WITH(passes(r, bad), Catch::Contains("parameter 'x' gives a NaN router logit"));
 }
 
-TEST_CASE("dr_llm: a stack of layers routes depth per sequence; the stack statistics add up", "[dr_llm][layer]") {
+TEST_CASE("dr_llm: a stack of layers routes depth per sequence, the stack statistics add up", "[dr_llm][layer]") {
   moe_test::rng rng(21);
   const index d = 16, E = 4, f = 8, L = 4;
   using router = moe::layer_skip<moe::top_k<>, moe::dr_llm>;

@@ -196,7 +196,7 @@ TEST_CASE("ftp: keep iff u >= 0 on the router's pre-sigmoid value (errata 9)", "
   }
 }
 
-TEST_CASE("ftp: pruning in a layer; one router shared by two blocks; the static mode", "[ftp][layer]") {
+TEST_CASE("ftp: pruning in a layer, one router shared by two blocks, the static mode", "[ftp][layer]") {
   moe_test::rng rng(62);
   const index d = 12, E = 4, f = 8, T = 10;
   const auto w = moe_test::random_swiglu(rng, E, d, f);

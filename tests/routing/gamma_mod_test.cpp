@@ -65,7 +65,7 @@ TEST_CASE("gamma_mod: golden §13.3 (L = 6, L_ic = 4, C = 4)", "[gamma_mod][gold
   CHECK(decide_z(prefill, golden_logits()).passes == d.passes);
 }
 
-TEST_CASE("gamma_mod: capacity L - floor(L_ic/2) in double with the guard; L <= L_ic processes all", "[gamma_mod]") {
+TEST_CASE("gamma_mod: capacity L - floor(L_ic/2) in double with the guard, L <= L_ic processes all", "[gamma_mod]") {
   auto cap = [](index lic, index L) { return moe::gamma_mod(any_router(), {.instruction_tokens = lic}).capacity(L); };
   CHECK(cap(6, 9) == 6);  // 9 (1 - 0.5 * 6/9) = 6.000000000000001 (errata 1)
   CHECK(cap(5, 8) == 6);
@@ -87,7 +87,7 @@ TEST_CASE("gamma_mod: capacity L - floor(L_ic/2) in double with the guard; L <= 
   CHECK(golden(d.scale[1], 0.268941));
 }
 
-TEST_CASE("gamma_mod: masked routing forces question tokens; ties go to the lower position; per sequence",
+TEST_CASE("gamma_mod: masked routing forces question tokens, ties go to the lower position, per sequence",
           "[gamma_mod]") {
   // Question tokens 3 and 4 have a tiny p but are selected; the instruction tokens tie.
   moe::row_matrix<float> z(5, 2);

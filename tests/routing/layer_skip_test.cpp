@@ -267,7 +267,7 @@ TEST_CASE("layer_skip: a router written outside the library sets passes itself (
         20 * fx.k);
 }
 
-TEST_CASE("layer_skip: all tokens skipped gives y = 0; no skip gives the plain layer's bits", "[layer_skip][layer]") {
+TEST_CASE("layer_skip: all tokens skipped gives y = 0, no skip gives the plain layer's bits", "[layer_skip][layer]") {
   fixture fx;
   const index T = 11;
   const auto x = fx.rng.matrix(T, fx.d);

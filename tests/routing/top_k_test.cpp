@@ -250,7 +250,7 @@ TEST_CASE("top_k: k = E routes to every selectable expert, best first", "[routin
   }
 }
 
-TEST_CASE("top_k: 1, 2 or 3 threads give the same plan; a NaN reports the lowest token", "[routing][top_k][threads]") {
+TEST_CASE("top_k: 1, 2 or 3 threads give the same plan, a NaN reports the lowest token", "[routing][top_k][threads]") {
   moe_test::rng rng(210);
   const index E = 16, d = 32;
   const auto w = rng.matrix(E, d);
