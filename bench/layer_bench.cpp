@@ -2,6 +2,7 @@
 // Layer forward at the OLMoE shape (d = 2048, f = 1024, E = 64, k = 8), against baselines and
 // machine probes measured in the same binary (bench/probes.hpp).
 //   layer_forward[_bf16]/T        moe::layer<top_k<softmax>, swiglu_experts<Scalar>, device::cpu>
+//   layer_bf16_kernel/T/kernel/prefetch  bf16 with a forced micro-kernel and prefetch distance
 //   layer_threads/n               fp32, T = 512, on n threads (1 → 2 thread scaling)
 //   layer_naive/T                 per token, per slot: three Eigen matrix-vector products
 //   layer_eigen_gemm/T            per expert: gather rows -> Eigen GEMMs -> weighted scatter-add
@@ -39,8 +40,7 @@ moe::index distinct_experts(const moe::routing_plan& plan) {
 }
 
 template <class Scalar>
-void forward_benchmark(benchmark::State& state) {
-  auto& layer = olmoe_fixture::get().layer_of<Scalar>();
+void forward_benchmark(benchmark::State& state, olmoe_layer<Scalar>& layer) {
   const moe::index T = state.range(0);
   const moe::index pool = T <= 32 ? 64 : 1;
   const auto x = tokens(T * pool, 7);
@@ -71,8 +71,23 @@ void forward_benchmark(benchmark::State& state) {
   state.counters["ratio_to_dense"] = dense / per_call;
 }
 
-void layer_forward(benchmark::State& state) { forward_benchmark<float>(state); }
-void layer_forward_bf16(benchmark::State& state) { forward_benchmark<moe::bf16>(state); }
+void layer_forward(benchmark::State& state) { forward_benchmark(state, olmoe_fixture::get().layer_of<float>()); }
+void layer_forward_bf16(benchmark::State& state) {
+  forward_benchmark(state, olmoe_fixture::get().layer_of<moe::bf16>());
+}
+
+// bf16 weights with a given micro-kernel (moe::kernels::bf16_kernel: 1 AMX, 2 vdpbf16ps, 3 widen
+// to fp32) and weight-prefetch distance in bytes: what the automatic choice is measured against.
+void layer_bf16_kernel(benchmark::State& state) {
+  auto& fx = olmoe_fixture::get();
+  moe::swiglu_experts<moe::bf16> experts(fx.gate.data(), fx.up.data(), fx.down.data(), {E, d, f});
+  auto tuning = moe::kernels::default_gemm_tuning;
+  tuning.bf16 = static_cast<moe::kernels::bf16_kernel>(state.range(1));
+  tuning.prefetch_bytes = state.range(2);
+  experts.set_tuning(tuning);
+  olmoe_layer<moe::bf16> layer(moe::top_k<>(moe::map(fx.router_w.data(), E, d), {.k = k}), std::move(experts));
+  forward_benchmark(state, layer);
+}
 
 void layer_threads(benchmark::State& state) {
   auto& fx = olmoe_fixture::get();
@@ -177,6 +192,11 @@ BENCHMARK(probe_read_bandwidth)->UseManualTime()->Iterations(1);
 BENCHMARK(dense_gemm)->ArgName("T")->Arg(512)->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
 BENCHMARK(layer_forward)->ArgName("T")->Arg(1)->Arg(8)->Arg(32)->Arg(512)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(layer_forward_bf16)->ArgName("T")->Arg(1)->Arg(8)->Arg(32)->Arg(512)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(layer_bf16_kernel)
+    ->ArgNames({"T", "kernel", "prefetch"})
+    ->ArgsProduct({{1, 32}, {1, 2, 3}, {4096, 8192}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(layer_threads)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(layer_eigen_gemm)->ArgName("T")->Arg(1)->Arg(32)->Arg(512)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(layer_naive)->ArgName("T")->Arg(1)->Arg(32)->Arg(512)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(0.5);

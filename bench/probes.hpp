@@ -113,7 +113,7 @@ __attribute__((target("amx-tile,amx-bf16"), noinline)) inline float detail_amx_c
   alignas(64) static moe::bf16 a[2 * 16 * 32], b[2 * 16 * 32];
   alignas(64) float c[16 * 16];
   for (int i = 0; i < 2 * 16 * 32; ++i) a[i] = b[i] = moe::bf16(0.001f);
-  moe::kernels::detail::amx_begin();
+  moe::kernels::detail::amx_configure(32);  // every tile 16 rows
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);

@@ -127,6 +127,9 @@ TEST_CASE("bf16 GEMM on every kernel this CPU runs: close to the reference and b
       const moe::row_matrix<float> alone = run_any(x.row(r), packed, kernel);
       CHECK(std::memcmp(alone.data(), got.data() + r * n, sizeof(float) * static_cast<std::size_t>(n)) == 0);
     }
+    // 20 rows: AMX runs one block with a partial second tile (rows 16 to 19).
+    const moe::row_matrix<float> first20 = run_any(x.topRows(20), packed, kernel);
+    CHECK(std::memcmp(first20.data(), got.data(), sizeof(float) * static_cast<std::size_t>(20 * n)) == 0);
   }
 }
 

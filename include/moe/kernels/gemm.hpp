@@ -410,19 +410,17 @@ bf16_kernel resolve_bf16_kernel(bf16_kernel requested) noexcept;
 
 /// Values of bf16 needed by pack_rows_amx for `rows` rows of length k.
 constexpr std::size_t packed_rows_amx_size(index rows, index k) noexcept {
-  return static_cast<std::size_t>((rows + 15) / 16 * 16 * padded_k<bf16>(k));
+  return static_cast<std::size_t>(rows * padded_k<bf16>(k));
 }
 
-/// Packs rows for AMX: row-major bf16, `[rows rounded up to 16] × [k rounded up to 32]`, zero
-/// padded.
+/// Packs rows for AMX: row-major bf16, `[rows] × [k rounded up to 32]`, the k padding zeroed.
+/// The tiles are configured with the block's own row count, so no padding rows are needed.
 inline void pack_rows_amx(const float* const* x, index rows, index k, bf16* MOE_RESTRICT out) noexcept {
-  const index kp = padded_k<bf16>(k), rp = (rows + 15) / 16 * 16;
-  for (index i = 0; i < rp; ++i) {
+  const index kp = padded_k<bf16>(k);
+  for (index i = 0; i < rows; ++i) {
     bf16* dst = out + i * kp;
     index kk = 0;
-    if (i < rows) {
-      for (; kk < k; ++kk) dst[kk] = bf16(x[i][kk]);
-    }
+    for (; kk < k; ++kk) dst[kk] = bf16(x[i][kk]);
     for (; kk < kp; ++kk) dst[kk] = bf16();
   }
 }
@@ -436,26 +434,38 @@ struct amx_config {
   std::uint8_t rows[16] = {};
 };
 
-// Tiles 0-3: C (16 rows × 16 fp32), 4-5: A (16 rows × 32 bf16), 6-7: B (16 k-pairs × 16 outputs).
-constexpr amx_config make_amx_config() noexcept {
+// For a block of n rows (1 to 32): tiles 0-1 C and 4 A hold rows [0, min(n, 16)), tiles 2-3 C
+// and 5 A rows [16, n) (16 when unused); tiles 6-7 B are 16 k-pairs × 16 outputs. Each C row
+// depends only on its A row, so the row count changes no value, only what is loaded.
+constexpr amx_config make_amx_config(int n) noexcept {
   amx_config cfg;
+  const auto first = static_cast<std::uint8_t>(n < 16 ? n : 16);
+  const auto second = static_cast<std::uint8_t>(n > 16 ? n - 16 : 16);
   for (int t = 0; t < 8; ++t) {
-    cfg.rows[t] = 16;
+    cfg.rows[t] = t == 0 || t == 1 || t == 4 ? first : t == 2 || t == 3 || t == 5 ? second : 16;
     cfg.colsb[t] = 64;
   }
   return cfg;
 }
 
-// The configuration lives in static storage: g++ 12 does not treat ldtilecfg as reading its
+struct amx_configs {
+  amx_config by_rows[33];
+  constexpr amx_configs() noexcept : by_rows{} {
+    for (int n = 1; n <= 32; ++n) by_rows[n] = make_amx_config(n);
+  }
+};
+
+// The configurations live in static storage: g++ 12 does not treat ldtilecfg as reading its
 // operand, so a configuration built on the stack just before it is optimised away.
-__attribute__((target("amx-tile"), noinline)) inline void amx_begin() noexcept {
-  alignas(64) static const amx_config cfg = make_amx_config();
-  _tile_loadconfig(&cfg);
+__attribute__((target("amx-tile"), noinline)) inline void amx_configure(index n) noexcept {
+  alignas(64) static constexpr amx_configs table{};
+  _tile_loadconfig(&table.by_rows[n]);
 }
 __attribute__((target("amx-tile"), noinline)) inline void amx_end() noexcept { _tile_release(); }
 
-// One panel (32 outputs) for 16 or 32 rows of a row-major bf16 block (ld elements per row) over
-// k (a multiple of 32): c [32 rows × 32 outputs] row-major.
+// One panel (32 outputs) for the rows the tiles are configured with (up to 16, or up to 32 when
+// `two`) of a row-major bf16 block (ld elements per row) over k (a multiple of 32): c [rows × 32
+// outputs] row-major.
 __attribute__((target("amx-tile,amx-bf16"), noinline)) inline void amx_panel(const bf16* a, index ld,
                                                                              const bf16* panel, index k,
                                                                              bool two, float* c,
@@ -501,9 +511,9 @@ void gemm_packed_amx(const bf16* rows_rm, index rows, const packed_matrix<bf16>&
   const index K = padded_k<bf16>(w.k);
   alignas(64) float c[32 * 32];
   alignas(64) accumulators<A> acc;
-  detail::amx_begin();
   for (index r0 = 0; r0 < rows; r0 += 32) {
     const index n = std::min<index>(32, rows - r0);
+    detail::amx_configure(n);
     for (index p = p_begin; p < p_end; ++p) {
       detail::amx_panel(rows_rm + r0 * K, K, w.panel(p), K, n > 16, c, tuning.prefetch_bytes / 2);
       for (index i0 = 0; i0 < n; i0 += mr_max) {
