@@ -564,11 +564,16 @@ MOE_FORCEINLINE void gemm_packed(const W* packed_rows, index rows, const packed_
       for (index k0 = 0; k0 < K; k0 += k_block) {
         const index kc = std::min(k_block, K - k0);
         const bool last = k0 + kc == K;
+        // With several row blocks, pass i of n over this k-block prefetches the i-th n-th of the
+        // next one (distance span·(i+1)/n), so the weights stream during every pass, not only
+        // the first; a single block keeps the tuned distance.
+        const index span = kc * 2 * L, passes = g1 - g0;
         for (index b = g0; b < g1; ++b) {
           const index mr = std::min(mr_max, rows - b * mr_max);
+          const index ahead = passes > 1 && prefetch > 0 ? std::max(prefetch, span * (b - g0 + 1) / passes) : prefetch;
           detail::micro_kernel_dispatch<A>(std::make_integer_sequence<int, mr_max>{}, mr,
                                            packed_rows + b * mr_max * K + k0 * mr_max, kc, panel + k0 * 2 * L,
-                                           tiles[b - g0], k0 > 0, dot, prefetch);
+                                           tiles[b - g0], k0 > 0, dot, ahead);
           if (last) epilogue(b * mr_max, mr, p, tiles[b - g0]);
         }
       }
