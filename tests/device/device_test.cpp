@@ -10,6 +10,7 @@
 #include <moe/routing/top_k.hpp>
 
 #include "../support/layers.hpp"
+#include "../support/policies.hpp"
 
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
 using moe::index;
@@ -45,11 +46,9 @@ TEST_CASE("serial and cpu are bitwise equal for 1 and 2 threads", "[device][dete
     const auto router_w = rng.matrix(E, d);
     const moe::top_k<> router(router_w, {.k = k, .renormalize = true});
     const auto x = rng.matrix(T, d);
-    moe::routing_plan plan;
-    moe::workspace ws;
-    ws.reset();
-    router.route(moe::view(x), {}, plan, ws);
+    moe::routing_plan plan = moe_test::route(router, x);
     plan.build_expert_major();
+    moe::workspace ws;
     moe::row_matrix<float> y_serial(T, d), y1(T, d), y2(T, d);
     ws.reset();
     moe::device::serial{}.dispatch(plan, moe::view(x), bank, moe::view(y_serial), ws);
@@ -71,11 +70,9 @@ TEST_CASE("cpu with 3 threads, and with more threads than panels, equals serial 
   const auto bank = moe_test::make_bank(w);
   const moe::top_k<> router(rng.matrix(E, d), {.k = k});
   const auto x = rng.matrix(T, d);
-  moe::routing_plan plan;
-  moe::workspace ws;
-  ws.reset();
-  router.route(moe::view(x), {}, plan, ws);
+  moe::routing_plan plan = moe_test::route(router, x);
   plan.build_expert_major();
+  moe::workspace ws;
   moe::row_matrix<float> want(T, d);
   ws.reset();
   moe::device::serial{}.dispatch(plan, moe::view(x), bank, moe::view(want), ws);

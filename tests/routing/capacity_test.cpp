@@ -381,10 +381,7 @@ TEST_CASE("capacity wraps other token-choice policies", "[routing][capacity]") {
       moe::group_limited<>(rng.matrix(E, d), {.k = 4, .n_groups = 4, .topk_groups = 2}), {.capacity_factor = 0.75});
   static_assert(moe::router<moe::capacity<moe::group_limited<>>>);
   const auto x = rng.matrix(T, d);
-  moe::routing_plan plan;
-  moe::workspace ws;
-  ws.reset();
-  r.route(moe::view(x), {}, plan, ws);
+  moe::routing_plan plan = moe_test::route(r, x);
   plan.build_expert_major();
   CHECK(r.expert_capacity(T) == 12);
   for (index e = 0; e < E; ++e) CHECK(plan.load(e) <= 12);
