@@ -2,6 +2,7 @@
 // Tests of include/moe/kernels/: canonical math, scalar gating reference, canonical GEMM.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -210,6 +211,32 @@ TEST_CASE("canonical GEMM results do not depend on the driver's k-block or row-g
     INFO("k_block " << tuning.k_block << ", block_group " << tuning.block_group);
     REQUIRE(std::memcmp(got.data(), want.data(), sizeof(float) * static_cast<std::size_t>(rows * n)) == 0);
   }
+}
+
+TEST_CASE("row blocks cover the rows in order, at most mr_max each, sizes within one row", "[kernels][gemm]") {
+  using moe::kernels::mr_max;
+  using moe::kernels::row_block_begin;
+  using moe::kernels::row_blocks;
+  CHECK(row_blocks(0) == 0);
+  CHECK(row_block_begin(0, 0) == 0);
+  for (index rows = 1; rows <= 5 * mr_max + 1; ++rows) {
+    INFO("rows " << rows);
+    const index blocks = row_blocks(rows);
+    REQUIRE(blocks == (rows + mr_max - 1) / mr_max);
+    REQUIRE(row_block_begin(rows, 0) == 0);
+    REQUIRE(row_block_begin(rows, blocks) == rows);
+    index smallest = mr_max, largest = 0;
+    for (index b = 0; b < blocks; ++b) {
+      const index size = row_block_begin(rows, b + 1) - row_block_begin(rows, b);
+      smallest = std::min(smallest, size);
+      largest = std::max(largest, size);
+    }
+    REQUIRE(largest <= mr_max);
+    REQUIRE(largest - smallest <= 1);
+  }
+  // 27 rows: three blocks of 9, not 12, 12 and 3.
+  CHECK(row_block_begin(27, 1) == 9);
+  CHECK(row_block_begin(27, 2) == 18);
 }
 
 TEST_CASE("interleaved packing puts gate and up columns side by side", "[kernels][gemm]") {

@@ -164,6 +164,7 @@ void run_ffn(const Bank& bank, const ffn_work& work, const ffn_scratch& s, float
       }
     }
   }
+  kernels::stream_fence();  // banks may write act with non-temporal stores
   barrier();
   const index chunk_dn = std::min(s.chunk, kernels::rows_per_chunk(f));
   if (d0 < d1) {

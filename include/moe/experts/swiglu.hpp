@@ -109,7 +109,9 @@ class swiglu_experts {
   }
 
   /// Stage 1 for expert e: `act[i][c] = silu(g) · u` for the intermediate columns of up-panels
-  /// `[p0, p1)`, from `rows` input rows (`x[i]`, hidden() floats each).
+  /// `[p0, p1)`, from `rows` input rows (`x[i]`, hidden() floats each). `act` and `ld_act` are
+  /// multiples of 16 floats; whole 16-column groups are written with non-temporal stores (the
+  /// caller runs kernels::stream_fence() before other threads read act).
   void up(index e, const float* const* x, index rows, index p0, index p1, float* act, index ld_act,
           void* scratch) const noexcept {
     using batch = xsimd::batch<float, arch>;
@@ -123,7 +125,9 @@ class swiglu_experts {
             const batch h = kernels::silu(acc[i][0]) * acc[i][1];
             float* dst = act + (r0 + i) * ld_act + c0;
             if (c0 + L <= f) {
-              h.store_unaligned(dst);
+              // Non-temporal: act is read next by every thread (stage 2), from memory rather
+              // than from the writer's cache, and its lines need no read-for-ownership.
+              kernels::store_stream<arch>(dst, h);
             } else {
               alignas(64) float tmp[L];
               h.store_aligned(tmp);

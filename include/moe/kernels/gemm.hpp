@@ -20,10 +20,13 @@
 //   1. weights are packed once into panels of `panel_width<A>` outputs, k-major (`pack_panels`);
 //      two matrices can share a panel, half each (`pack_panels_interleaved`, for gate | up);
 //      bf16 panels hold k in pairs (`[k/2][width][2]`);
-//   2. rows are packed per chunk into blocks of `mr_max` rows, k-major (`pack_rows`), so the
-//      micro-kernel broadcasts them from one pointer (bf16: one 32-bit pair per row);
+//   2. rows are packed per chunk into blocks of at most `mr_max` rows, of balanced sizes
+//      (`row_blocks`), k-major (`pack_rows`), so the micro-kernel broadcasts them from one
+//      pointer (bf16: one 32-bit pair per row);
 //   3. `gemm_packed`: groups of row blocks → panels → k-blocks → row blocks; the micro-kernel
-//      keeps MR × 2 SIMD accumulators in registers and the epilogue receives finished tiles.
+//      keeps MR × 2 SIMD accumulators in registers and the epilogue receives finished tiles;
+//      the passes over a k-block prefetch the next one between them, at the pace of their
+//      arithmetic (`prefetch_stream`).
 
 #include <algorithm>
 #include <chrono>
@@ -166,40 +169,43 @@ packed_matrix<W> pack_panels_interleaved(const Src* a, index lda, const Src* b, 
   return out;
 }
 
+/// Row blocks of a batch of `rows` rows: `ceil(rows / mr_max)` blocks whose sizes differ by at
+/// most one row (27 rows: 9, 9, 9, not 12, 12, 3), since a block of a few rows runs the
+/// micro-kernel at a fraction of the FMA rate (too few independent accumulators).
+constexpr index row_blocks(index rows) noexcept { return (rows + mr_max - 1) / mr_max; }
+
+/// First row of block `b` of `rows` rows (`b = row_blocks(rows)` gives `rows`).
+constexpr index row_block_begin(index rows, index b) noexcept {
+  return rows == 0 ? 0 : b * rows / row_blocks(rows);
+}
+
 /// Values of W needed by pack_rows for `rows` rows of length k.
 template <class W = float>
 constexpr std::size_t packed_rows_size(index rows, index k) noexcept {
-  return static_cast<std::size_t>((rows + mr_max - 1) / mr_max * mr_max * padded_k<W>(k));
+  return static_cast<std::size_t>(row_blocks(rows) * mr_max * padded_k<W>(k));
 }
 
-/// Packs `rows` rows (pointers `x[i]`, `k` floats each) into blocks of `mr_max` rows, k-major:
-/// fp32 element `(kk, i)` of block `b` at `out[b*mr_max*k + kk*mr_max + i]`; bf16 at
-/// `out[b*mr_max*kp + (kk/2)*2*mr_max + 2*i + kk%2]` (kp = padded_k<bf16>(k)). Missing rows
-/// and the k padding are zero.
+/// Packs `rows` rows (pointers `x[i]`, `k` floats each) into the blocks of row_blocks(), each
+/// stored as `mr_max` rows, k-major: fp32 element `(kk, i)` of block `b` at
+/// `out[b*mr_max*k + kk*mr_max + i]`; bf16 at `out[b*mr_max*kp + (kk/2)*2*mr_max + 2*i + kk%2]`
+/// (kp = padded_k<bf16>(k)). The k padding is zero; the slots past a block's own rows repeat
+/// its first row (the micro-kernel runs the block's row count and never reads them).
 template <class W = float>
 void pack_rows(const float* const* x, index rows, index k, W* MOE_RESTRICT out) noexcept {
   constexpr index ks = k_step<W>;
   const index kp = padded_k<W>(k);
-  for (index b = 0; b * mr_max < rows; ++b) {
+  for (index b = 0; b < row_blocks(rows); ++b) {
     W* MOE_RESTRICT dst = out + b * mr_max * kp;
-    const index r = std::min(mr_max, rows - b * mr_max);
+    const index r0 = row_block_begin(rows, b), r = row_block_begin(rows, b + 1) - r0;
     const float* src[mr_max];
-    for (index i = 0; i < r; ++i) src[i] = x[b * mr_max + i];
+    for (index i = 0; i < mr_max; ++i) src[i] = x[r0 + (i < r ? i : 0)];
     // k outer: contiguous writes, one sequential read stream per row; the padding to kp (bf16
     // k rounds up to 32) is written as zeros, so the kernels never read stale scratch.
     for (index kk = 0; kk < kp; kk += ks) {
       W* d = dst + kk * mr_max;
-      if (r == mr_max) {
 #pragma GCC unroll 12
-        for (index i = 0; i < mr_max; ++i) {
-          for (index q = 0; q < ks; ++q) d[i * ks + q] = detail::convert<W>(kk + q < k ? src[i][kk + q] : 0.0f);
-        }
-      } else {
-        for (index i = 0; i < mr_max; ++i) {
-          for (index q = 0; q < ks; ++q) {
-            d[i * ks + q] = detail::convert<W>(i < r && kk + q < k ? src[i][kk + q] : 0.0f);
-          }
-        }
+      for (index i = 0; i < mr_max; ++i) {
+        for (index q = 0; q < ks; ++q) d[i * ks + q] = detail::convert<W>(kk + q < k ? src[i][kk + q] : 0.0f);
       }
     }
   }
@@ -209,16 +215,35 @@ void pack_rows(const float* const* x, index rows, index k, W* MOE_RESTRICT out) 
 template <class A>
 using accumulators = xsimd::batch<float, A>[mr_max][2];
 
+/// Where a micro-kernel call prefetches weights into L2: `offset` bytes past its first step's
+/// weights, then `stride` bytes further each step (at most two lines a step; 0: no prefetch).
+struct prefetch_stream {
+  index offset = 0;
+  index stride = 0;
+};
+
+namespace detail {
+// Prefetches the lines of [at, at + stride) into L2 (stride <= 128 bytes) and returns the next
+// address. Addresses are integers: the stream may run past the weights (prefetch never faults).
+MOE_FORCEINLINE std::uintptr_t prefetch_step(std::uintptr_t at, index stride) noexcept {
+  __builtin_prefetch(reinterpret_cast<const void*>(at), 0, 2);
+  __builtin_prefetch(reinterpret_cast<const void*>(at + static_cast<std::uintptr_t>(stride / 2)), 0, 2);
+  return at + static_cast<std::uintptr_t>(stride);
+}
+MOE_FORCEINLINE std::uintptr_t prefetch_start(const void* panel, const prefetch_stream& pf) noexcept {
+  return reinterpret_cast<std::uintptr_t>(panel) + static_cast<std::uintptr_t>(pf.offset);
+}
+}  // namespace detail
+
 /// `acc[i][h] (+)= Σ_kk rows(kk, i) · panel(kk, h)` over `k` steps for the first MR rows of a
 /// packed fp32 row block (element (kk, i) at `rows[kk * k_stride + i * row_stride]`; packed rows
 /// by default, any row-major matrix with `k_stride = 1`): starts from zero, or from `acc` when
-/// `accumulate` (k-blocking
-/// continues the same fused chain, so the result does not depend on the block size). Each step
-/// prefetches the weights `prefetch` values ahead into L2 (weights stream from memory once per
-/// call; prefetching a step at a time keeps the stream steady at decode and prefill alike).
+/// `accumulate` (k-blocking continues the same fused chain, so the result does not depend on the
+/// block size). Each step prefetches the next part of the stream `pf` (gemm_packed spreads the
+/// weights still to come evenly over the work before they are needed).
 template <class A, int MR>
 MOE_FORCEINLINE void micro_kernel(const float* MOE_RESTRICT rows, index k, const float* MOE_RESTRICT panel,
-                                  accumulators<A>& acc, bool accumulate, index prefetch,
+                                  accumulators<A>& acc, bool accumulate, const prefetch_stream& pf = {},
                                   index row_stride = 1, index k_stride = mr_max) noexcept {
   using batch = xsimd::batch<float, A>;
   constexpr index L = static_cast<index>(batch::size);
@@ -227,13 +252,10 @@ MOE_FORCEINLINE void micro_kernel(const float* MOE_RESTRICT rows, index k, const
     c[i][0] = accumulate ? acc[i][0] : batch(0.0f);
     c[i][1] = accumulate ? acc[i][1] : batch(0.0f);
   }
-  const float* ahead = panel + prefetch;  // weights `prefetch` floats ahead of the current step
+  std::uintptr_t ahead = detail::prefetch_start(panel, pf);
 #pragma GCC unroll 4
   for (index kk = 0; kk < k; ++kk) {
-    if (prefetch > 0) {
-      __builtin_prefetch(ahead + kk * 2 * L, 0, 2);
-      __builtin_prefetch(ahead + kk * 2 * L + L, 0, 2);
-    }
+    if (pf.stride > 0) ahead = detail::prefetch_step(ahead, pf.stride);
     const batch b0 = batch::load_aligned(panel + kk * 2 * L);
     const batch b1 = batch::load_aligned(panel + kk * 2 * L + L);
     const float* a = rows + kk * k_stride;
@@ -254,7 +276,7 @@ MOE_FORCEINLINE void micro_kernel(const float* MOE_RESTRICT rows, index k, const
 /// pair's two fused steps (odd element first, as vdpbf16ps does).
 template <class A, int MR>
 MOE_FORCEINLINE void micro_kernel(const bf16* MOE_RESTRICT rows, index k, const bf16* MOE_RESTRICT panel,
-                                  accumulators<A>& acc, bool accumulate, index prefetch) noexcept {
+                                  accumulators<A>& acc, bool accumulate, const prefetch_stream& pf) noexcept {
   using batch = xsimd::batch<float, A>;
   using ubatch = xsimd::batch<std::uint32_t, A>;
   constexpr index L = static_cast<index>(batch::size);
@@ -264,10 +286,9 @@ MOE_FORCEINLINE void micro_kernel(const bf16* MOE_RESTRICT rows, index k, const 
     c[i][1] = accumulate ? acc[i][1] : batch(0.0f);
   }
   const ubatch high(0xffff0000u);
-  const bf16* ahead = panel + prefetch;
+  std::uintptr_t ahead = detail::prefetch_start(panel, pf);
   for (index kk = 0; kk < k; kk += 2) {
-    __builtin_prefetch(ahead + kk * 2 * L, 0, 2);
-    __builtin_prefetch(ahead + kk * 2 * L + 2 * L, 0, 2);
+    if (pf.stride > 0) ahead = detail::prefetch_step(ahead, pf.stride);
     const auto* pw = reinterpret_cast<const std::uint32_t*>(panel + kk * 2 * L);
     const ubatch w0 = ubatch::load_aligned(pw), w1 = ubatch::load_aligned(pw + L);
     const batch even0 = xsimd::bitwise_cast<batch>(w0 << 16), odd0 = xsimd::bitwise_cast<batch>(w0 & high);
@@ -296,16 +317,15 @@ MOE_FORCEINLINE void micro_kernel(const bf16* MOE_RESTRICT rows, index k, const 
 template <int MR>
 __attribute__((target("avx512f,avx512bf16"), noinline)) void micro_kernel_bf16_dot(
     const bf16* MOE_RESTRICT rows, index k, const bf16* MOE_RESTRICT panel, float* MOE_RESTRICT acc,
-    bool accumulate, index prefetch) noexcept {
+    bool accumulate, const prefetch_stream& pf) noexcept {
   __m512 c[MR][2];
   for (int i = 0; i < MR; ++i) {
     c[i][0] = accumulate ? _mm512_load_ps(acc + (2 * i) * 16) : _mm512_setzero_ps();
     c[i][1] = accumulate ? _mm512_load_ps(acc + (2 * i + 1) * 16) : _mm512_setzero_ps();
   }
-  const bf16* ahead = panel + prefetch;
+  std::uintptr_t ahead = detail::prefetch_start(panel, pf);
   for (index kk = 0; kk < k; kk += 2) {
-    __builtin_prefetch(ahead + kk * 32, 0, 2);
-    __builtin_prefetch(ahead + kk * 32 + 32, 0, 2);
+    if (pf.stride > 0) ahead = detail::prefetch_step(ahead, pf.stride);
     const __m512bh w0 = (__m512bh)_mm512_load_si512(panel + kk * 32);
     const __m512bh w1 = (__m512bh)_mm512_load_si512(panel + kk * 32 + 32);
     const bf16* pa = rows + kk * mr_max;
@@ -346,13 +366,13 @@ namespace detail {
 template <class A, class W, int... MR>
 MOE_FORCEINLINE void micro_kernel_dispatch(std::integer_sequence<int, MR...>, index mr, const W* rows,
                                            index k, const W* panel, accumulators<A>& acc, bool accumulate,
-                                           [[maybe_unused]] bool dot, index prefetch) noexcept {
+                                           [[maybe_unused]] bool dot, const prefetch_stream& pf) noexcept {
   // One instantiation per row count 1..mr_max, chosen through the compile-time list.
 #if defined(MOE_HAS_BF16_DOT_KERNEL)
   if constexpr (std::is_same_v<W, bf16> && std::is_base_of_v<xsimd::avx512f, A>) {
     if (dot) {
       (void)((mr == MR + 1 ? (micro_kernel_bf16_dot<MR + 1>(rows, k, panel, reinterpret_cast<float*>(&acc), accumulate,
-                                                            prefetch),
+                                                            pf),
                               true)
                            : false) ||
              ...);
@@ -360,7 +380,7 @@ MOE_FORCEINLINE void micro_kernel_dispatch(std::integer_sequence<int, MR...>, in
     }
   }
 #endif
-  (void)((mr == MR + 1 ? (micro_kernel<A, MR + 1>(rows, k, panel, acc, accumulate, prefetch), true) : false) || ...);
+  (void)((mr == MR + 1 ? (micro_kernel<A, MR + 1>(rows, k, panel, acc, accumulate, pf), true) : false) || ...);
 }
 }  // namespace detail
 
@@ -377,7 +397,8 @@ struct gemm_tuning {
   index k_block = 256;                    ///< inputs per pass: a panel's k-block stays in L1
   index block_group = 16;                 ///< row blocks whose accumulators wait between k-blocks (<= 16)
   bf16_kernel bf16 = bf16_kernel::automatic;  ///< micro-kernel for bf16 weights
-  index prefetch_bytes = 4096;                ///< weights prefetched this far ahead of each step (0: none)
+  index prefetch_bytes = 4096;                ///< with one row block, weights prefetched this far ahead of
+                                              ///< each step (several: the next k-block); 0: no prefetch
 };
 
 /// The driver's tuning (one value for every ISA today).
@@ -547,9 +568,10 @@ MOE_FORCEINLINE void gemm_packed(const W* packed_rows, index rows, const packed_
   const index group = std::max<index>(1, std::min(max_group, tuning.block_group));
   const index k_block = std::max(k_step<W>, tuning.k_block / k_step<W> * k_step<W>);
   alignas(64) accumulators<A> tiles[max_group];
-  const index blocks = (rows + mr_max - 1) / mr_max;
+  const index blocks = row_blocks(rows);
   const index K = padded_k<W>(w.k);
-  const index prefetch = tuning.prefetch_bytes / static_cast<index>(sizeof(W));
+  // Bytes of weights one micro-kernel step reads (fp32: one k; bf16: one pair), for 2L outputs.
+  constexpr index step_bytes = 2 * L * static_cast<index>(sizeof(float));
   bool dot = false;
   if constexpr (std::is_same_v<W, bf16>) {
     // Pair layouts run vdpbf16ps or the widening kernel; AMX takes its own layout (gemm_rows_any).
@@ -564,17 +586,27 @@ MOE_FORCEINLINE void gemm_packed(const W* packed_rows, index rows, const packed_
       for (index k0 = 0; k0 < K; k0 += k_block) {
         const index kc = std::min(k_block, K - k0);
         const bool last = k0 + kc == K;
-        // With several row blocks, pass i of n over this k-block prefetches the i-th n-th of the
-        // next one (distance span·(i+1)/n), so the weights stream during every pass, not only
-        // the first; a single block keeps the tuned distance.
-        const index span = kc * 2 * L, passes = g1 - g0;
+        // Prefetch. A single row block streams the weights `prefetch_bytes` ahead of each step.
+        // With several, the passes over this k-block fetch the next k-block (the next panel's
+        // first after the last one; panels are contiguous) between them, each pass a share
+        // proportional to its rows and spread evenly over its steps: the memory traffic then
+        // runs at the pace of the arithmetic instead of in bursts that stall it.
+        const index span = kc / k_step<W> * step_bytes;
+        const index group_rows = row_block_begin(rows, g1) - row_block_begin(rows, g0);
+        index rows_before = 0;
         for (index b = g0; b < g1; ++b) {
-          const index mr = std::min(mr_max, rows - b * mr_max);
-          const index ahead = passes > 1 && prefetch > 0 ? std::max(prefetch, span * (b - g0 + 1) / passes) : prefetch;
+          const index r0 = row_block_begin(rows, b), mr = row_block_begin(rows, b + 1) - r0;
+          prefetch_stream pf;
+          if (tuning.prefetch_bytes > 0) {
+            pf = g1 - g0 == 1 ? prefetch_stream{tuning.prefetch_bytes, step_bytes}
+                              : prefetch_stream{span + span * rows_before / group_rows,
+                                                (step_bytes * mr + group_rows - 1) / group_rows};
+          }
+          rows_before += mr;
           detail::micro_kernel_dispatch<A>(std::make_integer_sequence<int, mr_max>{}, mr,
                                            packed_rows + b * mr_max * K + k0 * mr_max, kc, panel + k0 * 2 * L,
-                                           tiles[b - g0], k0 > 0, dot, ahead);
-          if (last) epilogue(b * mr_max, mr, p, tiles[b - g0]);
+                                           tiles[b - g0], k0 > 0, dot, pf);
+          if (last) epilogue(r0, mr, p, tiles[b - g0]);
         }
       }
     }
@@ -596,7 +628,7 @@ bool bf16_dot_preferred() noexcept {
         const auto t0 = std::chrono::steady_clock::now();
         for (int i = 0; i < 64; ++i) {
           detail::micro_kernel_dispatch<A>(std::make_integer_sequence<int, mr_max>{}, mr_max, rows.data(), k,
-                                           panel.data(), acc, i > 0, dot, index{0});
+                                           panel.data(), acc, i > 0, dot, prefetch_stream{});
         }
         best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       }
@@ -656,6 +688,39 @@ void gemm_rows_any(const float* const* x, index rows, const packed_matrix<W>& w,
 constexpr index rows_per_chunk(index k) noexcept {
   const index r = (index{1} << 20) / (4 * std::max<index>(k, 1));
   return std::max(mr_max, r / mr_max * mr_max);
+}
+
+/// Stores `v` at `p` (aligned to the register's size) with a non-temporal store where the ISA
+/// has one: the line is not read first and not kept in this core's caches, which suits data that
+/// another core reads next. Call stream_fence() before that core may read it.
+template <class A>
+MOE_FORCEINLINE void store_stream(float* p, const xsimd::batch<float, A>& v) noexcept {
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_base_of_v<xsimd::avx512f, A>) {
+    _mm512_stream_ps(p, v);
+    return;
+  }
+#endif
+#if XSIMD_WITH_AVX
+  if constexpr (std::is_base_of_v<xsimd::avx, A> && xsimd::batch<float, A>::size == 8) {
+    _mm256_stream_ps(p, v);
+    return;
+  }
+#endif
+#if XSIMD_WITH_SSE2
+  if constexpr (std::is_base_of_v<xsimd::sse2, A> && xsimd::batch<float, A>::size == 4) {
+    _mm_stream_ps(p, v);
+    return;
+  }
+#endif
+  v.store_aligned(p);
+}
+
+/// Orders this thread's non-temporal stores before its later stores (a barrier's flag).
+inline void stream_fence() noexcept {
+#if XSIMD_WITH_SSE2
+  _mm_sfence();
+#endif
 }
 
 /// Scalar reference for the canonical fp32 GEMM: `c[i][j] = Σ_kk x[i][kk] w[j][kk]`, sequential fma.

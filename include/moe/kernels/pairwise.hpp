@@ -41,7 +41,7 @@ MOE_FORCEINLINE void pairwise_tile(const float* MOE_RESTRICT a, index lda, index
                                    const float* MOE_RESTRICT panel, float* s, index lds,
                                    index cols) noexcept {
   alignas(64) accumulators<A> acc;
-  micro_kernel<A, MR>(a, k, panel, acc, false, 0, lda, 1);
+  micro_kernel<A, MR>(a, k, panel, acc, false, {}, lda, 1);
   store_tile<A>(acc, MR, s, lds, 0, cols);
 }
 
