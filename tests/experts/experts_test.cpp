@@ -2,7 +2,10 @@
 // Tests of include/moe/experts/: the SwiGLU bank and shared experts.
 #include <catch2/catch.hpp>
 
+#include <cstddef>
+#include <cstring>
 #include <string>
+#include <vector>
 
 #include <moe/device/cpu.hpp>
 #include <moe/device/serial.hpp>
@@ -40,6 +43,29 @@ TEST_CASE("swiglu_experts: each expert equals the naive FFN", "[experts][swiglu]
       CHECK(moe_test::relative_error(y, want) < 1e-5);
     }
   }
+}
+
+TEST_CASE("swiglu_experts::up gives the same act into aligned and unaligned buffers", "[experts][swiglu]") {
+  // The schedule's act is register-aligned (non-temporal stores); a device of one's own may pass
+  // any buffer and stride, and gets the same values through ordinary stores.
+  moe_test::rng rng(9);
+  const index E = 2, d = 40, f = 70, rows = 13;
+  const auto bank = moe_test::make_bank(moe_test::random_swiglu(rng, E, d, f));
+  const auto x = rng.matrix(rows, d);
+  std::vector<const float*> ptrs;
+  for (index i = 0; i < rows; ++i) ptrs.push_back(x.data() + i * d);
+  moe::aligned_buffer<std::byte> scratch(bank.scratch_bytes(rows));
+  const index aligned_ld = 80, odd_ld = 71;
+  moe::aligned_buffer<float> aligned(static_cast<std::size_t>(rows * aligned_ld));
+  moe::aligned_buffer<float> odd(static_cast<std::size_t>(rows * odd_ld + 1));
+  bank.up(1, ptrs.data(), rows, 0, bank.up_panels(), aligned.data(), aligned_ld, scratch.data());
+  moe::kernels::stream_fence();
+  bank.up(1, ptrs.data(), rows, 0, bank.up_panels(), odd.data() + 1, odd_ld, scratch.data());
+  for (index i = 0; i < rows; ++i) {
+    INFO("row " << i);
+    REQUIRE(std::memcmp(aligned.data() + i * aligned_ld, odd.data() + 1 + i * odd_ld, sizeof(float) * f) == 0);
+  }
+  CHECK(aligned[static_cast<std::size_t>(aligned_ld * 5 + 3)] != 0.0f);
 }
 
 TEST_CASE("swiglu_experts: the pointer constructor reads stacked checkpoint arrays", "[experts][swiglu]") {

@@ -2,6 +2,7 @@
 // SPDX-FileCopyrightText: The moe authors
 #pragma once
 
+#include <cstdint>
 #include <type_traits>
 #include <vector>
 
@@ -109,14 +110,15 @@ class swiglu_experts {
   }
 
   /// Stage 1 for expert e: `act[i][c] = silu(g) · u` for the intermediate columns of up-panels
-  /// `[p0, p1)`, from `rows` input rows (`x[i]`, hidden() floats each). `act` and `ld_act` are
-  /// multiples of 16 floats; whole 16-column groups are written with non-temporal stores (the
-  /// caller runs kernels::stream_fence() before other threads read act).
+  /// `[p0, p1)`, from `rows` input rows (`x[i]`, hidden() floats each). When `act` and `ld_act`
+  /// are aligned to a SIMD register (the schedule's are), whole registers of act are written with
+  /// non-temporal stores: the caller runs kernels::stream_fence() before other threads read act.
   void up(index e, const float* const* x, index rows, index p0, index p1, float* act, index ld_act,
           void* scratch) const noexcept {
     using batch = xsimd::batch<float, arch>;
     constexpr index L = static_cast<index>(batch::size);
     const index f = m_shape.intermediate;
+    const bool stream = reinterpret_cast<std::uintptr_t>(act) % sizeof(batch) == 0 && ld_act % L == 0;
     kernels::gemm_rows_any<arch>(
         x, rows, m_up[e], p0, p1, scratch,
         [&](index r0, index mr, index p, const kernels::accumulators<arch>& acc) {
@@ -127,7 +129,11 @@ class swiglu_experts {
             if (c0 + L <= f) {
               // Non-temporal: act is read next by every thread (stage 2), from memory rather
               // than from the writer's cache, and its lines need no read-for-ownership.
-              kernels::store_stream<arch>(dst, h);
+              if (stream) {
+                kernels::store_stream<arch>(dst, h);
+              } else {
+                h.store_unaligned(dst);
+              }
             } else {
               alignas(64) float tmp[L];
               h.store_aligned(tmp);
