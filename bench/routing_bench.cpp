@@ -6,18 +6,27 @@
 //                                       rows' distribution scaled by s/100; larger null logits win
 //                                       more of the k slots, so the measured k_eff falls
 //                                       (counters k_eff and k_eff_ratio = k_eff / k): the layer
-//                                       time should fall in proportion to k_eff
+//                                       time against k_eff
 //   routing_similarity_forward/causal   similarity-aware top-8, one sequence of 512 tokens
 //                                       (scaled dot product, tau = sqrt(d)); compare with
 //                                       routing_topk_forward for the added fraction
 //   routing_*_route                     the routing alone (layer.route), to isolate that overhead
 //   routing_similarity_ab/causal,       the same comparisons as A/B pairs inside one loop (plain
-//   routing_null_experts_ab/s           top-8, then the policy, every iteration): counters
-//                                       time_over_topk / added_fraction, robust to drift
+//   routing_null_experts_ab/s,          top-8, then the policy, every iteration): counters
+//   routing_topk_k_ab/k                 time_over_topk / added_fraction, robust to drift; top-k
+//                                       with a smaller k is the reference for null experts (what
+//                                       the layer costs at that many experts per token), and
+//                                       bound_over_topk is the machine's lower bound for the
+//                                       policy's forward (below) over top-8's time
+//
+// The lower bound of a forward: every expert that the plan selects has its weights read once
+// (bytes / the read bandwidth, measured after the loop) and its FLOPs run at best at the FMA
+// probe's rate; the bound is the larger of the two (perfect overlap, no other work).
 // One layer serves all of them: its router is a variant over the three policies (a policy
 // written outside the library), so the 1.6 GB bank is built once.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <variant>
@@ -26,6 +35,7 @@
 #include <moe/moe.hpp>
 
 #include "olmoe_fixture.hpp"
+#include "probes.hpp"
 
 namespace {
 
@@ -67,8 +77,10 @@ struct routing_fixture {
     static routing_fixture instance;
     return instance;
   }
-  topk plain() const { return topk(moe::map(router_w.data(), olmoe_experts, olmoe_d), {.k = olmoe_k, .renormalize = true}); }
-  void use_plain() { layer.router().m_router = plain(); }
+  topk plain(int k = olmoe_k) const {
+    return topk(moe::map(router_w.data(), olmoe_experts, olmoe_d), {.k = k, .renormalize = true});
+  }
+  void use_plain(int k = olmoe_k) { layer.router().m_router = plain(k); }
   void use_nulls(float scale) {
     std::vector<float> scaled(null_w);
     for (auto& v : scaled) v *= scale;
@@ -152,7 +164,16 @@ void ab_loop(benchmark::State& state, routing_fixture& fx, Use&& use_policy) {
   state.counters["added_fraction"] = policy_s / plain_s - 1.0;
   state.counters["k_eff"] = k_eff;
   state.counters["k_eff_ratio"] = k_eff / olmoe_k;
-  state.counters["topk_ms"] = plain_s / static_cast<double>(state.iterations()) * 1e3;
+  const double plain_mean_s = plain_s / static_cast<double>(state.iterations());
+  state.counters["topk_ms"] = plain_mean_s * 1e3;
+  // The policy's plan is the layer's last: its lower bound on this machine, over top-8's time.
+  const auto& plan = fx.layer.plan();
+  const auto& bank = fx.layer.experts();
+  double bytes = 0;
+  for (moe::index e = 0; e < plan.num_experts(); ++e) bytes += plan.load(e) > 0 ? bank.bytes_per_expert() : 0.0;
+  const double flops = bank.flops_per_row() * static_cast<double>(plan.total_assignments());
+  const double bound_s = std::max(bytes / (moe_bench::read_bandwidth_now() * 1e9), flops / (moe_bench::fma_peak() * 1e9));
+  state.counters["bound_over_topk"] = bound_s / plain_mean_s;
 }
 
 void routing_similarity_ab(benchmark::State& state) {
@@ -165,6 +186,12 @@ void routing_null_experts_ab(benchmark::State& state) {
   auto& fx = routing_fixture::get();
   const float scale = static_cast<float>(state.range(0)) / 100.0f;
   ab_loop(state, fx, [&] { fx.use_nulls(scale); });
+}
+
+void routing_topk_k_ab(benchmark::State& state) {
+  auto& fx = routing_fixture::get();
+  const int k = static_cast<int>(state.range(0));
+  ab_loop(state, fx, [&] { fx.use_plain(k); });
 }
 
 void routing_topk_route(benchmark::State& state) {
@@ -187,6 +214,8 @@ BENCHMARK(routing_null_experts_forward)->ArgName("null_scale_pct")->Arg(100)->Ar
 BENCHMARK(routing_similarity_forward)->ArgName("causal")->Arg(1)->Arg(0)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(routing_similarity_ab)->ArgName("causal")->Arg(1)->Arg(0)->UseManualTime()->MinTime(2.0)->Unit(benchmark::kMillisecond);
 BENCHMARK(routing_null_experts_ab)->ArgName("null_scale_pct")->Arg(100)->Arg(150)->Arg(200)->Arg(300)
+    ->UseManualTime()->MinTime(2.0)->Unit(benchmark::kMillisecond);
+BENCHMARK(routing_topk_k_ab)->ArgName("k")->Arg(2)->Arg(3)->Arg(4)->Arg(6)->Arg(8)
     ->UseManualTime()->MinTime(2.0)->Unit(benchmark::kMillisecond);
 BENCHMARK(routing_topk_route)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(routing_similarity_route)->ArgName("causal")->Arg(1)->Arg(0)->UseRealTime()->Unit(benchmark::kMillisecond);

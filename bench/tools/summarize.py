@@ -11,11 +11,19 @@ from collections import defaultdict
 
 def medians(run):
     reps = defaultdict(list)
+    aggregated = {}  # runs written with --benchmark_report_aggregates_only: their median row
     for b in run["benchmarks"]:
         if b.get("run_type") == "aggregate":
+            if b.get("aggregate_name") == "median":
+                aggregated[b["run_name"]] = b
             continue
         reps[b["run_name"]].append(b)
     out = {}
+    for name, b in aggregated.items():
+        if name not in reps:
+            out[name] = {k: v for k, v in b.items() if isinstance(v, (int, float))}
+            out[name]["time_unit"] = b.get("time_unit", "ns")
+            out[name]["n"] = b.get("repetitions", 1)
     for name, rs in reps.items():
         keys = [k for k, v in rs[0].items() if isinstance(v, (int, float)) and k not in
                 ("family_index", "per_family_instance_index", "repetitions", "repetition_index",
@@ -44,10 +52,19 @@ def main(path):
     g = lambda name, key: m.get(name, {}).get(key)
 
     def row(cells):
+        if pending:  # a section's title and header print with its first row: empty ones don't
+            title, header = pending.pop()
+            print(title)
+            print("| " + " | ".join(header) + " |")
+            print("| " + " | ".join(["---"] * len(header)) + " |")
         print("| " + " | ".join(cells) + " |")
 
-    print("## Probes (same run)\n")
-    row(["probe", "value"]); row(["---", "---"])
+    pending = []
+
+    def section(title, header):
+        pending[:] = [(title, header)]
+
+    section("## Probes (same run)\n", ["probe", "value"])
     for name, key, unit in [("probe_fma/iterations:1/manual_time", "gflops", "GFLOP/s fp32 FMA"),
                             ("probe_bf16_dot/iterations:1/manual_time", "gflops", "GFLOP/s vdpbf16ps"),
                             ("probe_amx/iterations:1/manual_time", "gflops", "GFLOP/s AMX bf16"),
@@ -56,10 +73,8 @@ def main(path):
         if g(name, key) is not None:
             row([name.split("/")[0], f"{g(name, key):.1f} {unit}"])
 
-    print("\n## Layer forward, OLMoE shape (d 2048, f 1024, E 64, k 8), 2 threads\n")
-    row(["weights", "T", "time (ms)", "tokens/s", "GFLOP/s", "frac peak", "GB/s", "frac bandwidth",
-         "vs dense"])
-    row(["---"] * 9)
+    section("\n## Layer forward, OLMoE shape (d 2048, f 1024, E 64, k 8), 2 threads\n",
+            ["weights", "T", "time (ms)", "tokens/s", "GFLOP/s", "frac peak", "GB/s", "frac bandwidth", "vs dense"])
     for w, prefix in [("fp32", "layer_forward"), ("bf16", "layer_forward_bf16")]:
         for T in (1, 8, 32, 512):
             name = f"{prefix}/T:{T}/real_time"
@@ -70,16 +85,14 @@ def main(path):
                  f"{r['tokens_per_second']:.0f}", f"{r['gflops']:.1f}", f"{r['frac_peak_flops']:.3f}",
                  f"{r['gbytes_per_second']:.1f}", f"{r['frac_bandwidth']:.3f}", f"{r['ratio_to_dense']:.2f}"])
 
-    print("\n## Baselines (same run)\n")
-    row(["benchmark", "T", "tokens/s"]); row(["---"] * 3)
+    section("\n## Baselines (same run)\n", ["benchmark", "T", "tokens/s"])
     for fam in ("layer_forward", "layer_eigen_gemm", "layer_naive"):
         for T in (1, 32, 512):
             for name in (f"{fam}/T:{T}/real_time", f"{fam}/T:{T}/min_time:0.500/real_time"):
                 if name in m:
                     row([fam, str(T), f"{m[name]['tokens_per_second']:.0f}"])
 
-    print("\n## Targets\n")
-    row(["target", "measured", "met"]); row(["---"] * 3)
+    section("\n## Targets\n", ["target", "measured", "met"])
 
     def check(label, value, ok):
         if value is not None:
@@ -124,16 +137,45 @@ def main(path):
             check(f"similarity-aware ({'causal' if causal else 'non-causal'}) adds <= 5 % to the forward (A/B)",
                   f"{r['added_fraction'] * 100:+.1f} %", r["added_fraction"] <= 0.05)
 
-    print("\n## Null experts (m = 16, T = 512): time against k_eff, A/B against plain top-8\n")
-    row(["null router scale", "k_eff", "k_eff / k", "time (ms)", "time / top-k"]); row(["---"] * 5)
+    # Plain top-k at a smaller k, A/B against top-8: what the layer costs at that many experts
+    # per token, the reference for null experts at the same k_eff (linear between measured k).
+    topk_points = [(1.0, 1.0)]
+    for kk in (2, 3, 4, 6):
+        r = m.get(f"routing_topk_k_ab/k:{kk}/min_time:2.000/manual_time")
+        if r:
+            topk_points.append((r["k_eff_ratio"], r["time_over_topk"]))
+    topk_points.sort()
+
+    def topk_at(ratio):
+        for (x0, y0), (x1, y1) in zip(topk_points, topk_points[1:]):
+            if x0 <= ratio <= x1:
+                return y0 + (y1 - y0) * (ratio - x0) / (x1 - x0)
+        return None
+
+    section("\n## Null experts (m = 16, T = 512): time against k_eff, A/B against plain top-8\n\n"
+            "top-k at k = k_eff: plain top-k's time at that k (interpolated between measured k), over top-8's.\n"
+            "bound: the machine's lower bound for the same plan (selected experts' weights read once at the\n"
+            "read bandwidth, or its FLOPs at the FMA probe's rate, whichever is longer), over top-8's time.\n",
+            ["null router scale", "k_eff", "k_eff / k", "time (ms)", "time / top-k", "top-k at k = k_eff",
+             "bound / top-k", "bound / time"])
     for scale in (100, 150, 200, 300):
         r = m.get(f"routing_null_experts_ab/null_scale_pct:{scale}/min_time:2.000/manual_time")
         if r:
+            ref = topk_at(r["k_eff_ratio"]) if len(topk_points) > 1 else None
             row([f"{scale / 100:g}", f"{r['k_eff']:.2f}", f"{r['k_eff_ratio']:.2f}", f"{ms(r):.1f}",
-                 f"{r['time_over_topk']:.2f}"])
+                 f"{r['time_over_topk']:.2f}", f"{ref:.2f}" if ref is not None else "",
+                 f"{r['bound_over_topk']:.2f}" if "bound_over_topk" in r else "",
+                 f"{r['bound_over_topk'] / r['time_over_topk']:.2f}" if "bound_over_topk" in r else ""])
+    if len(topk_points) > 1:
+        section("\nPlain top-k, A/B against top-8 (same run):\n",
+                ["k", "k / 8", "time (ms)", "time / top-8", "bound / top-8", "bound / time"])
+        for kk in (2, 3, 4, 6, 8):
+            r = m.get(f"routing_topk_k_ab/k:{kk}/min_time:2.000/manual_time")
+            if r:
+                row([str(kk), f"{r['k_eff_ratio']:.3f}", f"{ms(r):.1f}", f"{r['time_over_topk']:.2f}",
+                     f"{r['bound_over_topk']:.2f}", f"{r['bound_over_topk'] / r['time_over_topk']:.2f}"])
 
-    print("\n## Gating (rows/s, same run)\n")
-    row(["E", "k", "SIMD", "partial_sort + exp", "ratio"]); row(["---"] * 5)
+    section("\n## Gating (rows/s, same run)\n", ["E", "k", "SIMD", "partial_sort + exp", "ratio"])
     for E in (8, 64, 128, 256):
         for k in (2, 8):
             a, b = m.get(f"gating/E:{E}/k:{k}"), m.get(f"gating_baseline/E:{E}/k:{k}")
