@@ -498,8 +498,10 @@ __attribute__((target("amx-tile,amx-bf16"), noinline)) inline void amx_panel(con
   _tile_zero(3);
   for (index kt = 0; kt < k; kt += 32) {
     const bf16* b = panel + kt * 32;  // 16 k-pairs × 32 outputs × 2
-    const char* ahead = reinterpret_cast<const char*>(b + prefetch);
-    for (index line = 0; line < 32 * 32 * 2; line += 64) __builtin_prefetch(ahead + line, 0, 2);
+    if (prefetch > 0) {
+      const char* ahead = reinterpret_cast<const char*>(b + prefetch);
+      for (index line = 0; line < 32 * 32 * 2; line += 64) __builtin_prefetch(ahead + line, 0, 2);
+    }
     _tile_loadd(4, a + kt, stride_a);
     _tile_loadd(6, b, 128);
     _tile_loadd(7, b + 32, 128);
@@ -532,11 +534,21 @@ void gemm_packed_amx(const bf16* rows_rm, index rows, const packed_matrix<bf16>&
   const index K = padded_k<bf16>(w.k);
   alignas(64) float c[32 * 32];
   alignas(64) accumulators<A> acc;
-  for (index r0 = 0; r0 < rows; r0 += 32) {
-    const index n = std::min<index>(32, rows - r0);
-    detail::amx_configure(n);
-    for (index p = p_begin; p < p_end; ++p) {
-      detail::amx_panel(rows_rm + r0 * K, K, w.panel(p), K, n > 16, c, tuning.prefetch_bytes / 2);
+  // Panels outer, blocks of 32 rows inner: each panel streams from memory once, and the blocks
+  // after the first find it in cache (with blocks outer, a batch of 64 rows read the weights
+  // twice). The blocks run in serpentine order, so the tile configuration changes at most once
+  // a panel (when the last block is partial).
+  const index blocks = (rows + 31) / 32;
+  index configured = 0;
+  for (index p = p_begin; p < p_end; ++p) {
+    for (index j = 0; j < blocks; ++j) {
+      const index b = (p - p_begin) % 2 == 0 ? j : blocks - 1 - j;
+      const index r0 = b * 32, n = std::min<index>(32, rows - r0);
+      if (n != configured) {
+        detail::amx_configure(n);
+        configured = n;
+      }
+      detail::amx_panel(rows_rm + r0 * K, K, w.panel(p), K, n > 16, c, j == 0 ? tuning.prefetch_bytes / 2 : 0);
       for (index i0 = 0; i0 < n; i0 += mr_max) {
         const index mr = std::min(mr_max, n - i0);
         for (index i = 0; i < mr; ++i) {
