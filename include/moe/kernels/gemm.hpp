@@ -429,17 +429,23 @@ template <class A>
 bf16_kernel resolve_bf16_kernel(bf16_kernel requested) noexcept;
 
 
+/// Row stride of rows packed for AMX: k rounded up to 32, plus one cache line. A tile load reads
+/// one line from each of 16 rows; with a stride of a multiple of 4 KiB (k = 2048) those lines
+/// would all fall in one L1 set and evict each other, the extra line gives each row its own set.
+constexpr index amx_row_stride(index k) noexcept { return padded_k<bf16>(k) + 32; }
+
 /// Values of bf16 needed by pack_rows_amx for `rows` rows of length k.
 constexpr std::size_t packed_rows_amx_size(index rows, index k) noexcept {
-  return static_cast<std::size_t>(rows * padded_k<bf16>(k));
+  return static_cast<std::size_t>(rows * amx_row_stride(k));
 }
 
-/// Packs rows for AMX: row-major bf16, `[rows] × [k rounded up to 32]`, the k padding zeroed.
-/// The tiles are configured with the block's own row count, so no padding rows are needed.
+/// Packs rows for AMX: row-major bf16, row i at `out + i * amx_row_stride(k)`, k rounded up to
+/// 32 with zeros (the stride's last line is never read). The tiles are configured with the
+/// block's own row count, so no padding rows are needed.
 inline void pack_rows_amx(const float* const* x, index rows, index k, bf16* MOE_RESTRICT out) noexcept {
   const index kp = padded_k<bf16>(k);
   for (index i = 0; i < rows; ++i) {
-    bf16* dst = out + i * kp;
+    bf16* dst = out + i * amx_row_stride(k);
     index kk = 0;
     for (; kk < k; ++kk) dst[kk] = bf16(x[i][kk]);
     for (; kk < kp; ++kk) dst[kk] = bf16();
@@ -486,22 +492,22 @@ __attribute__((target("amx-tile"), noinline)) inline void amx_end() noexcept { _
 
 // One panel (32 outputs) for the rows the tiles are configured with (up to 16, or up to 32 when
 // `two`) of a row-major bf16 block (ld elements per row) over k (a multiple of 32): c [rows × 32
-// outputs] row-major.
+// outputs] row-major. Each step (32 k) prefetches the next `pf.stride` bytes (whole lines) of
+// the stream that starts `pf.offset` bytes past the panel.
 __attribute__((target("amx-tile,amx-bf16"), noinline)) inline void amx_panel(const bf16* a, index ld,
                                                                              const bf16* panel, index k,
                                                                              bool two, float* c,
-                                                                             index prefetch) noexcept {
+                                                                             const prefetch_stream& pf) noexcept {
   const long stride_a = static_cast<long>(ld * 2);
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
   _tile_zero(3);
+  std::uintptr_t ahead = prefetch_start(panel, pf);
   for (index kt = 0; kt < k; kt += 32) {
     const bf16* b = panel + kt * 32;  // 16 k-pairs × 32 outputs × 2
-    if (prefetch > 0) {
-      const char* ahead = reinterpret_cast<const char*>(b + prefetch);
-      for (index line = 0; line < 32 * 32 * 2; line += 64) __builtin_prefetch(ahead + line, 0, 2);
-    }
+    for (index line = 0; line < pf.stride; line += 64) __builtin_prefetch(reinterpret_cast<const void*>(ahead + line), 0, 2);
+    ahead += static_cast<std::uintptr_t>(pf.stride);
     _tile_loadd(4, a + kt, stride_a);
     _tile_loadd(6, b, 128);
     _tile_loadd(7, b + 32, 128);
@@ -531,14 +537,23 @@ void gemm_packed_amx(const bf16* rows_rm, index rows, const packed_matrix<bf16>&
                      Epilogue&& epilogue, const gemm_tuning& tuning = default_gemm_tuning) noexcept {
   using batch = xsimd::batch<float, A>;
   static_assert(batch::size == 16, "AMX tiles pair with 16-lane registers (32-output panels)");
-  const index K = padded_k<bf16>(w.k);
+  const index K = padded_k<bf16>(w.k), ld = amx_row_stride(w.k);
   alignas(64) float c[32 * 32];
   alignas(64) accumulators<A> acc;
   // Panels outer, blocks of 32 rows inner: each panel streams from memory once, and the blocks
   // after the first find it in cache (with blocks outer, a batch of 64 rows read the weights
   // twice). The blocks run in serpentine order, so the tile configuration changes at most once
   // a panel (when the last block is partial).
+  //
+  // Prefetch: one block streams the weights `prefetch_bytes` ahead of each step. With several,
+  // the passes over a panel fetch the next panel (panels are contiguous) between them, an equal
+  // share each spread over its steps, so that memory streams during every pass, not only the
+  // first.
   const index blocks = (rows + 31) / 32;
+  constexpr index step_bytes = 32 * 32 * static_cast<index>(sizeof(bf16));  // weights of one step
+  const index steps = K / 32, panel_bytes = steps * step_bytes;
+  const index share = (panel_bytes + blocks - 1) / blocks;
+  const index share_stride = ((share + steps - 1) / steps + 63) / 64 * 64;
   index configured = 0;
   for (index p = p_begin; p < p_end; ++p) {
     for (index j = 0; j < blocks; ++j) {
@@ -548,7 +563,12 @@ void gemm_packed_amx(const bf16* rows_rm, index rows, const packed_matrix<bf16>&
         detail::amx_configure(n);
         configured = n;
       }
-      detail::amx_panel(rows_rm + r0 * K, K, w.panel(p), K, n > 16, c, j == 0 ? tuning.prefetch_bytes / 2 : 0);
+      prefetch_stream pf;
+      if (tuning.prefetch_bytes > 0) {
+        pf = blocks == 1 ? prefetch_stream{tuning.prefetch_bytes, step_bytes}
+                         : prefetch_stream{panel_bytes + j * share, share_stride};
+      }
+      detail::amx_panel(rows_rm + r0 * ld, ld, w.panel(p), K, n > 16, c, pf);
       for (index i0 = 0; i0 < n; i0 += mr_max) {
         const index mr = std::min(mr_max, n - i0);
         for (index i = 0; i < mr; ++i) {
