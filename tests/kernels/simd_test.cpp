@@ -218,6 +218,29 @@ TEST_CASE("top-k on every ISA equals brute force for E up to 1024 and k up to 64
   }
 }
 
+TEST_CASE("top-k of rows that fit one register (E <= 16) equals brute force on every ISA: ties, inf, every k",
+          "[kernels][simd][topk]") {
+  moe_test::rng rng(162);
+  for (index E = 1; E <= 16; ++E) {
+    for (int trial = 0; trial < 60; ++trial) {
+      auto z = random_row(rng, E, trial % 3);  // plain, ties on a coarse grid, +-inf sprinkled
+      if (trial == 59) std::fill(z.begin(), z.end(), -inf);  // nothing selectable
+      if (trial == 58) std::fill(z.begin(), z.end(), 0.5f);  // one tie across the row
+      if (trial == 57) z[static_cast<std::size_t>(rng.integer(0, static_cast<int>(E) - 1))] = -0.0f;
+      for (index k = 1; k <= E; ++k) {
+        const auto want = moe_test::brute_force_top_k(z, k);
+        for (const auto& isa : tables()) {
+          std::vector<std::int32_t> got(static_cast<std::size_t>(k), -1);
+          const index c = isa.top_k(z.data(), E, k, got.data());
+          INFO("ISA " << isa.name << ", E = " << E << ", k = " << k << ", trial " << trial);
+          REQUIRE(c == static_cast<index>(want.size()));
+          for (index i = 0; i < c; ++i) REQUIRE(got[static_cast<std::size_t>(i)] == want[static_cast<std::size_t>(i)]);
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("ReLU+RMSNorm, cosine and Tsallis kernels compute their formulas", "[kernels][simd]") {
   const float r[4] = {1, -1, 2, 0};
   float out[4];

@@ -502,7 +502,8 @@ float tsallis_entropy(const float* p, index n, float q, float eps) noexcept {
 
 /// Top-k selection (see scalar::top_k).
 ///
-/// Dispatch: 1. k <= 16: the k-th largest of the 16 canonical lanes' maxima is a lower bound
+/// Dispatch: 0. rows that fit one register (E = 8 on AVX2, up to 16 on AVX-512) without NaN:
+/// k rounds of the largest key, emitting its lanes in index order, in registers; 1. k <= 16: the k-th largest of the 16 canonical lanes' maxima is a lower bound
 /// for the k-th largest key (k distinct keys reach it), so only keys at or above it can be
 /// selected; those candidates, gathered in index order, go through the scalar selection, which
 /// keeps ties in index order; 2. larger k: rounds, each taking the largest key strictly below
@@ -512,6 +513,23 @@ template <class A>
 index top_k(const float* key, index n, index k, std::int32_t* idx) noexcept {
   constexpr index max_n = 1024;
   if (n > max_n || k <= 0) return k <= 0 ? 0 : scalar::top_k(key, n, k, idx);
+  if (n <= width<A>) {
+    batch<A> v = detail::load_at<A>(key, 0, n, detail::neg_inf);
+    if (!xsimd::any(v != v)) {
+      index count = 0;
+      while (count < k) {
+        const float best = detail::horizontal_max<A>(v);
+        if (best == detail::neg_inf) break;  // -inf is never selected
+        unsigned m = detail::equal_mask<A>(v, best);
+        while (m != 0 && count < k) {
+          idx[count++] = static_cast<std::int32_t>(std::countr_zero(m));
+          m &= m - 1;
+        }
+        v = xsimd::select(v == batch<A>(best), batch<A>(detail::neg_inf), v);
+      }
+      return count;
+    }
+  }
   alignas(64) float buf[max_n + 64];
   const index padded = (n + width<A> - 1) / width<A> * width<A>;
   batch<A> lane_max[accumulators<A>];
