@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Demo: Dr.LLM depth routing (routing-spec §13.1) over a stack of 8 small synthetic MoE layers
+// Demo: Dr.LLM depth routing (docs/routing-spec.md §13.1) over a stack of 8 small synthetic MoE layers
 // (d = 64, 8 SwiGLU experts, top-2) with seeded random weights. Each layer's router is
 // moe::layer_skip<moe::top_k<>, moe::dr_llm>: top-k picks the experts, a Dr.LLM router (windowed
 // mean pooling -> Linear(64, 32) -> GELU -> Linear(32, 3)) decides per sequence whether the layer

@@ -34,7 +34,7 @@ namespace moe {
 /// allocates nothing. A layer is not thread-safe (it owns its workspace and last plan); use one
 /// layer object per concurrent caller.
 ///
-/// Depth decisions of the plan (layer-skip policies, routing-spec §13; moe::layer_skip) are
+/// Depth decisions of the plan (layer-skip policies, docs/routing-spec.md §13; moe::layer_skip) are
 /// honoured per token, with `M(x)` the routed + shared output of one pass:
 ///   - `passes(t) = 0` (skip): the token computes nothing, `y_t = 0` (the layer is the identity
 ///     once the caller adds the residual); its slots are cleared and no shared expert runs;

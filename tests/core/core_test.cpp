@@ -74,17 +74,23 @@ TEST_CASE("routing_plan: expert-major view matches a brute-force grouping on ran
     plan.reset(T, K, E);
     for (index t = 0; t < T; ++t)
       for (index s = 0; s < K; ++s)
-        if (rng.integer(0, 3) != 0) plan.set(t, s, rng.integer(0, static_cast<int>(E) - 1), rng.uniform());
+        if (rng.integer(0, 3) != 0) {
+          // A quarter of the assigned slots have weight ±0: they compute nothing (no entry).
+          const int kind = rng.integer(0, 7);
+          const float weight = kind == 0 ? 0.0f : kind == 1 ? -0.0f : rng.uniform();
+          plan.set(t, s, rng.integer(0, static_cast<int>(E) - 1), weight);
+        }
     plan.build_expert_major();
     index pos = 0;
     for (index e = 0; e < E; ++e) {
       CHECK(plan.offsets()[e] == pos);
       for (index t = 0; t < T; ++t)
         for (index s = 0; s < K; ++s)
-          if (plan.expert(t, s) == e) {
+          if (plan.expert(t, s) == e && plan.weight(t, s) != 0.0f) {
             const auto& entry = plan.entries()[static_cast<std::size_t>(pos++)];
             CHECK(entry.token == t);
             CHECK(entry.slot == s);
+            CHECK(entry.weight == plan.weight(t, s));
           }
     }
     CHECK(plan.offsets()[E] == pos);

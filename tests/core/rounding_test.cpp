@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Tests of include/moe/core/rounding.hpp: the guarded capacity rounding of routing-spec errata 1.
+// Tests of include/moe/core/rounding.hpp: the guarded capacity rounding of docs/routing-spec.md errata 1.
 #include <catch2/catch.hpp>
 
 #include <cmath>

@@ -245,7 +245,7 @@ TEST_CASE("ReLU+RMSNorm, cosine and Tsallis kernels compute their formulas", "[k
   const float r[4] = {1, -1, 2, 0};
   float out[4];
   CHECK(moe::kernels::relu_rmsnorm(r, 4, nullptr, 1e-5f, out) == 2);
-  CHECK(out[0] == Approx(0.894424).margin(2e-6));   // routing-spec §11 golden r_0
+  CHECK(out[0] == Approx(0.894424).margin(2e-6));   // docs/routing-spec.md §11 golden r_0
   CHECK(out[2] == Approx(1.788847).margin(2e-6));
   CHECK(out[1] == 0.0f);
   const float none[3] = {-1, -2, 0};
@@ -255,7 +255,7 @@ TEST_CASE("ReLU+RMSNorm, cosine and Tsallis kernels compute their formulas", "[k
   CHECK(moe::kernels::cosine(x, p0, 2) == Approx(0.707107).margin(1e-6));
   CHECK(moe::kernels::cosine(zero, p0, 2) == 0.0f);
   const float p[4] = {0.830953f, 0.112457f, 0.041371f, 0.015219f};
-  // routing-spec §10: H_q normalised by H_max = (1 - 4^-0.1) / 0.1 gives 0.415415.
+  // docs/routing-spec.md §10: H_q normalised by H_max = (1 - 4^-0.1) / 0.1 gives 0.415415.
   const float hq = moe::kernels::tsallis_entropy(p, 4, 1.1f, 1e-5f);
   CHECK(hq / ((1 - std::pow(4.0, -0.1)) / 0.1) == Approx(0.415415).margin(2e-5));
   const float sh = moe::kernels::tsallis_entropy(p, 4, 1.0f, 0.0f);

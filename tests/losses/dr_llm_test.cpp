@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Tests of include/moe/losses/dr_llm.hpp: routing-spec §13.1 focal loss and class weights.
+// Tests of include/moe/losses/dr_llm.hpp: docs/routing-spec.md §13.1 focal loss and class weights.
 #include <catch2/catch.hpp>
 
 #include <cmath>

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Tests of include/moe/losses/ftp.hpp: routing-spec §13.4 sparsity, guide and distillation losses.
+// Tests of include/moe/losses/ftp.hpp: docs/routing-spec.md §13.4 sparsity, guide and distillation losses.
 #include <catch2/catch.hpp>
 
 #include <cmath>

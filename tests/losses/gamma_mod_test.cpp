@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Tests of include/moe/losses/gamma_mod.hpp: routing-spec §13.3 auxiliary cross-entropy.
+// Tests of include/moe/losses/gamma_mod.hpp: docs/routing-spec.md §13.3 auxiliary cross-entropy.
 #include <catch2/catch.hpp>
 
 #include <cmath>

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Tests of include/moe/losses/load_balance.hpp: the Switch / top-k load-balancing loss of
-// routing-spec §1.3 (goldens of §2.5 and §12) and its gradient.
+// docs/routing-spec.md §1.3 (goldens of §2.5 and §12) and its gradient.
 #include <catch2/catch.hpp>
 
 #include <cmath>

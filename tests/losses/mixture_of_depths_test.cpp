@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Tests of include/moe/losses/mixture_of_depths.hpp: routing-spec §13.2 auxiliary BCE loss.
+// Tests of include/moe/losses/mixture_of_depths.hpp: docs/routing-spec.md §13.2 auxiliary BCE loss.
 #include <catch2/catch.hpp>
 
 #include <cmath>

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Tests of include/moe/losses/sequence_balance.hpp: DeepSeek-V3's sequence-wise balance loss
-// (routing-spec §4 golden) and its gradient.
+// (docs/routing-spec.md §4 golden) and its gradient.
 #include <catch2/catch.hpp>
 
 #include <cmath>

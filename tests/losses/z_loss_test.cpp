@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Tests of include/moe/losses/z_loss.hpp: the router z-loss of routing-spec §1.3 (golden of §2.5)
+// Tests of include/moe/losses/z_loss.hpp: the router z-loss of docs/routing-spec.md §1.3 (golden of §2.5)
 // and its gradient.
 #include <catch2/catch.hpp>
 

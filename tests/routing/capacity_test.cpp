@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Tests of include/moe/routing/capacity.hpp: routing-spec §5 (capacity factor, slot-major
+// Tests of include/moe/routing/capacity.hpp: docs/routing-spec.md §5 (capacity factor, slot-major
 // dispatch order, dropping, batch prioritized routing, DeepSpeed renormalisation), the loss goldens
 // of §5 A, and the layer with dropped tokens.
 #include <catch2/catch.hpp>
@@ -119,6 +119,74 @@ TEST_CASE("capacity: golden A of spec §5 (top-1 Switch, C = 3) and its losses",
   CHECK(plan2.num_tokens() == 0);
   CHECK(before2.num_tokens() == 0);
   CHECK(plan2.dropped() == 0);
+}
+
+// docs/routing-spec.md §5.4: the three capacity conventions, each with its framework's numbers
+// computed by hand.
+TEST_CASE("capacity conventions: GShard/DeepSpeed ceil with k, flaxformer round, expert choice floor",
+          "[routing][capacity][golden]") {
+  using moe::capacity_convention;
+  // GShard / DeepSpeed / Megatron: ceil(cf · T · k / E). Top-2, T 64, E 8, cf 1.25: 20.
+  const moe::capacity<moe::top_k<>> gshard(moe::top_k<>(identity(8), {.k = 2}), {.capacity_factor = 1.25});
+  CHECK(gshard.expert_capacity(64) == 20);
+  CHECK(gshard.expert_capacity(7) == 3);  // 1.25 · 7 · 2 / 8 = 2.1875 -> 3
+  // flaxformer / T5X: max(int(round(cf · T / E)), min_expert_capacity), no factor k: 10.
+  const moe::capacity<moe::top_k<>> flax(moe::top_k<>(identity(8), {.k = 2}),
+                                         {.capacity_factor = 1.25, .convention = capacity_convention::switch_round});
+  CHECK(flax.expert_capacity(64) == 10);
+  CHECK(flax.expert_capacity(7) == 1);   // 1.09375 -> 1
+  CHECK(flax.expert_capacity(12) == 2);  // 1.875 -> 2
+  // Python's round: ties to even. cf 1, E 8: T 20 -> 2.5 -> 2; T 28 -> 3.5 -> 4; T 4 -> 0.5 -> 0.
+  const moe::capacity<moe::top_k<>> even(moe::top_k<>(identity(8), {.k = 1}),
+                                         {.capacity_factor = 1.0, .convention = capacity_convention::switch_round});
+  CHECK(even.expert_capacity(20) == 2);
+  CHECK(even.expert_capacity(28) == 4);
+  CHECK(even.expert_capacity(4) == 0);
+  CHECK(even.expert_capacity(12) == 2);  // 1.5 -> 2
+  const moe::capacity<moe::top_k<>> floor4(moe::top_k<>(identity(8), {.k = 1}),
+                                           {.capacity_factor = 1.0, .convention = capacity_convention::switch_round,
+                                            .min_capacity = 4});
+  CHECK(floor4.expert_capacity(20) == 4);  // min_expert_capacity
+  // Expert choice's floor(cf · T / E) as a capacity convention: T 20, E 8 -> 2.5 -> 2; T 23 -> 2.875 -> 2.
+  const moe::capacity<moe::top_k<>> fl(moe::top_k<>(identity(8), {.k = 2}),
+                                       {.capacity_factor = 1.0, .convention = capacity_convention::expert_choice_floor});
+  CHECK(fl.expert_capacity(20) == 2);
+  CHECK(fl.expert_capacity(23) == 2);
+  CHECK(fl.expert_capacity(24) == 3);
+
+  // The drops each convention makes: 5 tokens all preferring expert 0 of 2, top-1, cf 1.
+  // ceil(2.5) = 3 keeps tokens 0..2; round(2.5) = 2 and floor(2.5) = 2 keep tokens 0, 1.
+  moe::row_matrix<float> z(5, 2);
+  z << 3, 0, 2, 0, 1, 0, 4, 0, 0.5f, 0;
+  const std::pair<capacity_convention, index> want[] = {{capacity_convention::gshard_ceil, 3},
+                                                        {capacity_convention::switch_round, 2},
+                                                        {capacity_convention::expert_choice_floor, 2}};
+  for (const auto& [conv, C] : want) {
+    INFO(moe::to_string(conv));
+    const capped r(moe::top_k<>(identity(2), {.k = 1}), {.capacity_factor = 1.0, .convention = conv});
+    CHECK(r.expert_capacity(5) == C);
+    const auto plan = route_logits(r, z);
+    for (index t = 0; t < 5; ++t) CHECK(plan.expert(t, 0) == (t < C ? 0 : moe::no_expert));
+    CHECK(plan.dropped() == 5 - C);
+    CHECK(r.policy_stats(plan).capacity == C);
+  }
+
+  // Expert choice: k_c = floor(c · T / E) (the paper's), or flaxformer's round, or ceil.
+  const moe::expert_choice paper(identity(2), {.capacity_factor = 1.0});
+  CHECK(paper.tokens_per_expert(7) == 3);  // 3.5 -> 3
+  const moe::expert_choice flax_ec(identity(2), {.capacity_factor = 1.0, .convention = capacity_convention::switch_round});
+  CHECK(flax_ec.tokens_per_expert(7) == 4);  // 3.5 -> 4 (even)
+  CHECK(flax_ec.tokens_per_expert(5) == 2);  // 2.5 -> 2 (even)
+  const moe::expert_choice ceil_ec(identity(2), {.capacity_factor = 1.0, .convention = capacity_convention::gshard_ceil});
+  CHECK(ceil_ec.tokens_per_expert(5) == 3);
+  const moe::expert_choice min_ec(identity(4), {.capacity_factor = 1.0, .min_capacity = 2});
+  CHECK(min_ec.tokens_per_expert(3) == 2);  // floor(0.75) = 0, raised to min_capacity
+  CHECK(min_ec.tokens_per_expert(1) == 1);  // never above T
+  CHECK_THROWS_WITH(moe::expert_choice(identity(2), {.min_capacity = -1}), Catch::Contains("parameter 'min_capacity'"));
+  const auto ec_plan = route_logits(flax_ec, z);  // 5 tokens, k_c = 2: expert 0 picks its best two
+  index picked = 0;
+  for (index t = 0; t < 5; ++t) picked += ec_plan.active_slots(t);
+  CHECK(picked == 4);
 }
 
 TEST_CASE("capacity: golden B of spec §5 (top-2 slot ordering, C = 2)", "[routing][capacity][golden]") {

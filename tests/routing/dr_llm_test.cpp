@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Tests of include/moe/routing/dr_llm.hpp: routing-spec §13.1 (windows, bottleneck MLP with the
+// Tests of include/moe/routing/dr_llm.hpp: docs/routing-spec.md §13.1 (windows, bottleneck MLP with the
 // tanh GELU, logit averaging, argmax ties, rho, per-sequence decisions) and Dr.LLM in a layer stack.
 #include <catch2/catch.hpp>
 

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Tests of include/moe/routing/expert_choice.hpp: routing-spec §6 (golden, k_c rounding and
+// Tests of include/moe/routing/expert_choice.hpp: docs/routing-spec.md §6 (golden, k_c rounding and
 // clamping, ties, the decode-time guard and its explicit fallbacks) and the layer.
 #include <catch2/catch.hpp>
 

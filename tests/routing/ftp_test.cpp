@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Tests of include/moe/routing/ftp.hpp: routing-spec §13.4 ([OURS] definition), errata 1 and 9.
+// Tests of include/moe/routing/ftp.hpp: docs/routing-spec.md §13.4 ([OURS] definition), errata 1 and 9.
 #include <catch2/catch.hpp>
 
 #include <algorithm>

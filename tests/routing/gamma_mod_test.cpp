@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
-// Tests of include/moe/routing/gamma_mod.hpp: routing-spec §13.3, errata 1 and 9.
+// Tests of include/moe/routing/gamma_mod.hpp: docs/routing-spec.md §13.3, errata 1 and 9.
 #include <catch2/catch.hpp>
 
 #include <cmath>
 #include <limits>
 #include <cstring>
 #include <memory>
+#include <random>
+#include <algorithm>
 #include <utility>
 #include <vector>
 
@@ -222,6 +224,77 @@ TEST_CASE("gamma_mod: errors name the parameter", "[gamma_mod][error]") {
   ws.reset();
   const moe::row_matrix<float> x(2, 3);
   CHECK_THROWS_WITH(g.decide(moe::view(x), {}, plan, ws), Catch::Contains("parameter 'x.cols()' must be equal to 2, got 3"));
+}
+
+// docs/routing-spec.md §13.3: the question / response tokens are always selected. The paper's
+// `p + 1` ties a question token whose logit gap is below ~-17 (p + 1 rounds to 1.0f) with an image
+// token whose gap is above ~17 (p = 1.0f), and the lower position then wins: every forced token
+// could be dropped. They rank ahead of every image token explicitly.
+TEST_CASE("gamma_mod: forced question tokens are kept with saturated logits", "[gamma_mod][saturation]") {
+  for (const index L : {index{10}, index{1062}}) {
+    const index lic = L - 3;
+    const moe::gamma_mod g(any_router(), {.instruction_tokens = lic});
+    moe::row_matrix<float> z(L, 2);
+    for (index t = 0; t < L; ++t) {
+      const bool question = t >= lic;
+      // Image tokens: p = 1.0f exactly; question tokens: p < 2^-24, so p + 1 == 1.0f.
+      z(t, 0) = question ? 30.0f : 0.0f;
+      z(t, 1) = question ? 0.0f : 30.0f;
+    }
+    moe::routing_plan probe;
+    probe.reset(L, 1, 1);
+    // The premise: in fp32 the paper's scores tie.
+    float q[2];
+    const float image_row[2] = {0.0f, 30.0f}, question_row[2] = {30.0f, 0.0f};
+    moe::kernels::softmax(image_row, 2, q);
+    REQUIRE(q[1] == 1.0f);
+    moe::kernels::softmax(question_row, 2, q);
+    REQUIRE(q[1] + 1.0f == 1.0f);
+    const auto d = decide_z(g, z);
+    const index C = g.capacity(L);
+    index kept = 0;
+    for (index t = 0; t < L; ++t) kept += d.passes[static_cast<std::size_t>(t)];
+    CHECK(kept == C);
+    for (index t = lic; t < L; ++t) CHECK(d.passes[static_cast<std::size_t>(t)] == 1);
+    // The remaining places go to the image tokens in ascending position (all tie at p = 1).
+    for (index t = 0; t < lic; ++t) CHECK(d.passes[static_cast<std::size_t>(t)] == (t < C - 3 ? 1 : 0));
+  }
+}
+
+TEST_CASE("gamma_mod: forced tokens win over every image token, whatever the logits", "[gamma_mod][saturation]") {
+  // Random logits of every magnitude up to the saturation of exp: the forced tokens are a
+  // subset of the kept ones in every sequence, and the image tokens kept are the best by p.
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> gap(-100.0f, 100.0f);
+  for (int rep = 0; rep < 50; ++rep) {
+    const index L = 5 + rep, lic = rep % (L + 1);
+    const moe::gamma_mod g(any_router(), {.instruction_tokens = lic, .skip_fraction = (rep % 4) / 3.0});
+    moe::row_matrix<float> z(L, 2);
+    for (index t = 0; t < L; ++t) {
+      z(t, 0) = 0.0f;
+      z(t, 1) = gap(rng) * static_cast<float>(rep % 3 == 0 ? 1 : 0.1);
+    }
+    const auto d = decide_z(g, z);
+    const index C = g.capacity(L);
+    if (L <= lic) {
+      for (index t = 0; t < L; ++t) CHECK(d.passes[static_cast<std::size_t>(t)] == 1);
+      continue;
+    }
+    for (index t = lic; t < L; ++t) CHECK(d.passes[static_cast<std::size_t>(t)] == 1);
+    // Image tokens: the C - (L - lic) largest p, ties to the lower position (naive ranking).
+    std::vector<std::pair<float, index>> image;
+    for (index t = 0; t < lic; ++t) {
+      float q[2];
+      const float row[2] = {z(t, 0), z(t, 1)};
+      moe::kernels::softmax(row, 2, q);
+      image.emplace_back(q[1], t);
+    }
+    std::stable_sort(image.begin(), image.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+    const auto places = static_cast<std::size_t>(C - (L - lic));
+    for (std::size_t i = 0; i < image.size(); ++i) {
+      CHECK(d.passes[static_cast<std::size_t>(image[i].second)] == (i < places ? 1 : 0));
+    }
+  }
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Tests of include/moe/routing/group_limited.hpp: routing-spec §4 (DeepSeek-V3 group-limited
+// Tests of include/moe/routing/group_limited.hpp: docs/routing-spec.md §4 (DeepSeek-V3 group-limited
 // routing, -inf group masking, auxiliary-loss-free bias update), and the layer with shared experts.
 #include <catch2/catch.hpp>
 
@@ -278,6 +278,21 @@ TEST_CASE("group_limited: ±inf and NaN logits", "[routing][group_limited][inf]"
   const moe::group_limited<> sanitised(identity(4), {.k = 2, .n_groups = 2, .topk_groups = 1,
                                                      .nan = moe::nan_policy::to_neg_inf});
   check_route(route_logits(sanitised, bad), 0, {2, 3}, {});  // group 0 scores -inf now
+}
+
+TEST_CASE("group_limited: a -inf group ranks below a finite group whose score is lowest()", "[routing][group_limited][saturation]") {
+  // Group 0 (experts 0, 1) has one selectable expert: its top-2 sum is -inf. Group 1's biased
+  // scores are s + (-FLT_MAX / 2) = -FLT_MAX / 2 each, so its sum is exactly lowest(). A sentinel
+  // lowest() for -inf groups would tie them and keep group 0 (the lower index); the ranking is
+  // explicit, so the finite group 1 is kept.
+  const float half = -std::numeric_limits<float>::max() / 2;
+  REQUIRE(half + half == std::numeric_limits<float>::lowest());
+  const moe::group_limited<> r(identity(4), {.k = 1, .n_groups = 2, .topk_groups = 1,
+                                             .selection_bias = {0.0f, 0.0f, half, half}});
+  moe::row_matrix<float> z(1, 4);
+  z << -inf, 3.0f, 0.0f, 1.0f;
+  const auto plan = route_logits(r, z);
+  check_route(plan, 0, {2}, {1.0});  // group 1 kept; its biased scores tie (absorbed): lower index
 }
 
 TEST_CASE("group_limited: the softmax gate (DeepSeek-V2 mode)", "[routing][group_limited]") {

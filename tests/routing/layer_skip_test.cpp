@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Tests of include/moe/routing/layer_skip.hpp and of moe::layer honouring depth decisions
-// (routing-spec §13): skip, execute, repeat, output scales; MoD over a top-k layer; policies
+// (docs/routing-spec.md §13): skip, execute, repeat, output scales; MoD over a top-k layer; policies
 // written outside the library.
 #include <catch2/catch.hpp>
 
@@ -149,6 +149,56 @@ TEST_CASE("layer_skip: Mixture-of-Depths over a top-k layer: skipped tokens 0, s
       }
     }
   }
+}
+
+TEST_CASE("layer_skip: depth decisions come from the block input when the caller supplies it",
+          "[layer_skip][mod][layer]") {
+  // docs/routing-spec.md §13: the papers decide from the decoder block's input h (before
+  // attention); the MoE layer's x is the state after attention. route_context::block_input
+  // hands h to the depth policy; the experts still run on x.
+  fixture fx;
+  const index T = 29;
+  const auto x = fx.rng.matrix(T, fx.d);
+  const auto h = fx.rng.matrix(T, fx.d);
+  std::vector<float> mod_w(static_cast<std::size_t>(fx.d));
+  for (auto& v : mod_w) v = fx.rng.uniform();
+  const moe::mod_capacity mod(mod_w, {.capacity_fraction = 0.4});
+  using router = moe::layer_skip<moe::top_k<>, moe::mod_capacity>;
+  moe::layer<router, bank, moe::device::cpu> l(router(fx.top_k(), mod), moe_test::make_bank(fx.w), moe::device::cpu{2});
+  moe::row_matrix<float> y(T, fx.d);
+  l.forward(x, y, {.block_input = moe::view(h)});
+  // The decisions of the depth policy alone on h, and on x.
+  const auto decide = [&](const moe::row_matrix<float>& states) {
+    moe::routing_plan p;
+    p.reset(T, 1, 1);
+    moe::workspace ws;
+    ws.reset();
+    mod.decide(moe::view(states), {}, p, ws);
+    return p;
+  };
+  const auto on_h = decide(h), on_x = decide(x);
+  const auto plain = fx.plain(x, false);
+  index differ = 0;
+  for (index t = 0; t < T; ++t) {
+    INFO("token " << t);
+    CHECK(l.plan().passes(t) == on_h.passes(t));
+    differ += on_h.passes(t) != on_x.passes(t);
+    if (on_h.passes(t) == 0) {
+      CHECK(y.row(t).isZero(0.0f));
+      continue;
+    }
+    CHECK(l.plan().output_scale(t) == on_h.output_scale(t));
+    const moe::row_matrix<float> want = plain.row(t) * on_h.output_scale(t);  // experts on x
+    CHECK(std::memcmp(want.data(), y.data() + t * fx.d, sizeof(float) * static_cast<std::size_t>(fx.d)) == 0);
+  }
+  CHECK(differ > 0);  // h and x decide differently: the test tells them apart
+  // Without block_input the policy decides from x.
+  l.route(x);
+  for (index t = 0; t < T; ++t) CHECK(l.plan().passes(t) == on_x.passes(t));
+  // A block input of another row count is an error naming it.
+  const auto short_h = fx.rng.matrix(T - 1, fx.d);
+  CHECK_THROWS_WITH(l.forward(x, y, {.block_input = moe::view(short_h)}),
+                    Catch::Contains("parameter 'ctx.block_input->rows()' must be equal to 29, got 28"));
 }
 
 TEST_CASE("layer_skip: skip / execute / repeat in a layer, with and without shared experts", "[layer_skip][layer]") {

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Tests of include/moe/routing/mixture_of_depths.hpp: routing-spec §13.2, errata 1 and 9.
+// Tests of include/moe/routing/mixture_of_depths.hpp: docs/routing-spec.md §13.2, errata 1 and 9.
 #include <catch2/catch.hpp>
 
 #include <cmath>

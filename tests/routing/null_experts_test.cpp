@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Tests of include/moe/routing/null_experts.hpp (routing-spec §7) and the stage protocol of
+// Tests of include/moe/routing/null_experts.hpp (docs/routing-spec.md §7) and the stage protocol of
 // routing/token_choice.hpp.
 #include <catch2/catch.hpp>
 
@@ -8,9 +8,12 @@
 #include <limits>
 #include <vector>
 
+#include <moe/device/serial.hpp>
+#include <moe/layer.hpp>
 #include <moe/routing/null_experts.hpp>
 #include <moe/routing/token_choice.hpp>
 
+#include "../support/layers.hpp"
 #include "../support/naive.hpp"
 #include "../support/naive_policies.hpp"
 #include "../support/policies.hpp"
@@ -148,6 +151,38 @@ TEST_CASE("null_experts: ±inf logits, NaN and the sigmoid gate", "[routing][nul
   check_slots(ps, 0, {0, moe::no_expert}, {1.0, 0});
   const double s0 = 1 / (1 + std::exp(-0.2)), s1 = 1 / (1 + std::exp(-0.3));
   check_slots(ps, 1, {1, 0}, {s1 / (s0 + s1), s0 / (s0 + s1)});
+}
+
+TEST_CASE("null_experts: a true expert whose weight is 0 computes nothing", "[routing][null_experts][layer]") {
+  // docs/routing-spec.md §1.2: when every selected true expert underflows (p < FLT_MIN is 0), the
+  // renormalisation denominator is 0 and the selected true expert gets weight 0. It keeps its id
+  // in the plan (the router's choice) but has no expert-major entry: the device computes nothing
+  // for it. Expert weights large enough that the expert's output overflows show it: 0 · inf would
+  // be NaN.
+  const index d = 4, f = 3;
+  const ada r(identity_rows(0, 2, d), identity_rows(2, 2, d), {.k = 3, .renormalize = true});
+  moe_test::rng rng(5);
+  auto w = moe_test::random_swiglu(rng, 2, d, f);
+  w.gate *= 1e18f;
+  w.up *= 1e18f;
+  w.down *= 1e18f;
+  moe::layer<ada, moe::swiglu_experts<float>, moe::device::serial> l(r, moe_test::make_bank(w));
+  // Token 0: selection [2 (null), 3 (null), 1]: p_1 = exp(-200) = 0, so D = 0. Token 1: a true
+  // expert with weight 1 whose output overflows: the overflow is real, not hidden.
+  const auto x = moe_test::fmatrix({{-200, 0, 200, 3}, {1, -200, -200, -200}});
+  moe::row_matrix<float> y(2, d);
+  l.forward(x, y);
+  const auto& plan = l.plan();
+  CHECK(plan.expert(0, 2) == 1);
+  CHECK(plan.weight(0, 2) == 0.0f);
+  CHECK(plan.load(1) == 0);  // no row computed for token 0
+  CHECK(plan.load(0) == 1);  // token 1
+  REQUIRE(plan.entries(0).size() == 1);
+  CHECK(plan.entries(0)[0].token == 1);
+  CHECK(plan.entries(0)[0].weight == 1.0f);
+  CHECK(plan.total_assignments() == 1);
+  CHECK(y.row(0).isZero(0.0f));
+  CHECK_FALSE(y.row(1).allFinite());
 }
 
 TEST_CASE("null_experts: without renormalisation the true experts keep their probability", "[routing][null_experts]") {

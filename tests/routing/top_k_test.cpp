@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Tests of include/moe/routing/top_k.hpp and gates.hpp: routing-spec §1.2, §2, §3.
+// Tests of include/moe/routing/top_k.hpp and gates.hpp: docs/routing-spec.md §1.2, §2, §3.
 #include <catch2/catch.hpp>
 
 #include <cmath>

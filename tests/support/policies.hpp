@@ -21,7 +21,7 @@ namespace moe_test {
 
 using moe::index;
 
-/// Golden tolerance of routing-spec errata 2: |got - want| <= 1.5e-6 + 2e-5 |want|.
+/// Golden tolerance of docs/routing-spec.md errata 2: |got - want| <= 1.5e-6 + 2e-5 |want|.
 inline bool golden(double got, double want) { return std::abs(got - want) <= 1.5e-6 + 2e-5 * std::abs(want); }
 
 /// Routes x with a fresh plan and workspace.

@@ -3,9 +3,11 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 
 #include "moe/config.hpp"
+#include "moe/core/views.hpp"
 
 namespace moe {
 
@@ -26,6 +28,13 @@ struct route_context {
   /// tokens 0..L-1 of its own sequence), so `Σ L²` floats in all; one sequence of T tokens is a
   /// `[T × T]` matrix. Used by moe::similarity_aware (attention mode) and moe::ftp (features).
   std::span<const float> attention = {};
+  /// The decoder block's input `[T × d]` (the states before attention), for depth policies: the
+  /// layer-skip papers (MoD, Dr.LLM, γ-MoD, FTP's static rule aside) decide from the block input,
+  /// while the MoE layer sees the states after attention. When set, moe::layer_skip hands these
+  /// rows to its depth policy instead of the layer's `x` (same row count as `x`, the policy's
+  /// hidden size); the experts still run on `x`. Unset: the depth policy decides from `x`
+  /// (docs/routing-spec.md §13). Repeated passes re-route with the inner router only.
+  std::optional<const_matrix_map<float>> block_input = std::nullopt;
   /// Threads a router may use (0: as many as the layer's device uses; moe::layer fills it in).
   int threads = 0;
 };

@@ -16,10 +16,12 @@ namespace moe {
 /// or a slot beyond the token's own `k_t`.
 inline constexpr std::int32_t no_expert = -1;
 
-/// One row of the expert-major view: slot `slot` of token `token`.
+/// One row of the expert-major view: slot `slot` of token `token` and its combine weight, what a
+/// dispatcher needs to compute the row and combine it at its source.
 struct expert_entry {
   std::int32_t token;
   std::int32_t slot;
+  float weight = 0.0f;
 };
 
 /// The routing plan: what a router produces and a device consumes.
@@ -39,7 +41,10 @@ struct expert_entry {
 ///
 /// The expert-major view is built from those by `build_expert_major()`, a stable counting sort:
 /// `offsets()[e] .. offsets()[e+1]` index the `entries()` that expert `e` computes, in token order.
-/// Devices consume only this view.
+/// Devices consume only this view. A slot whose weight is exactly 0 (±0: a renormalisation
+/// denominator of 0, an underflowed gate) contributes nothing and computes nothing: it keeps its
+/// expert id in the token-major data (what the router chose) but has no entry, so `load(e)` counts
+/// the rows expert `e` computes (docs/routing-spec.md §1.2).
 class routing_plan {
  public:
   routing_plan() = default;
@@ -162,7 +167,8 @@ class routing_plan {
   void invalidate() noexcept { m_expert_major_valid = false; }
 
   /// Builds the expert-major view by a stable counting sort (token order is kept inside each
-  /// expert). Throws moe::error if an expert id is outside `[0, E)` and not `no_expert`.
+  /// expert); slots with weight 0 get no entry. Throws moe::error if an expert id is outside
+  /// `[0, E)` and not `no_expert`.
   void build_expert_major() {
     std::fill(m_offsets.begin(), m_offsets.end(), index{0});
     for (std::size_t i = 0; i < m_expert.size(); ++i) {
@@ -175,17 +181,18 @@ class routing_plan {
             detail::concat("expert(", t, ", ", static_cast<index>(i) - t * m_slots, ")"),
             detail::concat("in [0, ", m_experts, ") or moe::no_expert"), e);
       }
-      ++m_offsets[static_cast<std::size_t>(e) + 1];
+      if (m_weight[i] != 0.0f) ++m_offsets[static_cast<std::size_t>(e) + 1];
     }
     for (index e = 0; e < m_experts; ++e) m_offsets[e + 1] += m_offsets[e];
     m_entries.resize(static_cast<std::size_t>(m_offsets[m_experts]));
     m_cursor.assign(m_offsets.begin(), m_offsets.end() - 1);
     for (index t = 0; t < m_tokens; ++t) {
       for (index s = 0; s < m_slots; ++s) {
-        const std::int32_t e = m_expert[at(t, s)];
-        if (e == no_expert) continue;
+        const std::size_t i = at(t, s);
+        const std::int32_t e = m_expert[i];
+        if (e == no_expert || m_weight[i] == 0.0f) continue;
         m_entries[static_cast<std::size_t>(m_cursor[e]++)] = {static_cast<std::int32_t>(t),
-                                                              static_cast<std::int32_t>(s)};
+                                                              static_cast<std::int32_t>(s), m_weight[i]};
       }
     }
     m_expert_major_valid = true;
@@ -203,7 +210,7 @@ class routing_plan {
   }
   /// Number of rows expert `e` computes.
   [[nodiscard]] index load(index e) const noexcept { return m_offsets[e + 1] - m_offsets[e]; }
-  /// Total assignments that compute something.
+  /// Total assignments that compute something (an expert and a nonzero weight).
   [[nodiscard]] index total_assignments() const noexcept { return m_offsets.empty() ? 0 : m_offsets.back(); }
 
  private:

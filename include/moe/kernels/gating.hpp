@@ -25,7 +25,7 @@ inline index argmax(const float* x, index n) noexcept { return active_gating().a
 inline bool has_nan(const float* x, index n) noexcept { return active_gating().has_nan(x, n); }
 /// Replaces NaN by -inf in place.
 inline void nan_to_neg_inf(float* x, index n) noexcept { active_gating().nan_to_neg_inf(x, n); }
-/// Softmax with the ±inf rules of routing-spec §1.2; false for an all -inf row; optional entropy.
+/// Softmax with the ±inf rules of docs/routing-spec.md §1.2; false for an all -inf row; optional entropy.
 inline bool softmax(const float* z, index n, float* p, float* entropy = nullptr) noexcept {
   return active_gating().softmax(z, n, p, entropy);
 }

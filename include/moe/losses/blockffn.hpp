@@ -61,7 +61,7 @@ std::vector<double> finite_scores(const Z& r, const char* where) {
 
 }  // namespace detail::blockffn
 
-/// BlockFFN's chunk sparsification loss (routing-spec §11): with the sum-normalised routing
+/// BlockFFN's chunk sparsification loss (docs/routing-spec.md §11): with the sum-normalised routing
 /// distribution `p_te = â_te / (Σ_e â_te + 1e-5)` (â the RMSNorm output without gain),
 /// `L_CS = coefficient · (1 − mean over chunks c and experts e of Π_{t in c} (1 − p_te + 1e-5))`,
 /// the product computed as `exp(Σ log(...))`. Chunks are consecutive `chunk_length` tokens of each
@@ -160,7 +160,7 @@ double chunk_sparsification_loss(const Eigen::DenseBase<Derived>& scores,
   return loss;
 }
 
-/// BlockFFN's activation locality loss (routing-spec §11 with errata 7): for each token t with a
+/// BlockFFN's activation locality loss (docs/routing-spec.md §11 with errata 7): for each token t with a
 /// predecessor t' = t − 1 in the same sequence,
 /// `L_AL = coefficient · mean_{t, e} BCEWithLogits(logit = s·r_{t'e}, target = sigmoid(s·r_te))`,
 /// averaged over `(T − number of sequences) · E` terms. The target is not detached (as in the

@@ -30,13 +30,13 @@ namespace moe {
 /// The per-token distribution over experts that a balance loss averages into `P`.
 enum class loss_scores {
   softmax,            ///< `p = softmax(z)` (Switch, Mixtral, OLMoE, DiT-MoE)
-  normalized_sigmoid  ///< `p = sigmoid(z) / Σ_e sigmoid(z_e)` (DeepSeek-V3, routing-spec §3/§4); 0 if the sum is 0
+  normalized_sigmoid  ///< `p = sigmoid(z) / Σ_e sigmoid(z_e)` (DeepSeek-V3, docs/routing-spec.md §3/§4); 0 if the sum is 0
 };
 
 namespace detail {
 
 /// Distribution `p [E]` of one row `z [E]` (double) of logits, and what its backward pass needs
-/// in `aux` (`aux[0]` = Σ sigmoid for normalized_sigmoid). Follows routing-spec §1.2 for ±inf
+/// in `aux` (`aux[0]` = Σ sigmoid for normalized_sigmoid). Follows docs/routing-spec.md §1.2 for ±inf
 /// (loss_math::softmax): softmax shares the mass among +inf logits and gives 0 to -inf ones; an
 /// all -inf row gives p = 0. Returns loss_math::softmax's state for softmax (0 degenerate, 2
 /// saturated: a +inf logit, p a constant step; 1 otherwise) and 1 for normalized_sigmoid.

@@ -2,7 +2,7 @@
 // SPDX-FileCopyrightText: The moe authors
 #pragma once
 
-// Dr.LLM router training loss (routing-spec §13.1): focal loss with effective-number class
+// Dr.LLM router training loss (docs/routing-spec.md §13.1): focal loss with effective-number class
 // weights, averaged over (example, layer) pairs. Computed in double.
 
 #include <algorithm>

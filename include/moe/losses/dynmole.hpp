@@ -29,7 +29,7 @@ struct dynmole_loss_value {
   double total = 0;         ///< entropy_coefficient · L_ent + balance_coefficient · L_LB
 };
 
-/// DynMoLE's auxiliary losses (routing-spec §10) for the tokens of a plan routed by moe::dynmole:
+/// DynMoLE's auxiliary losses (docs/routing-spec.md §10) for the tokens of a plan routed by moe::dynmole:
 /// `L_ent = mean_t H(p_t)` (the normalised entropy the router thresholds), and
 /// `L_LB = E Σ_e f_e P_e` with `f_e = mean_t p_te·mask_te` (masked probability, not counts) and
 /// `P_e = mean_t p_te`. The masks are the plan's routes (constants); p, f and P are

@@ -2,7 +2,7 @@
 // SPDX-FileCopyrightText: The moe authors
 #pragma once
 
-// FTP losses (routing-spec §13.4, [OURS] definition): the sparsity constraint, the guide loss
+// FTP losses (docs/routing-spec.md §13.4, [OURS] definition): the sparsity constraint, the guide loss
 // towards the static router and the final-block distillation loss. Total
 // `L = lambda_g L_g + L_s + L_distill`, lambda_g decayed linearly to 0 over training (the caller's
 // schedule). Computed in double.

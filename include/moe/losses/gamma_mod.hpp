@@ -2,7 +2,7 @@
 // SPDX-FileCopyrightText: The moe authors
 #pragma once
 
-// γ-MoD auxiliary loss (routing-spec §13.3): cross-entropy of the shared router's 2-class logits
+// γ-MoD auxiliary loss (docs/routing-spec.md §13.3): cross-entropy of the shared router's 2-class logits
 // against "processed" targets (question tokens, forced in, count as 1), mean over all tokens;
 // the model sums it over the γ-MoD layers and multiplies by 0.01. Computed in double.
 

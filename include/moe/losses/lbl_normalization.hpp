@@ -4,7 +4,7 @@
 
 namespace moe {
 
-/// How a load-balancing loss normalises the expert counts `c_j` (routing-spec §1.3).
+/// How a load-balancing loss normalises the expert counts `c_j` (docs/routing-spec.md §1.3).
 enum class lbl_normalization {
   /// `f_j = c_j / (T·k)`, the share of the T·k assignment slots (default). moe::load_balance_loss
   /// divides by T·k whatever the plan holds, so the fractions sum to 1 only when every token fills

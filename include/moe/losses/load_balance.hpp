@@ -85,7 +85,7 @@ double switch_load_balance_impl(const Eigen::DenseBase<L>& logits, double alpha,
 }
 }  // namespace detail
 
-/// Load-balancing loss of routing-spec §1.3, `L = alpha · E · Σ_e f_e P_e`, for any token-choice
+/// Load-balancing loss of docs/routing-spec.md §1.3, `L = alpha · E · Σ_e f_e P_e`, for any token-choice
 /// plan: `P_e = (1/T) Σ_t p_{t,e}` (p = softmax of the logits, or normalised sigmoid scores) and
 /// `f_e` the share of the plan's assignments that go to expert e (K = plan.max_slots()).
 ///
@@ -106,7 +106,7 @@ double load_balance_loss(const Eigen::DenseBase<L>& logits, const routing_plan& 
   return detail::load_balance_impl(logits, plan, options, &grad);
 }
 
-/// Switch top-1 load-balancing loss (Switch Transformer, routing-spec §1.3 and §5):
+/// Switch top-1 load-balancing loss (Switch Transformer, docs/routing-spec.md §1.3 and §5):
 /// `alpha · E · Σ_e f_e P_e` with `f_e` the share of tokens whose argmax logit is e (ties: lower
 /// index; an all -inf row counts for nobody), computed from the logits alone, hence always before
 /// capacity dropping. T = 0 gives 0.
@@ -121,7 +121,7 @@ double switch_load_balance_loss(const Eigen::DenseBase<L>& logits, double alpha,
   return detail::switch_load_balance_impl(logits, alpha, &grad);
 }
 
-/// DiT-MoE's expert-level balance loss (routing-spec §12): `alpha · Σ_e P_e · E·count_e/(T·k)`,
+/// DiT-MoE's expert-level balance loss (docs/routing-spec.md §12): `alpha · Σ_e P_e · E·count_e/(T·k)`,
 /// which is the per-assignment, all-slots load_balance_loss with softmax scores.
 template <class L>
 double expert_balance_loss(const Eigen::DenseBase<L>& logits, const routing_plan& plan, double alpha = 0.01) {

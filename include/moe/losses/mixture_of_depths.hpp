@@ -2,7 +2,7 @@
 // SPDX-FileCopyrightText: The moe authors
 #pragma once
 
-// Mixture-of-Depths auxiliary loss (routing-spec §13.2): binary cross-entropy of the router
+// Mixture-of-Depths auxiliary loss (docs/routing-spec.md §13.2): binary cross-entropy of the router
 // weights, read as logits, against top-C membership, which trains the causal decision rule
 // `sigmoid(r) > 0.5`. Computed in double.
 

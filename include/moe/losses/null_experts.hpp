@@ -27,13 +27,13 @@ struct null_experts_balance_options {
   lbl_normalization normalization = lbl_normalization::per_assignment;
 };
 
-/// AdaMoE's null-aware load-balancing loss (routing-spec §7):
+/// AdaMoE's null-aware load-balancing loss (docs/routing-spec.md §7):
 /// `L = coefficient · (E + m) · Σ_j f_j · P_j` over the E true and m null columns, with
 /// `P_j = mean_t softmax(z_t)_j`, `f_j` the normalised selection counts (null counts averaged
 /// over the null experts when `null_averaging`).
 ///
 /// @param logits `[T × (E + m)]` router logits (after any temperature), true experts first,
-///               float or double; NaN is an error, ±inf follow routing-spec §1.2.
+///               float or double; NaN is an error, ±inf follow docs/routing-spec.md §1.2.
 /// @param num_true E, in [1, E + m]; the last `E + m - num_true` columns are null experts.
 /// @param k slots per token, in [1, E + m]. The selection is recomputed from the logits with
 ///          the routers' rule (top-k of z, ties to the lower column, -inf never selected): the

@@ -31,7 +31,7 @@ struct rcl_options {
   double eps = 1e-12;
 };
 
-/// ProMoE's routing contrastive loss (routing-spec §8), over the conditional tokens of a batch.
+/// ProMoE's routing contrastive loss (docs/routing-spec.md §8), over the conditional tokens of a batch.
 ///
 /// Token t belongs to the cluster of each routed expert `j < N_E` of its slots in `plan` (only
 /// slot 0 without `use_topk`; unconditional tokens route to experts >= N_E and belong to

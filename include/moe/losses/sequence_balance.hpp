@@ -68,7 +68,7 @@ double sequence_balance_impl(const Eigen::DenseBase<L>& logits, const routing_pl
 }
 }  // namespace detail
 
-/// DeepSeek-V3 complementary sequence-wise balance loss (routing-spec §4), per sequence of length L
+/// DeepSeek-V3 complementary sequence-wise balance loss (docs/routing-spec.md §4), per sequence of length L
 /// then averaged over the non-empty sequences of `ctx.sequence_starts` (empty: the batch is one
 /// sequence; the starts follow the routers' rules of core/sequences.hpp, empty sequences allowed):
 /// ```

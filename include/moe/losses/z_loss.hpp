@@ -55,7 +55,7 @@ double router_z_loss_impl(const Eigen::DenseBase<L>& logits, double c_z, matrix_
 }
 }  // namespace detail
 
-/// Router z-loss (ST-MoE, routing-spec §1.3): `L_z = c_z · (1/T) Σ_t (logsumexp_e z_{t,e})²`,
+/// Router z-loss (ST-MoE, docs/routing-spec.md §1.3): `L_z = c_z · (1/T) Σ_t (logsumexp_e z_{t,e})²`,
 /// computed in double (stable log-sum-exp). A token whose logits are all -inf contributes 0; a +inf
 /// logit throws moe::error (its z-loss is infinite); NaN throws. T = 0 gives 0.
 /// `logits [T × E]` is any Eigen matrix or map of float or double.

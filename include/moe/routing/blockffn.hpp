@@ -27,7 +27,7 @@
 
 namespace moe {
 
-/// Options of moe::blockffn (routing-spec §11).
+/// Options of moe::blockffn (docs/routing-spec.md §11).
 struct blockffn_options {
   /// RMSNorm epsilon, finite and >= 0 (BlockFFN: 1e-5).
   float eps = 1e-5f;
@@ -82,7 +82,7 @@ inline double chunk_sparsity(const routing_plan& plan, index chunk_length, std::
   return chunks > 0 ? 1.0 - fraction / static_cast<double>(chunks) : 0.0;
 }
 
-/// BlockFFN's router (routing-spec §11): ReLU then RMSNorm over the experts, no top-k.
+/// BlockFFN's router (docs/routing-spec.md §11): ReLU then RMSNorm over the experts, no top-k.
 ///
 /// Raw scores `r = W_r x`; `a = ReLU(r)`; `â = a / sqrt(mean_e(a_e²) + eps)`; the gate of expert
 /// e is `â_e · gamma_e`. The active experts are those with `r_e > 0` (exact zeros compute

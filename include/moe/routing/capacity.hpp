@@ -25,15 +25,19 @@ enum class capacity_priority {
   position,          ///< ascending token index (GShard, Switch, DeepSpeed; the default)
   /// descending top-1 gate score (routing_plan::top_score, the first choice's score before
   /// renormalisation and scaling), ties by lower token index (V-MoE batch prioritized routing,
-  /// routing-spec §5); a base that records no top scores is ordered by its slot-0 weight instead
+  /// docs/routing-spec.md §5); a base that records no top scores is ordered by its slot-0 weight instead
   batch_prioritized
 };
 
-/// Options of moe::capacity (routing-spec §5).
+/// Options of moe::capacity (docs/routing-spec.md §5).
 struct capacity_options {
-  /// `C = ceil(capacity_factor · T · K / E)` (guarded, errata 1); must be finite and > 0.
+  /// cf in the capacity formula of `convention`; must be finite and > 0.
   double capacity_factor = 1.0;
-  /// Lower bound of C (DeepSpeed's `min_capacity`); >= 0.
+  /// How C follows from cf: `ceil(cf · T · K / E)` (gshard_ceil, the default: GShard, DeepSpeed),
+  /// `round(cf · T / E)` with ties to even and no K (switch_round: flaxformer / T5X), or
+  /// `floor(cf · T / E)` (expert_choice_floor). docs/routing-spec.md §5.4.
+  capacity_convention convention = capacity_convention::gshard_ceil;
+  /// Lower bound of C (DeepSpeed's `min_capacity`, flaxformer's `min_expert_capacity`); >= 0.
   index min_capacity = 0;
   /// false: the capacity is the largest load, nothing is dropped (DeepSpeed `drop_tokens=False`).
   bool drop_tokens = true;
@@ -56,11 +60,12 @@ struct capacity_stats {
 };
 
 /// Switch/GShard expert capacity with token dropping, over any token-choice policy
-/// (routing-spec §5).
+/// (docs/routing-spec.md §5).
 ///
-/// The base routes; then each expert accepts at most `C = ceil(capacity_factor · T · K / E)`
-/// assignments (K = base.max_slots(); the ceiling is computed in double with the guard of
-/// errata 1, then clamped to `[min_capacity, T]`). Assignments are served slot-major: every slot-0
+/// The base routes; then each expert accepts at most C assignments: by default
+/// `C = ceil(capacity_factor · T · K / E)` (K = base.max_slots(); the ceiling is computed in
+/// double with the guard of errata 1), or the rule of `options.convention` (flaxformer's
+/// `round(cf · T / E)`, expert choice's floor), then clamped to `[min_capacity, T]`. Assignments are served slot-major: every slot-0
 /// assignment before any slot-1 assignment; inside a slot, tokens in ascending index (or by
 /// descending top-1 gate score with batch_prioritized: `plan.top_score(t)`, which every built-in
 /// token-choice router records, or the slot-0 weight for a base that records none). Each expert counts the assignments it is
@@ -103,13 +108,12 @@ class capacity {
   [[nodiscard]] Base& base() noexcept { return m_base; }
   [[nodiscard]] const capacity_options& options() const noexcept { return m_options; }
 
-  /// Places per expert for a batch of T tokens: `clamp(ceil(cf·T·K/E), min_capacity, T)`, or T
-  /// when drop_tokens is false.
+  /// Places per expert for a batch of T tokens: `min(max(C, min_capacity), T)` with C from the
+  /// convention (`ceil(cf·T·K/E)` by default), or T when drop_tokens is false.
   [[nodiscard]] index expert_capacity(index T) const noexcept {
     if (!m_options.drop_tokens) return T;
-    const double x = m_options.capacity_factor * static_cast<double>(T) * static_cast<double>(max_slots()) /
-                     static_cast<double>(num_experts());
-    return std::min(std::max(capacity_ceil(x), m_options.min_capacity), T);
+    const index c = convention_capacity(m_options.convention, m_options.capacity_factor, T, max_slots(), num_experts());
+    return std::min(std::max(c, m_options.min_capacity), T);
   }
 
   /// Routes `x [T × d]` with the base, then applies the capacity.

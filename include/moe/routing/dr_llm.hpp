@@ -2,7 +2,7 @@
 // SPDX-FileCopyrightText: The moe authors
 #pragma once
 
-// Dr.LLM depth routing: skip / execute / repeat per sequence and layer (routing-spec §13.1;
+// Dr.LLM depth routing: skip / execute / repeat per sequence and layer (docs/routing-spec.md §13.1;
 // parameterlab/dr-llm, arXiv 2510.12773).
 //
 // Dispatch, per sequence of T_p prompt tokens entering the layer:

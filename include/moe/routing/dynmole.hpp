@@ -28,7 +28,7 @@ enum class dynmole_entropy {
   renyi     ///< `log(Σ (p+eps)^q + 1e-10) / (1 − q)`, normalised by log E
 };
 
-/// Options of moe::dynmole (routing-spec §10; defaults are DynMoLE's released config).
+/// Options of moe::dynmole (docs/routing-spec.md §10; defaults are DynMoLE's released config).
 struct dynmole_options {
   /// Keep rank r (0-based, by descending probability) iff the cumulative probability `C_r <=
   /// top_p` or `r < keep_top_k`; finite and >= 0 (>= 1 keeps every expert).
@@ -58,7 +58,7 @@ struct dynmole_stats {
 
 namespace detail::dynmole {
 
-/// Normalised entropy of the probabilities `p[0..E)` in double, routing-spec §10; E = 1 gives 0.
+/// Normalised entropy of the probabilities `p[0..E)` in double, docs/routing-spec.md §10; E = 1 gives 0.
 /// What moe::dynmole_loss uses (and the router for Rényi); the router's Tsallis and Shannon
 /// entropies come from kernels::tsallis_entropy (dynmole::normalised_entropy).
 template <class P>
@@ -108,7 +108,7 @@ void normalised_entropy_gradient(const P* p, index E, double q, double eps, dynm
 
 }  // namespace detail::dynmole
 
-/// DynMoLE hybrid routing (routing-spec §10): softmax probabilities, a top-p selection with a
+/// DynMoLE hybrid routing (docs/routing-spec.md §10): softmax probabilities, a top-p selection with a
 /// minimum of `keep_top_k` experts, and a broadcast to every expert when the token's normalised
 /// Tsallis (or Rényi) entropy exceeds `entropy_threshold`.
 ///
@@ -178,7 +178,7 @@ class dynmole {
 
   /// Normalised entropy of one token's probabilities `p [E]` (what the broadcast test uses); 0
   /// when E = 1. Tsallis (and Shannon, q = 1): the canonical fp32 kernels::tsallis_entropy (the
-  /// same bits on every ISA; within the golden tolerance of routing-spec §10) over its maximum
+  /// same bits on every ISA; within the golden tolerance of docs/routing-spec.md §10) over its maximum
   /// `(1 − E^(1−q)) / (q − 1)` (`log E` at q = 1) computed in double. Its `1 − Σ (p+eps)^q` cancels
   /// for q near 1 (about 1e-4 relative at |q − 1| = 1e-3), which moves only tokens within that of
   /// the threshold. Rényi stays in double (detail::dynmole::normalised_entropy): rebuilding

@@ -27,14 +27,20 @@ namespace moe {
 /// (`k_c = floor(T·c/E) = 0`, i.e. `T < E/c`: typically a decode step).
 enum class expert_choice_fallback {
   reject,         ///< throw moe::error naming 'x.rows()' (the default: expert choice is non-causal)
-  route_nowhere,  ///< accept k_c = 0: no token is routed, every MoE output is 0 (routing-spec §6 edge case)
+  route_nowhere,  ///< accept k_c = 0: no token is routed, every MoE output is 0 (docs/routing-spec.md §6 edge case)
   token_choice    ///< route this call by token-choice softmax top-`fallback_k` instead, explicitly
 };
 
-/// Options of moe::expert_choice (routing-spec §6).
+/// Options of moe::expert_choice (docs/routing-spec.md §6).
 struct expert_choice_options {
   /// `c` in `k_c = floor(T·c/E)` (paper default 2, "EC-CF2"); finite and > 0.
   double capacity_factor = 2.0;
+  /// How k_c follows from c: `floor(c · T / E)` (expert_choice_floor, the paper's, the default),
+  /// `round(c · T / E)` with ties to even (switch_round: flaxformer's experts-choose router), or
+  /// `ceil(c · T / E)` (gshard_ceil with K = 1). docs/routing-spec.md §5.4.
+  capacity_convention convention = capacity_convention::expert_choice_floor;
+  /// Lower bound of k_c (flaxformer's `min_expert_capacity`); >= 0. k_c stays <= T.
+  index min_capacity = 0;
   /// Batches with k_c = 0: reject (default), route nowhere, or fall back to token choice.
   expert_choice_fallback small_batch = expert_choice_fallback::reject;
   /// Experts per token of the token-choice fallback, in [1, E].
@@ -52,7 +58,7 @@ struct expert_choice_stats {
   index max_experts_per_token = 0;  ///< the most experts any token got
 };
 
-/// Expert-choice routing (Zhou et al., arXiv 2202.09368; routing-spec §6).
+/// Expert-choice routing (Zhou et al., arXiv 2202.09368; docs/routing-spec.md §6).
 ///
 /// `S = softmax(z)` per token over the E experts; each expert picks the `k_c = floor(T·c/E)`
 /// tokens with the largest `S[:, e]` (floor guarded as in errata 1, clamped to [0, T]; ties: lower
@@ -89,10 +95,11 @@ class expert_choice {
   [[nodiscard]] index max_slots() const noexcept { return m_base.num_experts(); }
   [[nodiscard]] const expert_choice_options& options() const noexcept { return m_options; }
 
-  /// `k_c` for a batch of T tokens: `floor(T·c/E)` (guarded), clamped to [0, T].
+  /// `k_c` for a batch of T tokens: `floor(c·T/E)` (guarded; or the rule of the convention),
+  /// raised to min_capacity, clamped to [0, T].
   [[nodiscard]] index tokens_per_expert(index T) const noexcept {
-    const double x = static_cast<double>(T) * m_options.capacity_factor / static_cast<double>(num_experts());
-    return std::clamp<index>(capacity_floor(x), 0, T);
+    const index c = convention_capacity(m_options.convention, m_options.capacity_factor, T, 1, num_experts());
+    return std::clamp<index>(std::max(c, m_options.min_capacity), 0, T);
   }
 
   /// Routes `x [T × d]` into `plan` (`[T × E]` slots over E experts).
@@ -129,6 +136,7 @@ class expert_choice {
     if (!(o.capacity_factor > 0.0) || !std::isfinite(o.capacity_factor)) {
       detail::fail_parameter(error_id::config, where, "capacity_factor", "finite and > 0", o.capacity_factor);
     }
+    if (o.min_capacity < 0) detail::fail_parameter(error_id::config, where, "min_capacity", ">= 0", o.min_capacity);
     detail::check_range<index>(where, "fallback_k", o.fallback_k, 1, E);
     return o;
   }
@@ -143,7 +151,8 @@ class expert_choice {
     if (kc == 0 && m_options.small_batch == expert_choice_fallback::reject) {
       detail::fail_parameter(error_id::input, where, detail::concat(param, ".rows()"),
                              detail::concat(">= E/c = ", static_cast<double>(E) / m_options.capacity_factor,
-                                            " so that every expert picks a token (k_c = floor(T·c/E) is 0; "
+                                            " so that every expert picks a token (k_c is 0 under ",
+                                            to_string(m_options.convention), "; "
                                             "expert choice needs a full-sequence call: for decode steps set "
                                             "expert_choice_options::small_batch to token_choice or route_nowhere)"),
                              T);

@@ -2,7 +2,7 @@
 // SPDX-FileCopyrightText: The moe authors
 #pragma once
 
-// FTP: fine-grained token-wise pruning with a token router (routing-spec §13.4; arXiv
+// FTP: fine-grained token-wise pruning with a token router (docs/routing-spec.md §13.4; arXiv
 // 2412.11494). No code or paper body was available: the features, the decision and the losses are
 // the spec's [OURS] definition.
 //

@@ -2,14 +2,15 @@
 // SPDX-FileCopyrightText: The moe authors
 #pragma once
 
-// γ-MoD: Mixture-of-Depths adapted to multimodal LLMs (routing-spec §13.3; Yaxin9Luo/Gamma-MOD,
+// γ-MoD: Mixture-of-Depths adapted to multimodal LLMs (docs/routing-spec.md §13.3; Yaxin9Luo/Gamma-MOD,
 // arXiv 2410.13859).
 //
 // Dispatch, per sequence of L tokens whose first L_ic are image + instruction tokens:
 //   1. z_t = W x_t, W [2 × d] without bias: ONE router shared by every γ-MoD layer;
 //      p_t = softmax(z_t)[1], the probability of "process";
-//   2. phase training (and prefill by default): masked routing, score_t = p_t + 1 for the
-//      question / response tokens (position >= L_ic), so they are always selected; capacity
+//   2. phase training (and prefill by default): masked routing, the question / response tokens
+//      (position >= L_ic) always selected (the paper scores them p_t + 1; here they rank ahead of
+//      every image token explicitly, so saturated logits cannot tie them, §13.3); capacity
 //      C = ceil(L (1 - f L_ic / L)) in double with the §1.2 guard (f = 0.5: C = L - floor(L_ic/2));
 //      if L <= L_ic every token is processed; the top-C scores enter (ties: lower position);
 //   3. phase prefill with a prefill threshold: token t enters iff p_t > threshold (the released
@@ -176,13 +177,11 @@ class gamma_mod {
     } else if (phase == gamma_mod_phase::prefill && m_options.prefill_threshold >= 0.0) {
       for (index t = 0; t < T; ++t) plan.set_passes(t, v[t] > m_prefill_logit ? 1 : 0);
     } else {
-      float* score = ws.take<float>(static_cast<std::size_t>(std::max<index>(T, 1)));
       index* idx = ws.take<index>(static_cast<std::size_t>(std::max<index>(T, 1)));
       detail::for_each_sequence(ctx.sequence_starts, T, where, [&](index begin, index end) {
-        for (index t = begin; t < end; ++t) {
-          score[t] = t - begin >= m_options.instruction_tokens ? p[t] + 1.0f : p[t];
-        }
-        detail::depth::select_top(score, begin, end, capacity(end - begin), idx, plan);
+        // Question / response tokens rank ahead of every image token explicitly: the paper's
+        // `p + 1` ties with a saturated image token (p = 1.0f) once p < 2^-24.
+        detail::depth::select_top(p, begin, end, capacity(end - begin), idx, plan, m_options.instruction_tokens);
       });
     }
     for (index t = 0; t < T; ++t) {

@@ -9,7 +9,7 @@
 
 namespace moe {
 
-/// What a router does with NaN logits (routing-spec §1.2).
+/// What a router does with NaN logits (docs/routing-spec.md §1.2).
 enum class nan_policy {
   error,      ///< throw moe::error naming the token and the expert (the default)
   to_neg_inf  ///< map NaN to -inf before anything else (the expert is then never selected)

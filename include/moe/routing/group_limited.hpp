@@ -25,13 +25,13 @@
 
 namespace moe {
 
-/// How group-limited routing scores a group of experts (routing-spec §4 step 4).
+/// How group-limited routing scores a group of experts (docs/routing-spec.md §4 step 4).
 enum class group_score {
   top2_sum,  ///< sum of the two largest biased scores of the group (DeepSeek-V3); a group of one expert scores its score
   max        ///< the largest biased score of the group (DeepSeek-V2 softmax mode)
 };
 
-/// Options of moe::group_limited (routing-spec §4).
+/// Options of moe::group_limited (docs/routing-spec.md §4).
 struct group_limited_options {
   /// Experts per token, in [1, topk_groups · E / n_groups].
   int k = 8;
@@ -55,7 +55,7 @@ struct group_limited_options {
   nan_policy nan = nan_policy::error;
 };
 
-/// DeepSeek-V3 group-limited routing with auxiliary-loss-free bias balancing (routing-spec §4).
+/// DeepSeek-V3 group-limited routing with auxiliary-loss-free bias balancing (docs/routing-spec.md §4).
 ///
 /// Per token: scores `s = gate(z)`; biased scores `s' = s + b` choose the experts (a -inf logit
 /// is never chosen); the experts form `n_groups` contiguous groups, each scored by its two best
@@ -80,7 +80,7 @@ struct group_limited_options {
 /// every group with a finite score, and among such groups the lower index wins; its selectable
 /// expert, if any, stays selectable when the group is kept.
 ///
-/// Balancing (aux-loss-free, routing-spec §4): after each optimiser step call
+/// Balancing (aux-loss-free, docs/routing-spec.md §4): after each optimiser step call
 /// `update_bias(plan, gamma)`: `b_e += gamma · sign(mean_load - load_e)` (sign(0) = 0), the load
 /// counted over the assignments of the plan handed in; `update_bias(load, gamma)` takes counts
 /// that the caller has summed itself (e.g. all-reduced over data-parallel ranks). Routing is
@@ -242,14 +242,19 @@ class group_limited {
       m_base.gate_row(zt, s, &H, key);
       plan.set_entropy(t, H);
       for (index e = 0; e < E; ++e) key[e] = zt[e] == neg_inf ? neg_inf : s[e] + b[e];
-      for (index grp = 0; grp < G; ++grp) {
-        const float v = group_value(key + grp * g, g);
-        // A -inf group ranks below every finite one; among them the lower index wins.
-        gkey[grp] = v == neg_inf ? std::numeric_limits<float>::lowest() : v;
-      }
-      const index kept = kernels::top_k(gkey, G, m_options.topk_groups, gidx);
+      for (index grp = 0; grp < G; ++grp) gkey[grp] = group_value(key + grp * g, g);
+      // The groups with a score above -inf first (top_k never selects -inf), then the -inf
+      // groups in ascending index: ranked explicitly, not through a sentinel score such as
+      // lowest(), which a finite group score can equal (two biases of -FLT_MAX/2).
+      index kept = kernels::top_k(gkey, G, m_options.topk_groups, gidx);
       for (index grp = 0; grp < G; ++grp) keep[grp] = 0;
       for (index i = 0; i < kept; ++i) keep[gidx[i]] = 1;
+      for (index grp = 0; grp < G && kept < m_options.topk_groups; ++grp) {
+        if (gkey[grp] == neg_inf) {
+          keep[grp] = 1;
+          ++kept;
+        }
+      }
       for (index grp = 0; grp < G; ++grp) {
         for (index e = grp * g; e < (grp + 1) * g; ++e) {
           if (!keep[grp]) key[e] = neg_inf;          // -inf, not 0.0

@@ -2,7 +2,7 @@
 // SPDX-FileCopyrightText: The moe authors
 #pragma once
 
-// Layer skipping (routing-spec §13): a depth policy decides, per token, how many times the layer
+// Layer skipping (docs/routing-spec.md §13): a depth policy decides, per token, how many times the layer
 // runs (0 = skip, 1 = execute, 2 = repeat) and by how much its output is scaled; moe::layer_skip
 // wraps any token-choice router with such a policy, so the experts a token would use come from
 // the inner router and whether it uses them at all from the depth policy.
@@ -16,6 +16,7 @@
 #include <concepts>
 #include <cstdint>
 #include <iomanip>
+#include <limits>
 #include <ostream>
 #include <span>
 #include <type_traits>
@@ -167,12 +168,20 @@ namespace detail::depth {
 
 /// Marks (passes = 1) the C tokens with the largest keys among rows `[begin, end)` and skips
 /// (passes = 0) the others. Ties go to the lower position. `idx` has room for end - begin values.
-/// The order is a total order (key descending, then position ascending), so the selected set does
-/// not depend on the selection algorithm.
-inline void select_top(const float* key, index begin, index end, index C, index* idx, routing_plan& plan) {
+/// Tokens at positions `>= forced_from` within the sequence (row `begin + forced_from` onwards)
+/// rank ahead of every other token whatever the keys (γ-MoD's question tokens): the rank is
+/// explicit, not a score offset, which saturated keys could tie (`p + 1 = 1.0f = p'`).
+/// The order is a total order (forced first, key descending, then position ascending), so the
+/// selected set does not depend on the selection algorithm.
+inline void select_top(const float* key, index begin, index end, index C, index* idx, routing_plan& plan,
+                       index forced_from = std::numeric_limits<index>::max()) {
   const index n = end - begin;
   for (index i = 0; i < n; ++i) idx[i] = begin + i;
-  const auto before = [key](index a, index b) { return key[a] > key[b] || (key[a] == key[b] && a < b); };
+  const auto before = [key, begin, forced_from](index a, index b) {
+    const bool fa = a - begin >= forced_from, fb = b - begin >= forced_from;
+    if (fa != fb) return fa;
+    return key[a] > key[b] || (key[a] == key[b] && a < b);
+  };
   if (C > 0 && C < n) std::nth_element(idx, idx + C - 1, idx + n, before);
   for (index i = 0; i < n; ++i) plan.set_passes(idx[i], i < C ? 1 : 0);
 }
@@ -233,10 +242,16 @@ class layer_skip {
   [[nodiscard]] Depth& depth() noexcept { return m_depth; }
 
   /// Routes `x [T × d]`: the inner router fills the slots, the depth policy sets passes and
-  /// output scales, and the slots of skipped tokens are cleared.
+  /// output scales from `ctx.block_input` when given (the decoder block's input, as the papers
+  /// decide) or from `x`, and the slots of skipped tokens are cleared.
   void route(const_matrix_map<float> x, const route_context& ctx, routing_plan& plan, workspace& ws) const {
     m_inner.route(x, ctx, plan, ws);
-    m_depth.decide(x, ctx, plan, ws);
+    if (ctx.block_input) {
+      detail::check_extent("moe::layer_skip::route", "ctx.block_input->rows()", ctx.block_input->rows(), x.rows());
+      m_depth.decide(*ctx.block_input, ctx, plan, ws);
+    } else {
+      m_depth.decide(x, ctx, plan, ws);
+    }
     for (index t = 0; t < plan.num_tokens(); ++t) {
       if (plan.passes(t) != 0) continue;
       for (index s = 0; s < plan.max_slots(); ++s) plan.set(t, s, no_expert, 0.0f);

@@ -2,7 +2,7 @@
 // SPDX-FileCopyrightText: The moe authors
 #pragma once
 
-// Mixture-of-Depths capacity routing (routing-spec §13.2; Raposo et al., arXiv 2404.02258).
+// Mixture-of-Depths capacity routing (docs/routing-spec.md §13.2; Raposo et al., arXiv 2404.02258).
 //
 // Dispatch:
 //   1. r_t = w · x_t, one scalar router weight per token (canonical GEMM, batch invariant);

@@ -19,7 +19,7 @@
 
 namespace moe {
 
-/// What AdaMoE reports about a plan routed with null experts (routing-spec §7).
+/// What AdaMoE reports about a plan routed with null experts (docs/routing-spec.md §7).
 struct null_experts_stats {
   index tokens = 0;                ///< T
   index slots = 0;                 ///< k: slots per token, null slots included
@@ -29,7 +29,7 @@ struct null_experts_stats {
   index tokens_without_expert = 0; ///< tokens whose every slot is null (their MoE output is 0)
 };
 
-/// AdaMoE null experts (routing-spec §7): `m` extra score columns that compute nothing, so the
+/// AdaMoE null experts (docs/routing-spec.md §7): `m` extra score columns that compute nothing, so the
 /// number of true experts per token adapts (`k_eff(t)` in `[0, k]`).
 ///
 /// The base policy scores `E + m` columns: the E true experts, then the m null experts (router

@@ -31,7 +31,7 @@ enum class prototype_activation {
   softmax    ///< softmax of the scaled cosines over the N_E routed experts
 };
 
-/// Options of moe::prototypical (routing-spec §8).
+/// Options of moe::prototypical (docs/routing-spec.md §8).
 struct prototypical_options {
   /// Routed experts per conditional token, in [1, N_E] (ProMoE: 1).
   int k = 1;
@@ -57,7 +57,7 @@ struct prototypical_stats {
   index negative_gates = 0;        ///< routed slots whose gate is < 0 (identity activation)
 };
 
-/// ProMoE prototypical routing with conditional routing (routing-spec §8).
+/// ProMoE prototypical routing with conditional routing (docs/routing-spec.md §8).
 ///
 /// A conditional token `x` scores the N_E routed experts by the scaled cosine similarity to
 /// their prototypes, `Z_j = alpha · <x/max(‖x‖,eps), p_j/max(‖p_j‖,eps)>`, selects the k best

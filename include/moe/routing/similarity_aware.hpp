@@ -44,7 +44,7 @@ enum class combine_weights {
   own     ///< the token's own scores π_i, through the same weigh stage
 };
 
-/// Options of moe::similarity_aware (routing-spec §9 and its Additions).
+/// Options of moe::similarity_aware (docs/routing-spec.md §9 and its Additions).
 struct similarity_aware_options {
   /// Token similarity (default) or the caller's attention.
   similarity_source source = similarity_source::tokens;
@@ -103,7 +103,7 @@ class scaled_dot_similarity {
   float m_tau = 0.0f;
 };
 
-/// Bilinear similarity `x_i^T W_s x_j / tau` with a learnt `W_s [d × d]` (routing-spec §9).
+/// Bilinear similarity `x_i^T W_s x_j / tau` with a learnt `W_s [d × d]` (docs/routing-spec.md §9).
 class bilinear_similarity {
  public:
   /// @param w_s `[d × d]` (copied and packed); @param tau > 0, or 0 for `sqrt(d)`.
@@ -183,7 +183,7 @@ struct similarity_aware_stats {
   double fluctuation = std::numeric_limits<double>::quiet_NaN();
 };
 
-/// Similarity-aware and attention-aware routing ("Graph of Tokens", routing-spec §9, [OURS]).
+/// Similarity-aware and attention-aware routing ("Graph of Tokens", docs/routing-spec.md §9, [OURS]).
 ///
 /// Per sequence (`route_context::sequence_starts`), token i adopts the routing of the tokens it
 /// resembles: with a row-stochastic `S [L × L]`, the mixed distribution is

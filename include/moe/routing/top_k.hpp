@@ -23,7 +23,7 @@
 
 namespace moe {
 
-/// Options of moe::top_k (routing-spec §2 softmax, §3 sigmoid).
+/// Options of moe::top_k (docs/routing-spec.md §2 softmax, §3 sigmoid).
 struct top_k_options {
   /// Experts per token, in [1, num_experts].
   int k = 2;

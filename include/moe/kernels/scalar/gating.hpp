@@ -8,7 +8,7 @@
 //     lane j += lane j+8, then j+4, j+2, j+1), the order every SIMD width reproduces;
 //   - max, argmax and top-k are exact (no rounding), ties go to the lower index;
 //   - exp / log / sigmoid are the canonical functions of kernels/math.hpp.
-// Non-finite rules (routing-spec §1.2): a -inf score is never selected; +inf scores share a
+// Non-finite rules (docs/routing-spec.md §1.2): a -inf score is never selected; +inf scores share a
 // softmax's mass equally; NaN must be rejected or mapped to -inf before these kernels run.
 
 #include <cmath>
