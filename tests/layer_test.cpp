@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // Tests of include/moe/layer.hpp: the generic layer against the naive reference.
 #include <catch2/catch.hpp>
+#include <cstdint>
+#include <vector>
 
 #include <algorithm>
 #include <cstring>
@@ -150,7 +152,53 @@ TEST_CASE("layer: bad configurations and shapes throw moe::error naming the para
   CHECK_THROWS_WITH(layer.forward(x, y_short), Catch::Contains("parameter 'y.rows()' must be equal to 3, got 2"));
   CHECK_THROWS_WITH(layer.forward(x, x), Catch::Contains("parameter 'y' must not overlap 'x'"));
   x(1, 3) = std::numeric_limits<float>::quiet_NaN();
+  // Non-finite token states are refused at the entry of forward (and of route), naming the element.
+  CHECK_THROWS_WITH(layer.forward(x, y), Catch::Contains("parameter 'x' has a non-finite value nan at (1, 3)"));
+  CHECK_THROWS_WITH(layer.route(x), Catch::Contains("parameter 'x' has a non-finite value nan at (1, 3)"));
+  x(1, 3) = -std::numeric_limits<float>::infinity();
+  CHECK_THROWS_WITH(layer.forward(x, y), Catch::Contains("parameter 'x' has a non-finite value -inf at (1, 3)"));
+  // On request they propagate: the router then sees the NaN logit and applies its own NaN policy.
+  layer.set_nonfinite(moe::nonfinite_policy::propagate);
+  CHECK(layer.nonfinite() == moe::nonfinite_policy::propagate);
+  x(1, 3) = std::numeric_limits<float>::quiet_NaN();
   CHECK_THROWS_WITH(layer.forward(x, y), Catch::Contains("NaN router logit (token 1"));
+  x(1, 3) = 1.0f;
+  x(2, 7) = std::numeric_limits<float>::max();
+  layer.forward(x, y);  // finite extremes are legal
+  CHECK(y.row(0).allFinite());
+}
+
+TEST_CASE("layer and routers take any row-major Eigen matrix, map or block, const or not", "[layer][views]") {
+  moe_test::rng rng(37);
+  const auto w = moe_test::random_swiglu(rng, 4, 8, 6);
+  const moe::top_k<> r(rng.matrix(4, 8), {.k = 2});
+  moe::layer<moe::top_k<>, moe::swiglu_experts<float>, moe::device::serial> layer(r, moe_test::make_bank(w));
+  moe::row_matrix<float> x = rng.matrix(6, 8), y(6, 8), y2(6, 8);
+  moe::routing_plan plan;
+  moe::workspace ws;
+  ws.reset();
+  r.route(moe::view(x), {}, plan, ws);  // a non-const matrix: no std::as_const needed
+  const auto want = plan.all_experts();
+  const std::vector<std::int32_t> experts(want.begin(), want.end());
+  ws.reset();
+  const Eigen::Map<const moe::row_matrix<float>> cx(x.data(), 6, 8);
+  r.route(moe::view(cx), {}, plan, ws);
+  CHECK(std::vector<std::int32_t>(plan.all_experts().begin(), plan.all_experts().end()) == experts);
+  layer.forward(x, y);
+  layer.forward(cx, moe::view(y2));
+  CHECK(std::memcmp(y.data(), y2.data(), sizeof(float) * 48) == 0);
+  auto top = x.topRows(3);
+  moe::row_matrix<float> y3(3, 8);
+  layer.forward(top, y3);
+  CHECK(std::memcmp(y.data(), y3.data(), sizeof(float) * 24) == 0);  // batch invariant
+  // Statistics say "n/a" for what the plan does not hold (a router without entropy: none here
+  // after an empty batch).
+  const moe::row_matrix<float> empty(0, 8);
+  layer.route(empty);
+  std::ostringstream out;
+  out << layer.stats();
+  CHECK(out.str().find("routing entropy n/a") != std::string::npos);
+  CHECK(out.str().find("nan") == std::string::npos);
 }
 
 TEST_CASE("layer: a second forward of the same batch gives the same output", "[layer]") {

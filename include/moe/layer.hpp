@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <type_traits>
 #include <utility>
 
 #include "moe/concepts.hpp"
@@ -56,9 +57,18 @@ class layer {
   static_assert(expert_bank<Experts>,
                 "moe::layer<Router, Experts, Device>: Experts must model moe::expert_bank "
                 "(e.g. moe::swiglu_experts<float>)");
+  static_assert(execution_device<Device>,
+                "moe::layer<Router, Experts, Device>: Device must model moe::execution_device: give it "
+                "'using device_type', 'using memory_space', 'using workspace_type' and name()");
   static_assert(device_for<Device, Experts>,
                 "moe::layer<Router, Experts, Device>: Device must model moe::device_for<Device, "
-                "Experts> (moe::device::cpu or moe::device::serial)");
+                "Experts>: num_experts(bank), workspace_bytes(pass), run(pass, y, ws), add(a, b, out), "
+                "accumulate(a, mask, out) for this bank (moe::device::cpu and moe::device::serial run "
+                "every moe::detail::host_ffn_bank)");
+  static_assert(accessible_from<Device, host_memory>,
+                "moe::layer<Router, Experts, Device>: the layer's token views are host Eigen matrices "
+                "(host_memory), which Device cannot read; give the layer views in the device's "
+                "memory space, or run it on moe::device::cpu");
 
  public:
   using router_type = Router;
@@ -80,6 +90,16 @@ class layer {
   }
 
   /// `y [T × d] = MoE(x [T × d])`; y is overwritten and must not overlap x.
+  ///
+  /// The layer is a driver: route (through moe::route_on, so a device may route itself) →
+  /// prepare (device-neutral plan processing: skipped tokens lose their slots, the expert-major
+  /// view is built) → run on the device (routed and shared experts, output scale). Repeated
+  /// passes repeat the three steps on `h = x + y`, the rows added by the device.
+  ///
+  /// Non-finite token states: by default a NaN or ±inf in x throws moe::error naming the first
+  /// (token, feature); `set_nonfinite(nonfinite_policy::propagate)` skips the check (its cost is
+  /// one pass over x, measured in bench/layer_bench.cpp), and non-finite values then flow through
+  /// the experts as IEEE arithmetic makes them (an inf in x typically gives NaN in y).
   void forward(const_matrix_map<float> x, matrix_map<float> y, const route_context& ctx = {}) {
     constexpr const char* where = "moe::layer::forward";
     detail::check_extent(where, "x.cols()", x.cols(), hidden());
@@ -89,21 +109,24 @@ class layer {
       detail::throw_error(error_id::shape, "moe::layer::forward: parameter 'y' must not overlap "
                                            "'x' (in-place forward is not supported)");
     }
-    m_ws.reset();
-    m_router.route(x, with_threads(ctx), m_plan, m_ws);
-    const int max_passes = clear_skipped(m_plan);
-    m_plan.build_expert_major();
-    m_device.dispatch(m_plan, x, m_experts, y, m_ws);
-    add_shared(x, y, m_plan, nullptr);
-    if (m_plan.has_output_scale()) scale_rows(y, m_plan, nullptr);
+    if (m_nonfinite == nonfinite_policy::error) detail::check_finite_rows(where, "x", x);
+    m_route_ws.reset();
+    route_on(m_device, m_router, x, with_threads(ctx), m_plan, m_route_ws);
+    const int max_passes = prepare(m_plan, nullptr);
+    run_pass(m_plan, x, nullptr, y);
     if (max_passes > 1) repeat_passes(x, y, ctx, max_passes);
-    m_ws.reset();  // a pass that grew the workspace consolidates it now, not in the next forward
+    // A pass that grew a workspace consolidates it now, not in the next forward.
+    m_route_ws.reset();
+    if constexpr (requires { m_ws.reset(); }) m_ws.reset();
   }
 
-  /// Eigen convenience: any row-major matrix, Map or Block.
+  /// Eigen convenience: any row-major matrix, Map or Block, const or not.
   template <class X, class Y>
+    requires(!(std::is_same_v<X, const_matrix_map<float>> && std::is_same_v<std::remove_cvref_t<Y>, matrix_map<float>>))
   void forward(const Eigen::DenseBase<X>& x, Y&& y, const route_context& ctx = {}) {
-    forward(view(x), view(std::forward<Y>(y)), ctx);
+    static_assert(accessible_from<Device, memory_space_of_t<X>>,
+                  "moe::layer::forward: x is in a memory space the device cannot read");
+    forward(const_matrix_map<float>(view(x)), matrix_map<float>(view(std::forward<Y>(y))), ctx);
   }
 
   /// Routes `x` without running the experts; returns the plan (valid until the next call).
@@ -111,13 +134,14 @@ class layer {
   /// experts' output).
   const routing_plan& route(const_matrix_map<float> x, const route_context& ctx = {}) {
     detail::check_extent("moe::layer::route", "x.cols()", x.cols(), hidden());
-    m_ws.reset();
-    m_router.route(x, with_threads(ctx), m_plan, m_ws);
-    clear_skipped(m_plan);
-    m_plan.build_expert_major();
-    m_ws.reset();
+    if (m_nonfinite == nonfinite_policy::error) detail::check_finite_rows("moe::layer::route", "x", x);
+    m_route_ws.reset();
+    route_on(m_device, m_router, x, with_threads(ctx), m_plan, m_route_ws);
+    prepare(m_plan, nullptr);
+    m_route_ws.reset();
     return m_plan;
   }
+  /// Eigen convenience: any row-major matrix, Map or Block, const or not.
   template <class X>
   const routing_plan& route(const Eigen::DenseBase<X>& x, const route_context& ctx = {}) {
     return route(view(x), ctx);
@@ -136,12 +160,18 @@ class layer {
     return m_router.policy_stats(m_plan);
   }
 
+  /// What forward() does with NaN or ±inf in x (default: nonfinite_policy::error).
+  void set_nonfinite(nonfinite_policy p) noexcept { m_nonfinite = p; }
+  [[nodiscard]] nonfinite_policy nonfinite() const noexcept { return m_nonfinite; }
+
   [[nodiscard]] index hidden() const noexcept { return m_experts.hidden(); }
-  [[nodiscard]] index num_experts() const noexcept { return m_experts.num_experts(); }
+  /// Logical experts the layer routes to (the device's: all of the bank's on one process).
+  [[nodiscard]] index num_experts() const { return m_device.num_experts(m_experts); }
   [[nodiscard]] const Router& router() const noexcept { return m_router; }
   [[nodiscard]] Router& router() noexcept { return m_router; }
   [[nodiscard]] const Experts& experts() const noexcept { return m_experts; }
   [[nodiscard]] const Device& device() const noexcept { return m_device; }
+  [[nodiscard]] Device& device() noexcept { return m_device; }
   [[nodiscard]] bool has_shared_experts() const noexcept { return m_shared.has_value(); }
 
  private:
@@ -155,123 +185,67 @@ class layer {
 
   void check_parts() const {
     constexpr const char* where = "moe::layer";
-    detail::check_extent(where, "router.num_experts()", m_router.num_experts(), m_experts.num_experts());
+    detail::check_extent(where, "router.num_experts()", m_router.num_experts(), num_experts());
     detail::check_extent(where, "router.hidden()", m_router.hidden(), m_experts.hidden());
     if (m_shared) detail::check_extent(where, "shared.hidden()", m_shared->hidden(), m_experts.hidden());
   }
 
-  // Clears the slots of skipped tokens (passes 0); returns the largest pass count (0 if T = 0).
-  static int clear_skipped(routing_plan& plan) noexcept {
+  // Device-neutral plan processing: clears the slots of the tokens that do not run (passes 0, or
+  // mask[t] == 0 when a mask is given) and builds the expert-major view. Returns the largest pass
+  // count (0 if T = 0).
+  static int prepare(routing_plan& plan, const std::uint8_t* mask) {
     int max_passes = 0;
     for (index t = 0; t < plan.num_tokens(); ++t) {
       const int p = plan.passes(t);
       max_passes = std::max(max_passes, p);
-      if (p != 0) continue;
+      if (mask ? mask[t] != 0 : p != 0) continue;
       for (index s = 0; s < plan.max_slots(); ++s) {
         if (plan.expert(t, s) != no_expert) plan.set(t, s, no_expert, 0.0f);
       }
     }
+    plan.build_expert_major();
     return max_passes;
   }
 
-  // Token t runs in this pass: mask[t] != 0 if a mask is given, else passes(t) != 0.
-  static bool runs(const routing_plan& plan, const std::uint8_t* mask, index t) noexcept {
-    return mask ? mask[t] != 0 : plan.passes(t) != 0;
-  }
-
-  // y += shared experts of x for the tokens that run. When every token runs this is one dense
-  // pass; otherwise the running rows of x and y are gathered, the dense pass runs on them and
-  // the rows are scattered back (the same bits per row: the shared bank is batch invariant).
-  void add_shared(const_matrix_map<float> x, matrix_map<float> y, const routing_plan& plan,
-                  const std::uint8_t* mask) {
-    if (!m_shared) return;
-    const index T = x.rows(), d = hidden();
-    index n = 0;
-    for (index t = 0; t < T; ++t) n += runs(plan, mask, t);
-    if (n == 0) return;
-    if (n == T) {
-      float* g = nullptr;
-      if (m_shared->gated()) {
-        g = m_ws.take<float>(static_cast<std::size_t>(T));
-        m_shared->gates(x, g, m_ws);
-      }
-      m_device.accumulate_dense(x, m_shared->bank(), g, y, m_ws);
-      return;
-    }
-    float* xc = m_ws.take<float>(static_cast<std::size_t>(n * d));  // [n × d]
-    float* yc = m_ws.take<float>(static_cast<std::size_t>(n * d));  // [n × d]
-    for (index t = 0, i = 0; t < T; ++t) {
-      if (!runs(plan, mask, t)) continue;
-      std::copy_n(x.data() + t * x.outerStride(), d, xc + i * d);
-      std::copy_n(y.data() + t * y.outerStride(), d, yc + i * d);
-      ++i;
-    }
-    const auto xv = map(static_cast<const float*>(xc), n, d);
-    float* g = nullptr;
-    if (m_shared->gated()) {
-      g = m_ws.take<float>(static_cast<std::size_t>(n));
-      m_shared->gates(xv, g, m_ws);
-    }
-    m_device.accumulate_dense(xv, m_shared->bank(), g, map(yc, n, d), m_ws);
-    for (index t = 0, i = 0; t < T; ++t) {
-      if (!runs(plan, mask, t)) continue;
-      std::copy_n(yc + i * d, d, y.data() + t * y.outerStride());
-      ++i;
-    }
-  }
-
-  // y_t *= output_scale(t) for the tokens that run.
-  static void scale_rows(matrix_map<float> y, const routing_plan& plan, const std::uint8_t* mask) noexcept {
-    for (index t = 0; t < y.rows(); ++t) {
-      const float s = plan.output_scale(t);
-      if (s == 1.0f || !runs(plan, mask, t)) continue;
-      y.row(t) *= s;
-    }
+  void run_pass(const routing_plan& plan, const_matrix_map<float> x, const std::uint8_t* mask, matrix_map<float> y) {
+    const layer_pass<Experts> pass{&plan, x, &m_experts, m_shared ? &*m_shared : nullptr, mask};
+    m_ws.reset();
+    m_ws.reserve(m_device.workspace_bytes(pass));
+    m_device.run(pass, y, m_ws);
   }
 
   // Passes 2..max_passes of repeated tokens: h = x + y, route h again, y += one pass on h.
   void repeat_passes(const_matrix_map<float> x, matrix_map<float> y, const route_context& ctx, int max_passes) {
     const index T = x.rows(), d = hidden();
-    float* h = m_ws.take<float>(static_cast<std::size_t>(T * d));   // [T × d]
-    float* yp = m_ws.take<float>(static_cast<std::size_t>(T * d));  // [T × d]
-    auto* mask = m_ws.take<std::uint8_t>(static_cast<std::size_t>(T));
+    float* h = m_route_ws.take<float>(static_cast<std::size_t>(T * d));   // [T × d]
+    float* yp = m_route_ws.take<float>(static_cast<std::size_t>(T * d));  // [T × d]
+    auto* mask = m_route_ws.take<std::uint8_t>(static_cast<std::size_t>(T));
     const auto hv = map(static_cast<const float*>(h), T, d);
     for (int pass = 2; pass <= max_passes; ++pass) {
-      for (index t = 0; t < T; ++t) {
-        for (index i = 0; i < d; ++i) h[t * d + i] = x(t, i) + y(t, i);
-      }
-      const route_context pass_ctx = with_threads(ctx);
-      if constexpr (requires { m_router.route_repeat(hv, pass_ctx, m_repeat_plan, m_ws); }) {
-        m_router.route_repeat(hv, pass_ctx, m_repeat_plan, m_ws);
-      } else {
-        m_router.route(hv, pass_ctx, m_repeat_plan, m_ws);
-      }
+      m_device.add(x, map(static_cast<const float*>(y.data()), T, d, y.outerStride()), map(h, T, d));
+      route_on(m_device, m_router, hv, with_threads(ctx), m_repeat_plan, m_route_ws, true);
       detail::check_extent("moe::layer::forward", "repeat plan num_tokens()", m_repeat_plan.num_tokens(), T);
-      for (index t = 0; t < T; ++t) {
-        mask[t] = m_plan.passes(t) >= pass && m_repeat_plan.passes(t) != 0;
-        if (mask[t]) continue;
-        for (index s = 0; s < m_repeat_plan.max_slots(); ++s) {
-          if (m_repeat_plan.expert(t, s) != no_expert) m_repeat_plan.set(t, s, no_expert, 0.0f);
-        }
-      }
-      m_repeat_plan.build_expert_major();
+      for (index t = 0; t < T; ++t) mask[t] = m_plan.passes(t) >= pass && m_repeat_plan.passes(t) != 0;
+      prepare(m_repeat_plan, mask);
       auto yv = map(yp, T, d);
-      m_device.dispatch(m_repeat_plan, hv, m_experts, yv, m_ws);
-      add_shared(hv, yv, m_repeat_plan, mask);
-      if (m_repeat_plan.has_output_scale()) scale_rows(yv, m_repeat_plan, mask);
-      for (index t = 0; t < T; ++t) {
-        if (mask[t]) y.row(t) += yv.row(t);
-      }
+      run_pass(m_repeat_plan, hv, mask, yv);
+      m_device.accumulate(hv_of(yv), mask, y);
     }
+  }
+
+  static const_matrix_map<float> hv_of(matrix_map<float> m) noexcept {
+    return map(static_cast<const float*>(m.data()), m.rows(), m.cols(), m.outerStride());
   }
 
   Router m_router;
   Experts m_experts;
   std::optional<shared_experts<Experts>> m_shared;
   Device m_device;
-  workspace m_ws;
+  workspace m_route_ws;                          // host scratch of routing and plan processing
+  typename Device::workspace_type m_ws;          // the device's scratch, sized by its query
   routing_plan m_plan;
   routing_plan m_repeat_plan;  // re-routing of the second and later passes of repeated tokens
+  nonfinite_policy m_nonfinite = nonfinite_policy::error;
 };
 
 }  // namespace moe

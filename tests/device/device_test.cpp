@@ -2,6 +2,8 @@
 // Tests of include/moe/device/: the device trait, serial and cpu.
 #include <catch2/catch.hpp>
 
+#include <type_traits>
+
 #include <cstring>
 #include <utility>
 
@@ -18,7 +20,21 @@ using moe::index;
 static_assert(moe::device_for<moe::device::serial, moe::swiglu_experts<float>>);
 static_assert(moe::device_for<moe::device::cpu, moe::swiglu_experts<float>>);
 static_assert(moe::accessible_from<moe::device::cpu, moe::host_memory>);
-static_assert(!moe::device::cpu::is_gpu);
+static_assert(moe::execution_device<moe::device::cpu>);
+static_assert(std::is_same_v<moe::device::cpu::workspace_type, moe::workspace>);
+// A memory space that host devices cannot read: the layer refuses such views at compile time.
+struct other_memory {
+  static constexpr const char* name() noexcept { return "other"; }
+};
+static_assert(!moe::accessible_from<moe::device::cpu, other_memory>);
+// The bank interface of host devices is theirs, not part of moe::expert_bank.
+struct weights_only {
+  moe::index num_experts() const { return 4; }
+  moe::index hidden() const { return 8; }
+};
+static_assert(moe::expert_bank<weights_only>);
+static_assert(!moe::detail::host_ffn_bank<weights_only>);
+static_assert(!moe::device_for<moe::device::cpu, weights_only>);
 
 namespace {
 bool bitwise_equal(const moe::row_matrix<float>& a, const moe::row_matrix<float>& b) {

@@ -23,7 +23,8 @@ struct routing_stats {
   index tokens_routed_nowhere = 0;     ///< tokens with no active slot (degenerate, all-null, dropped, skipped)
   index tokens_skipped = 0;            ///< tokens with passes = 0
   index assignments_dropped = 0;       ///< assignments a capacity limit removed (plan.dropped())
-  /// Mean entropy (nats) of the tokens' full routing distributions; NaN if the router gives none.
+  /// Mean entropy (nats) of the tokens' full routing distributions; NaN if the router gives none
+  /// (printed as "n/a").
   double routing_entropy = std::numeric_limits<double>::quiet_NaN();
   /// Entropy (nats) of the load distribution `load / assignments`; log(E) is perfect balance.
   double load_entropy = 0;
@@ -74,8 +75,14 @@ inline std::ostream& operator<<(std::ostream& out, const routing_stats& s) {
   const auto flags = out.flags();
   const auto precision = out.precision();
   out << std::fixed << std::setprecision(3) << "tokens " << s.tokens << ", experts " << s.experts
-      << ", mean experts/token " << s.mean_experts_per_token << ", routing entropy "
-      << s.routing_entropy << " nats, load entropy " << s.load_entropy << " nats (max "
+      << ", mean experts/token " << s.mean_experts_per_token << ", routing entropy ";
+  // A router that records no entropy (or an empty batch) has none: "n/a", not "nan".
+  if (std::isnan(s.routing_entropy)) {
+    out << "n/a";
+  } else {
+    out << s.routing_entropy << " nats";
+  }
+  out << ", load entropy " << s.load_entropy << " nats (max "
       << std::log(static_cast<double>(std::max<index>(s.experts, 1))) << "), max/mean load "
       << s.max_over_mean_load << ", routed nowhere " << s.tokens_routed_nowhere;
   if (s.assignments_dropped > 0) out << ", dropped " << s.assignments_dropped;

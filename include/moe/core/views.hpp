@@ -3,6 +3,10 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string_view>
 #include <type_traits>
 
 #include "moe/config.hpp"
@@ -22,6 +26,22 @@ using matrix_map = Eigen::Map<row_matrix<Scalar>, Eigen::Unaligned, Eigen::Outer
 template <class Scalar>
 using const_matrix_map =
     Eigen::Map<const row_matrix<Scalar>, Eigen::Unaligned, Eigen::OuterStride<>>;
+
+/// The mutable view that moe::view() returns for a non-const matrix: a matrix_map that also
+/// converts to a const_matrix_map, so that the same `moe::view(x)` can be handed to entry points
+/// that read (routers) and to those that write (a layer's y).
+template <class Scalar>
+class mutable_view : public matrix_map<Scalar> {
+ public:
+  using base = matrix_map<Scalar>;
+  using base::base;
+  using base::operator=;
+  mutable_view(const base& m) : base(m) {}  // NOLINT: a view is a view
+  /// The same memory, read-only.
+  operator const_matrix_map<Scalar>() const {  // NOLINT: implicit on purpose
+    return const_matrix_map<Scalar>(this->data(), this->rows(), this->cols(), Eigen::OuterStride<>(this->outerStride()));
+  }
+};
 
 /// Views `rows × cols` floats at `data`, row `r` starting at `data + r * stride` (no copy).
 template <class Scalar>
@@ -70,19 +90,56 @@ const_matrix_map<typename Derived::Scalar> view(const Eigen::DenseBase<Derived>&
                                                     Eigen::OuterStride<>(detail::row_stride(d)));
 }
 
-/// A mutable view of any row-major Eigen matrix, Map or Block with contiguous rows (no copy).
+/// A mutable view of any row-major Eigen matrix, Map or Block with contiguous rows (no copy);
+/// it also converts to a read-only view. A view of a const Map is read-only.
 template <class Derived>
-matrix_map<typename Derived::Scalar> view(Eigen::DenseBase<Derived>& m) {
+auto view(Eigen::DenseBase<Derived>& m) {
   detail::static_check_row_major<Derived>();
   auto& d = m.derived();
-  return matrix_map<typename Derived::Scalar>(d.data(), d.rows(), d.cols(),
-                                              Eigen::OuterStride<>(detail::row_stride(d)));
+  using S = typename Derived::Scalar;
+  if constexpr (bool(Eigen::internal::traits<Derived>::Flags & Eigen::LvalueBit)) {
+    return mutable_view<S>(d.data(), d.rows(), d.cols(), Eigen::OuterStride<>(detail::row_stride(d)));
+  } else {
+    return const_matrix_map<S>(d.data(), d.rows(), d.cols(), Eigen::OuterStride<>(detail::row_stride(d)));
+  }
 }
 
 /// Overload so that temporaries (`view(Eigen::Map<...>(p, r, c))`) bind.
 template <class Derived>
-matrix_map<typename Derived::Scalar> view(Eigen::DenseBase<Derived>&& m) {
+auto view(Eigen::DenseBase<Derived>&& m) {
   return view(static_cast<Eigen::DenseBase<Derived>&>(m));
 }
+
+/// What a layer does with NaN or ±inf in its token states.
+enum class nonfinite_policy {
+  error,     ///< throw moe::error naming the first non-finite (token, feature) (the default)
+  propagate  ///< no check: non-finite values flow through the arithmetic (inf in x gives NaN in y)
+};
+
+namespace detail {
+/// Throws moe::error (id input) naming `param`'s first non-finite element, row by row. One pass
+/// over the view with integer tests that the compiler vectorises.
+inline void check_finite_rows(std::string_view where, std::string_view param, const_matrix_map<float> x) {
+  const index cols = x.cols();
+  for (index t = 0; t < x.rows(); ++t) {
+    const float* row = x.data() + t * x.outerStride();
+    unsigned bad = 0;
+    for (index i = 0; i < cols; ++i) {
+      std::uint32_t b;
+      std::memcpy(&b, row + i, sizeof b);
+      bad |= static_cast<unsigned>((b & 0x7f800000u) == 0x7f800000u);  // exponent all ones: inf or NaN
+    }
+    if (bad == 0) continue;
+    for (index i = 0; i < cols; ++i) {
+      if (!std::isfinite(row[i])) {
+        throw_error(error_id::input,
+                    concat(where, ": parameter '", param, "' has a non-finite value ", row[i], " at (", t, ", ", i,
+                           "); expected finite token states (layer::set_nonfinite(moe::nonfinite_policy::propagate) "
+                           "lets them through)"));
+      }
+    }
+  }
+}
+}  // namespace detail
 
 }  // namespace moe

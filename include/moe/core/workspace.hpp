@@ -115,6 +115,19 @@ class workspace {
     m_peak_this_pass = 0;
   }
 
+  /// Makes room for `bytes` more in the current pass (a device's workspace query): with nothing
+  /// taken yet and too small a block, the block is replaced now by one of that size; otherwise
+  /// the next reset() provides it. Buffers taken later in the pass then need no extra blocks.
+  void reserve(std::size_t bytes) {
+    const std::size_t want = m_used + bytes;
+    if (want <= m_capacity) return;
+    if (m_used == 0 && m_overflow.empty()) {
+      m_capacity = detail::round_up(want, 4096);
+      m_block = detail::aligned_allocate(m_capacity);
+    }
+    m_peak = std::max(m_peak, want);
+  }
+
   /// Returns uninitialised, aligned storage for `n` values of `T`.
   template <class T>
   [[nodiscard]] T* take(std::size_t n) {

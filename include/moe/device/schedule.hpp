@@ -26,9 +26,30 @@
 #include "moe/core/plan.hpp"
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
+#include "moe/experts/shared.hpp"
 #include "moe/kernels/gemm.hpp"
 
 namespace moe::detail {
+
+/// The packed-kernel interface that host devices drive (moe::device::serial, moe::device::cpu and
+/// the devices built on them): an expert bank whose experts are two-stage FFNs over panels.
+///
+/// Stage 1 (`up`) maps input rows (`x[i]`, hidden() floats each) to the activated intermediate
+/// `act [rows × intermediate()]` for a range of up-panels; stage 2 (`down`) maps intermediate rows
+/// to `y[i] = fma(weight[i], out_i, y[i])` for a range of down-panels. Panels are disjoint column
+/// ranges, so threads can split them. Each call packs its rows into `scratch`
+/// (scratch_bytes(rows) bytes). This is a host device's business, not part of moe::expert_bank.
+template <class B>
+concept host_ffn_bank = expert_bank<B> &&
+    requires(const B& b, index e, const float* const* rows, index n, index p0, index p1, float* act, index ld,
+             const float* w, float* const* y, void* scratch) {
+  { b.intermediate() } -> std::convertible_to<index>;
+  { b.up_panels() } -> std::convertible_to<index>;
+  { b.down_panels() } -> std::convertible_to<index>;
+  { b.scratch_bytes(n) } -> std::convertible_to<std::size_t>;
+  b.up(e, rows, n, p0, p1, act, ld, scratch);
+  b.down(e, rows, n, p0, p1, w, y, scratch);
+};
 
 /// Assignments grouped by expert, as the schedule consumes them.
 struct ffn_work {
@@ -49,7 +70,7 @@ struct ffn_scratch {
   index chunk = 0;
 };
 
-template <expert_bank Bank>
+template <host_ffn_bank Bank>
 ffn_scratch make_ffn_scratch(const Bank& bank, index assignments, int threads, workspace& ws) {
   ffn_scratch s;
   s.ld_act = (bank.intermediate() + 15) / 16 * 16;
@@ -74,7 +95,7 @@ inline ffn_work make_plan_work(const routing_plan& plan, const float* x, index l
     const index t = entries[i].token;
     xr[i] = x + t * ld_x;
     yr[i] = y + t * ld_y;
-    w[i] = plan.weight(t, entries[i].slot);
+    w[i] = entries[i].weight;
   }
   return {plan.offsets().data(), xr, yr, w, plan.num_experts()};
 }
@@ -138,7 +159,7 @@ void check_dispatch(const char* where, const routing_plan& plan, const_matrix_ma
 }
 
 /// Runs the schedule on thread `tid` of `threads`; `barrier` synchronises the team.
-template <expert_bank Bank, class Barrier>
+template <host_ffn_bank Bank, class Barrier>
 void run_ffn(const Bank& bank, const ffn_work& work, const ffn_scratch& s, float* y, index y_rows,
              index ld_y, bool zero_y, int tid, int threads, Barrier&& barrier) noexcept {
   const index d = bank.hidden();
@@ -178,5 +199,132 @@ void run_ffn(const Bank& bank, const ffn_work& work, const ffn_scratch& s, float
     }
   }
 }
+
+/// Bytes that make_ffn_scratch() and make_*_work() take for `assignments` rows on `threads`
+/// threads, rounded as the workspace rounds (the workspace query of host devices).
+template <host_ffn_bank Bank>
+std::size_t ffn_workspace_bytes(const Bank& bank, index assignments, index experts, int threads) {
+  const auto r = [](std::size_t n) { return round_up(std::max<std::size_t>(n, 1), buffer_alignment); };
+  const auto a = static_cast<std::size_t>(std::max<index>(assignments, 1));
+  const auto ld_act = static_cast<std::size_t>((bank.intermediate() + 15) / 16 * 16);
+  const index chunk = std::min(std::max<index>(assignments, 1),
+                               kernels::rows_per_chunk(std::min(bank.hidden(), bank.intermediate())));
+  const std::size_t packed = round_up(bank.scratch_bytes(chunk), buffer_alignment);
+  const auto nt = static_cast<std::size_t>(threads);
+  return r(sizeof(index) * static_cast<std::size_t>(experts + 1)) + 2 * r(sizeof(void*) * a) + r(sizeof(float) * a) +
+         r(sizeof(float) * a * ld_act) + r(packed * nt) + r(sizeof(void*) * static_cast<std::size_t>(chunk) * nt);
+}
+
+/// `y_t *= output_scale(t)` for the tokens of a pass that run (a plan without scales: nothing).
+template <class Bank>
+void host_scale_rows(const layer_pass<Bank>& pass, matrix_map<float> y) noexcept {
+  const routing_plan& plan = *pass.plan;
+  if (!plan.has_output_scale()) return;
+  for (index t = 0; t < y.rows(); ++t) {
+    const float s = plan.output_scale(t);
+    if (s == 1.0f || !pass.runs(t)) continue;
+    y.row(t) *= s;
+  }
+}
+
+/// Shared experts and output scale of a layer pass on a host device, after the routed dispatch
+/// wrote y: `y_t += shared(x_t)` for the tokens that run (one dense pass when every token runs;
+/// otherwise their rows are gathered, computed and scattered back: the shared bank is batch
+/// invariant, so each row gets the same bits), then `y_t *= output_scale(t)`.
+template <class Device, host_ffn_bank Bank>
+void host_shared_and_scale(const Device& dev, const layer_pass<Bank>& pass, matrix_map<float> y, workspace& ws) {
+  const routing_plan& plan = *pass.plan;
+  const_matrix_map<float> x = pass.x;
+  if (pass.shared) {
+    const auto& shared = *pass.shared;
+    const index T = x.rows(), d = x.cols();
+    index n = 0;
+    for (index t = 0; t < T; ++t) n += pass.runs(t);
+    if (n == T && T > 0) {
+      float* g = nullptr;
+      if (shared.gated()) {
+        g = ws.take<float>(static_cast<std::size_t>(T));
+        shared.gates(x, g, ws);
+      }
+      dev.accumulate_dense(x, shared.bank(), g, y, ws);
+    } else if (n > 0) {
+      float* xc = ws.take<float>(static_cast<std::size_t>(n * d));  // [n × d]
+      float* yc = ws.take<float>(static_cast<std::size_t>(n * d));  // [n × d]
+      for (index t = 0, i = 0; t < T; ++t) {
+        if (!pass.runs(t)) continue;
+        std::copy_n(x.data() + t * x.outerStride(), d, xc + i * d);
+        std::copy_n(y.data() + t * y.outerStride(), d, yc + i * d);
+        ++i;
+      }
+      const auto xv = map(static_cast<const float*>(xc), n, d);
+      float* g = nullptr;
+      if (shared.gated()) {
+        g = ws.take<float>(static_cast<std::size_t>(n));
+        shared.gates(xv, g, ws);
+      }
+      dev.accumulate_dense(xv, shared.bank(), g, map(yc, n, d), ws);
+      for (index t = 0, i = 0; t < T; ++t) {
+        if (!pass.runs(t)) continue;
+        std::copy_n(yc + i * d, d, y.data() + t * y.outerStride());
+        ++i;
+      }
+    }
+  }
+  host_scale_rows(pass, y);
+}
+
+/// The operations of moe::device_for on host memory, shared by the host devices (CRTP: Derived
+/// provides dispatch() and accumulate_dense()).
+template <class Derived>
+struct host_device_ops {
+  using memory_space = host_memory;
+  using workspace_type = workspace;
+
+  /// Every expert of the bank is local.
+  template <expert_bank Bank>
+  [[nodiscard]] static index num_experts(const Bank& bank) noexcept {
+    return bank.num_experts();
+  }
+
+  /// Bytes of workspace that run() takes for the routed experts of a pass (shared experts and
+  /// gathers add theirs on first use).
+  template <host_ffn_bank Bank>
+  [[nodiscard]] std::size_t workspace_bytes(const layer_pass<Bank>& pass) const {
+    return ffn_workspace_bytes(*pass.experts, pass.plan->num_tokens() * pass.plan->max_slots(),
+                               pass.plan->num_experts(), self().concurrency());
+  }
+
+  /// `y = s · (routed + shared)` for the tokens of the pass that run; y is overwritten.
+  template <host_ffn_bank Bank>
+  void run(const layer_pass<Bank>& pass, matrix_map<float> y, workspace& ws) const {
+    self().dispatch(*pass.plan, pass.x, *pass.experts, y, ws);
+    host_shared_and_scale(self(), pass, y, ws);
+  }
+
+  /// `out = a + b`, row by row.
+  static void add(const_matrix_map<float> a, const_matrix_map<float> b, matrix_map<float> out) {
+    constexpr const char* where = "moe::device::add";
+    check_extent(where, "b.rows()", b.rows(), a.rows());
+    check_extent(where, "b.cols()", b.cols(), a.cols());
+    check_extent(where, "out.rows()", out.rows(), a.rows());
+    check_extent(where, "out.cols()", out.cols(), a.cols());
+    for (index t = 0; t < a.rows(); ++t) {
+      for (index i = 0; i < a.cols(); ++i) out(t, i) = a(t, i) + b(t, i);
+    }
+  }
+
+  /// `out_t += a_t` for the rows with `mask[t] != 0`.
+  static void accumulate(const_matrix_map<float> a, const std::uint8_t* mask, matrix_map<float> out) {
+    constexpr const char* where = "moe::device::accumulate";
+    check_extent(where, "out.rows()", out.rows(), a.rows());
+    check_extent(where, "out.cols()", out.cols(), a.cols());
+    for (index t = 0; t < a.rows(); ++t) {
+      if (mask[t]) out.row(t) += a.row(t);
+    }
+  }
+
+ private:
+  const Derived& self() const noexcept { return static_cast<const Derived&>(*this); }
+};
 
 }  // namespace moe::detail

@@ -13,23 +13,15 @@ namespace moe::device {
 
 /// One host thread: the reference for determinism. Produces the same bits as moe::device::cpu
 /// with any number of threads.
-struct serial {
+struct serial : detail::host_device_ops<serial> {
   using device_type = serial;
-  using memory_space = host_memory;
   static constexpr const char* name() noexcept { return "serial"; }
-  static constexpr bool is_gpu = false;
 
   /// Threads used.
   [[nodiscard]] static constexpr int concurrency() noexcept { return 1; }
 
-  /// Whether this device can run a bank (any host bank).
-  template <class Bank>
-  [[nodiscard]] static constexpr bool can_run(const Bank&) noexcept {
-    return expert_bank<Bank>;
-  }
-
   /// `y = Σ_slots weight · Expert(x)` for every token (y is overwritten).
-  template <expert_bank Bank>
+  template <detail::host_ffn_bank Bank>
   void dispatch(const routing_plan& plan, const_matrix_map<float> x, const Bank& bank,
                 matrix_map<float> y, workspace& ws) const {
     detail::check_dispatch("moe::device::serial::dispatch", plan, x, bank, y);
@@ -39,7 +31,7 @@ struct serial {
   }
 
   /// `y += gates[t] · Σ_e Expert_e(x_t)` over every expert of the bank (gates null: weight 1).
-  template <expert_bank Bank>
+  template <detail::host_ffn_bank Bank>
   void accumulate_dense(const_matrix_map<float> x, const Bank& bank, const float* gates,
                         matrix_map<float> y, workspace& ws) const {
     detail::check_operands("moe::device::serial::accumulate_dense", x, bank, y);

@@ -190,11 +190,7 @@ inline void select_top(const float* key, index begin, index end, index C, index*
 /// at the whole batch).
 template <class P>
 constexpr bool needs_whole_batch() {
-  if constexpr (requires { P::needs_whole_batch; }) {
-    return static_cast<bool>(P::needs_whole_batch);
-  } else {
-    return true;
-  }
+  return moe::needs_whole_batch<P>();
 }
 
 }  // namespace detail::depth
