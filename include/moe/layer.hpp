@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <optional>
 #include <type_traits>
@@ -102,17 +103,21 @@ class layer {
   /// the experts as IEEE arithmetic makes them (an inf in x typically gives NaN in y).
   void forward(const_matrix_map<float> x, matrix_map<float> y, const route_context& ctx = {}) {
     constexpr const char* where = "moe::layer::forward";
-    detail::check_extent(where, "x.cols()", x.cols(), hidden());
-    detail::check_extent(where, "y.rows()", y.rows(), x.rows());
-    detail::check_extent(where, "y.cols()", y.cols(), hidden());
-    if (detail::views_overlap(x, y)) {
-      detail::throw_error(error_id::shape, "moe::layer::forward: parameter 'y' must not overlap "
-                                           "'x' (in-place forward is not supported)");
-    }
-    if (m_nonfinite == nonfinite_policy::error) detail::check_finite_rows(where, "x", x);
+    agreed(where, [&] {
+      detail::check_extent(where, "x.cols()", x.cols(), hidden());
+      detail::check_extent(where, "y.rows()", y.rows(), x.rows());
+      detail::check_extent(where, "y.cols()", y.cols(), hidden());
+      if (detail::views_overlap(x, y)) {
+        detail::throw_error(error_id::shape, "moe::layer::forward: parameter 'y' must not overlap "
+                                             "'x' (in-place forward is not supported)");
+      }
+      if (m_nonfinite == nonfinite_policy::error) detail::check_finite_rows(where, "x", x);
+    });
     m_route_ws.reset();
     route_on(m_device, m_router, x, with_threads(ctx), m_plan, m_route_ws);
-    const int max_passes = prepare(m_plan, nullptr);
+    int max_passes = prepare(m_plan, nullptr);
+    // A device over several processes runs the passes together: the most any process needs.
+    if constexpr (requires { m_device.max_over_processes(max_passes); }) max_passes = m_device.max_over_processes(max_passes);
     run_pass(m_plan, x, nullptr, y);
     if (max_passes > 1) repeat_passes(x, y, ctx, max_passes);
     // A pass that grew a workspace consolidates it now, not in the next forward.
@@ -133,8 +138,10 @@ class layer {
   /// Skipped tokens have their slots cleared; repeated passes are not routed (they need the
   /// experts' output).
   const routing_plan& route(const_matrix_map<float> x, const route_context& ctx = {}) {
-    detail::check_extent("moe::layer::route", "x.cols()", x.cols(), hidden());
-    if (m_nonfinite == nonfinite_policy::error) detail::check_finite_rows("moe::layer::route", "x", x);
+    agreed("moe::layer::route", [&] {
+      detail::check_extent("moe::layer::route", "x.cols()", x.cols(), hidden());
+      if (m_nonfinite == nonfinite_policy::error) detail::check_finite_rows("moe::layer::route", "x", x);
+    });
     m_route_ws.reset();
     route_on(m_device, m_router, x, with_threads(ctx), m_plan, m_route_ws);
     prepare(m_plan, nullptr);
@@ -183,8 +190,26 @@ class layer {
     return ctx;
   }
 
+  // Runs local checks; a device whose processes must fail together (moe::device::mpi) makes
+  // every process throw when any of them does.
+  template <class Checks>
+  void agreed(const char* where, Checks&& checks) const {
+    if constexpr (requires(std::exception_ptr p) { m_device.agree(p, where); }) {
+      std::exception_ptr bad;
+      try {
+        checks();
+      } catch (...) {
+        bad = std::current_exception();
+      }
+      m_device.agree(bad, where);
+    } else {
+      checks();
+    }
+  }
+
   void check_parts() const {
     constexpr const char* where = "moe::layer";
+    if constexpr (requires { m_device.check_layer(m_router, m_experts); }) m_device.check_layer(m_router, m_experts);
     detail::check_extent(where, "router.num_experts()", m_router.num_experts(), num_experts());
     detail::check_extent(where, "router.hidden()", m_router.hidden(), m_experts.hidden());
     if (m_shared) detail::check_extent(where, "shared.hidden()", m_shared->hidden(), m_experts.hidden());

@@ -104,8 +104,14 @@ TEST_CASE("swiglu_experts: inconsistent shapes throw moe::error naming the param
   down5.setZero();
   CHECK_THROWS_WITH(moe::swiglu_experts<float>(moe::view(gate), moe::view(up), moe::view(down5)),
                     Catch::Contains("parameter 'gate.rows()' must be a positive multiple of down.cols() = 5, got 8"));
-  CHECK_THROWS_WITH(moe::swiglu_experts<float>(gate.data(), up.data(), down.data(), {.experts = 0, .hidden = 4, .intermediate = 4}),
-                    Catch::Contains("parameter 'shape.experts'"));
+  CHECK_THROWS_WITH(moe::swiglu_experts<float>(gate.data(), up.data(), down.data(), {.experts = -1, .hidden = 4, .intermediate = 4}),
+                    Catch::Contains("parameter 'shape.experts' must be >= 0, got -1"));
+  // A bank of no expert (a process that holds none under a placement) is legal and empty.
+  const float* no_weights = nullptr;
+  const moe::swiglu_experts<float> none(no_weights, no_weights, no_weights, {.experts = 0, .hidden = 4, .intermediate = 4});
+  CHECK(none.num_experts() == 0);
+  CHECK(none.up_panels() == 0);
+  CHECK(none.hidden() == 4);
 }
 
 TEST_CASE("shared_experts: ungated and sigmoid-gated (Qwen2-MoE) outputs", "[experts][shared]") {

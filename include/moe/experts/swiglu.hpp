@@ -69,12 +69,13 @@ class swiglu_experts {
       : swiglu_experts(view(gate), view(up), view(down)) {}
 
   /// From contiguous stacked arrays (float or bf16): `gate, up` hold `E·f·d` values, `down`
-  /// holds `E·d·f`.
+  /// holds `E·d·f`. E may be 0 (a process that holds no expert; the arrays are not read).
   template <class Src>
     requires(std::is_same_v<Src, float> || std::is_same_v<Src, bf16>)
   swiglu_experts(const Src* gate, const Src* up, const Src* down, swiglu_shape shape) {
     constexpr const char* where = "moe::swiglu_experts";
-    if (shape.experts < 1) detail::fail_parameter(error_id::shape, where, "shape.experts", ">= 1", shape.experts);
+    // 0 experts is legal here: the bank of a process that holds no expert (moe::placement).
+    if (shape.experts < 0) detail::fail_parameter(error_id::shape, where, "shape.experts", ">= 0", shape.experts);
     if (shape.hidden < 1) detail::fail_parameter(error_id::shape, where, "shape.hidden", ">= 1", shape.hidden);
     if (shape.intermediate < 1) {
       detail::fail_parameter(error_id::shape, where, "shape.intermediate", ">= 1", shape.intermediate);
@@ -87,9 +88,9 @@ class swiglu_experts {
   [[nodiscard]] index intermediate() const noexcept { return m_shape.intermediate; }
   [[nodiscard]] const swiglu_shape& shape() const noexcept { return m_shape; }
   /// Panels of the fused gate|up matrix of one expert (each gives width/2 intermediate columns).
-  [[nodiscard]] index up_panels() const noexcept { return m_up[0].panels; }
+  [[nodiscard]] index up_panels() const noexcept { return m_up.empty() ? 0 : m_up[0].panels; }
   /// Panels of the down matrix of one expert (each gives width output columns).
-  [[nodiscard]] index down_panels() const noexcept { return m_down[0].panels; }
+  [[nodiscard]] index down_panels() const noexcept { return m_down.empty() ? 0 : m_down[0].panels; }
   /// FLOPs of one token through one expert (three matrices).
   [[nodiscard]] double flops_per_row() const noexcept {
     return 6.0 * static_cast<double>(m_shape.hidden) * static_cast<double>(m_shape.intermediate);
