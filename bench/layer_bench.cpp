@@ -4,6 +4,7 @@
 //   layer_forward[_bf16]/T        moe::layer<top_k<softmax>, swiglu_experts<Scalar>, device::cpu>
 //   layer_bf16_kernel/T/kernel/prefetch  bf16 with a forced micro-kernel and prefetch distance
 //   layer_threads/n               fp32, T = 512, on n threads (1 → 2 thread scaling)
+//   layer_nonfinite_check/T       the entry check of non-finite x against none (A/B, same loop)
 //   layer_naive/T                 per token, per slot: three Eigen matrix-vector products
 //   layer_eigen_gemm/T            per expert: gather rows -> Eigen GEMMs -> weighted scatter-add
 //   dense_gemm/T                  an Eigen dense FFN of the same FLOPs as a T-token forward
@@ -105,6 +106,43 @@ void layer_threads(benchmark::State& state) {
   set_counters(state, T);
 }
 
+// The entry check of non-finite token states (moe::nonfinite_policy::error, the default) against
+// no check (propagate), A/B in one loop on the same layer and batch: check_share is the check's
+// share of the checked forward, check_ns its cost per call.
+void layer_nonfinite_check(benchmark::State& state) {
+  auto& layer = olmoe_fixture::get().layer;
+  const moe::index T = state.range(0);
+  const moe::index pool = T <= 32 ? 64 : 1;
+  const auto x = tokens(T * pool, 7);
+  moe::row_matrix<float> y(T, d);
+  auto batch = [&](moe::index i) { return x.middleRows((i % pool) * T, T); };
+  layer.forward(batch(0), y);
+  double checked = 0, unchecked = 0;
+  moe::index it = 0;
+  for (auto _ : state) {
+    layer.set_nonfinite(moe::nonfinite_policy::error);
+    auto t0 = std::chrono::steady_clock::now();
+    layer.forward(batch(it), y);
+    checked += seconds_since(t0);
+    layer.set_nonfinite(moe::nonfinite_policy::propagate);
+    t0 = std::chrono::steady_clock::now();
+    layer.forward(batch(it++), y);
+    unchecked += seconds_since(t0);
+    benchmark::DoNotOptimize(y.data());
+  }
+  layer.set_nonfinite(moe::nonfinite_policy::error);
+  const double n = static_cast<double>(state.iterations());
+  // The check alone, timed on the same rows (it is one pass over x).
+  const auto xs = x.middleRows(0, T);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int r = 0; r < 1000; ++r) moe::detail::check_finite_rows("bench", "x", moe::view(xs));
+  const double check = seconds_since(t0) / 1000;
+  state.counters["check_ns"] = check * 1e9;
+  state.counters["check_share"] = check / (checked / n);
+  state.counters["checked_over_unchecked"] = checked / unchecked;
+  set_counters(state, T);
+}
+
 // Per token, per slot: y_t += w · W_down (silu(W_gate x_t) ⊙ W_up x_t), Eigen GEMVs.
 void layer_naive(benchmark::State& state) {
   auto& fx = olmoe_fixture::get();
@@ -197,6 +235,7 @@ BENCHMARK(layer_bf16_kernel)
     ->ArgsProduct({{1, 32}, {1, 2, 3}, {4096, 8192}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
+BENCHMARK(layer_nonfinite_check)->ArgName("T")->Arg(1)->Arg(512)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(layer_threads)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(layer_eigen_gemm)->ArgName("T")->Arg(1)->Arg(32)->Arg(512)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(layer_naive)->ArgName("T")->Arg(1)->Arg(32)->Arg(512)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(0.5);

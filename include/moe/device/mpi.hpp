@@ -155,6 +155,12 @@ class mpi {
       return 1;
     }
   }
+  /// Whether a single shared expert runs while the token rows are in flight (default true); off,
+  /// shared experts run after the combine (the same bits either way: what the overlap buys is
+  /// measured in bench/mpi_bench.cpp).
+  void set_overlap_shared(bool on) noexcept { m_overlap_shared = on; }
+  [[nodiscard]] bool overlap_shared() const noexcept { return m_overlap_shared; }
+
   /// Statistics of the last forward's routed pass on this rank.
   [[nodiscard]] const mpi_stats& stats() const noexcept { return m_stats; }
 
@@ -380,7 +386,7 @@ class mpi {
     t_comm += t1 - t0;
 
     // 3. A single shared expert runs while the rows are in flight: its raw output per token.
-    const bool overlap_shared = pass.shared && pass.shared->bank().num_experts() == 1;
+    const bool overlap_shared = m_overlap_shared && pass.shared && pass.shared->bank().num_experts() == 1;
     float* shared_out = nullptr;
     float* shared_gate = nullptr;
     index shared_rows = 0;
@@ -673,6 +679,7 @@ class mpi {
   MPI_Comm m_comm;
   int m_rank = 0;
   int m_ranks = 1;
+  bool m_overlap_shared = true;
   mutable mpi_stats m_stats;
   mutable routing_plan m_local_plan;
   mutable routing_plan m_global_plan;
