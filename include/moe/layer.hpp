@@ -29,7 +29,8 @@ namespace moe {
 ///
 /// @tparam Router  a moe::router (moe::top_k<>, or a policy of your own).
 /// @tparam Experts a moe::expert_bank (moe::swiglu_experts<float>).
-/// @tparam Device  where the experts run: moe::device::cpu (default) or moe::device::serial.
+/// @tparam Device  where the experts run: moe::device::cpu (default), moe::device::serial, or
+///                 moe::device::mpi<Inner> (a share of the experts per process, device/mpi.hpp).
 ///
 /// `forward(x, y)` computes `y = Σ_slots weight · Expert(x) (+ shared experts)`; the residual
 /// connection stays outside (`h += y`). After the first call with a given batch size a forward

@@ -54,7 +54,8 @@
 
 namespace moe {
 
-/// What moe::device::mpi measured in its last forward (the routed pass; repeated passes add).
+/// What moe::device::mpi measured in its last run() (after a forward with repeated passes: the
+/// last pass).
 struct mpi_stats {
   int rank = 0;
   int ranks = 1;
@@ -161,7 +162,7 @@ class mpi {
   void set_overlap_shared(bool on) noexcept { m_overlap_shared = on; }
   [[nodiscard]] bool overlap_shared() const noexcept { return m_overlap_shared; }
 
-  /// Statistics of the last forward's routed pass on this rank.
+  /// Statistics of the last run() on this rank (the last pass of a forward).
   [[nodiscard]] const mpi_stats& stats() const noexcept { return m_stats; }
 
   /// The logical experts this device serves: the placement's.
