@@ -233,7 +233,6 @@ void host_scale_rows(const layer_pass<Bank>& pass, matrix_map<float> y) noexcept
 /// invariant, so each row gets the same bits), then `y_t *= output_scale(t)`.
 template <class Device, host_ffn_bank Bank>
 void host_shared_and_scale(const Device& dev, const layer_pass<Bank>& pass, matrix_map<float> y, workspace& ws) {
-  const routing_plan& plan = *pass.plan;
   const_matrix_map<float> x = pass.x;
   if (pass.shared) {
     const auto& shared = *pass.shared;
