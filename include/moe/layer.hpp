@@ -248,18 +248,18 @@ class layer {
     auto* mask = m_route_ws.take<std::uint8_t>(static_cast<std::size_t>(T));
     const auto hv = map(static_cast<const float*>(h), T, d);
     for (int pass = 2; pass <= max_passes; ++pass) {
-      m_device.add(x, map(static_cast<const float*>(y.data()), T, d, y.outerStride()), map(h, T, d));
+      m_device.add(x, read_only(y), map(h, T, d));
       route_on(m_device, m_router, hv, with_threads(ctx), m_repeat_plan, m_route_ws, true);
       detail::check_extent("moe::layer::forward", "repeat plan num_tokens()", m_repeat_plan.num_tokens(), T);
       for (index t = 0; t < T; ++t) mask[t] = m_plan.passes(t) >= pass && m_repeat_plan.passes(t) != 0;
       prepare(m_repeat_plan, mask);
       auto yv = map(yp, T, d);
       run_pass(m_repeat_plan, hv, mask, yv);
-      m_device.accumulate(hv_of(yv), mask, y);
+      m_device.accumulate(read_only(yv), mask, y);
     }
   }
 
-  static const_matrix_map<float> hv_of(matrix_map<float> m) noexcept {
+  static const_matrix_map<float> read_only(matrix_map<float> m) noexcept {
     return map(static_cast<const float*>(m.data()), m.rows(), m.cols(), m.outerStride());
   }
 

@@ -121,14 +121,13 @@ void check_against_one_process(const fixture& fx, const Router& router, const mo
   const std::vector<index>& starts = sp.starts;
   // Reference: one process, the whole batch, every rank's tokens a sequence.
   moe::row_matrix<float> Y(sp.total, fx.d);
-  const auto make_shared = [&](bool full) -> std::optional<shared_bank> {
-    (void)full;
+  const auto make_shared = [&]() -> std::optional<shared_bank> {
     if (sk == shared_kind::one_gated) return shared_bank(moe_test::make_bank(fx.ws1), fx.shared_gate);
     if (sk == shared_kind::two_ungated) return shared_bank(moe_test::make_bank(fx.ws2));
     return std::nullopt;
   };
   {
-    auto sh = make_shared(true);
+    auto sh = make_shared();
     if (sh) {
       moe::layer<Router, bank, moe::device::serial> one(router, moe_test::make_bank(fx.w), *sh);
       one.forward(X, Y, {.sequence_starts = starts});
@@ -142,7 +141,7 @@ void check_against_one_process(const fixture& fx, const Router& router, const mo
   moe::row_matrix<float> y(sp.rows, fx.d);
   using dev = moe::device::mpi<moe::device::cpu>;
   auto local = select_experts(fx.w, pl.local_experts(rank));
-  auto sh = make_shared(false);
+  auto sh = make_shared();
   moe::mpi_stats st;
   if (sh) {
     moe::layer<Router, bank, dev> mine(router, std::move(local), *sh, dev(pl, moe::device::cpu{1}));

@@ -131,16 +131,11 @@ class mpi {
       : m_placement(std::move(placement)), m_inner(std::move(inner)), m_comm(comm) {
     detail::mpi_impl::check_mpi(MPI_Comm_rank(m_comm, &m_rank), "MPI_Comm_rank");
     detail::mpi_impl::check_mpi(MPI_Comm_size(m_comm, &m_ranks), "MPI_Comm_size");
-    std::exception_ptr local;
-    if (m_placement.num_ranks() != m_ranks) {
-      try {
-        detail::fail_parameter(error_id::config, "moe::device::mpi", "placement.num_ranks()",
-                               detail::concat("equal to the communicator size ", m_ranks), m_placement.num_ranks());
-      } catch (...) {
-        local = std::current_exception();
-      }
-    }
-    agree(local, record(0, m_placement.num_experts(), 0), "moe::device::mpi");
+    agreed("moe::device::mpi", record(0, m_placement.num_experts(), 0), [&] {
+      if (m_placement.num_ranks() == m_ranks) return;
+      detail::fail_parameter(error_id::config, "moe::device::mpi", "placement.num_ranks()",
+                             detail::concat("equal to the communicator size ", m_ranks), m_placement.num_ranks());
+    });
   }
 
   [[nodiscard]] const moe::placement& placement() const noexcept { return m_placement; }
@@ -176,17 +171,26 @@ class mpi {
   /// placement and the same d. Throws the same moe::error on every rank otherwise.
   template <class Router, expert_bank Bank>
   void check_layer(const Router& router, const Bank& bank) const {
-    std::exception_ptr local;
-    try {
+    agreed("moe::layer", record(bank.hidden(), m_placement.num_experts(), bank.num_experts()), [&] {
       constexpr const char* where = "moe::device::mpi";
       detail::check_extent(where, detail::concat("bank.num_experts() on rank ", m_rank), bank.num_experts(),
                            m_placement.local_count(m_rank));
       detail::check_extent(where, "router.num_experts()", router.num_experts(), m_placement.num_experts());
       detail::check_extent(where, "router.hidden()", router.hidden(), bank.hidden());
+    });
+  }
+
+  /// Runs `checks` on this rank and agree()s on the outcome: any rank's failure throws on every
+  /// rank. Collective.
+  template <class Checks>
+  void agreed(const char* where, detail::mpi_impl::agreement mine, Checks&& checks) const {
+    std::exception_ptr local;
+    try {
+      checks();
     } catch (...) {
       local = std::current_exception();
     }
-    agree(local, record(bank.hidden(), m_placement.num_experts(), bank.num_experts()), "moe::layer");
+    agree(local, mine, where);
   }
 
   /// agree() with this rank's placement record only (for checks made before a pass).
@@ -224,7 +228,8 @@ class mpi {
       // The failing rank's message, fixed length, to everyone.
       std::array<char, 512> text{};
       if (m_rank == failed) std::strncpy(text.data(), message.c_str(), text.size() - 1);
-      detail::mpi_impl::check_mpi(MPI_Bcast(text.data(), static_cast<int>(text.size()), MPI_CHAR, failed, m_comm), "MPI_Bcast");
+      detail::mpi_impl::check_mpi(MPI_Bcast(text.data(), static_cast<int>(text.size()), MPI_CHAR, failed, m_comm),
+                                  "MPI_Bcast");
       if (m_rank == failed) std::rethrow_exception(local);
       detail::throw_error(error_id::input, detail::concat(where, ": rank ", failed, " failed: ", text.data()));
     }
@@ -260,13 +265,9 @@ class mpi {
     };
     const auto info = record(x.cols(), r.num_experts(), m_placement.local_count(m_rank));
     if constexpr (!needs_whole_batch<Router>()) {
-      std::exception_ptr local;
-      try {
+      agreed("moe::device::mpi::route", info, [&] {
         call(x, ctx, plan);
-      } catch (...) {
-        local = std::current_exception();
-      }
-      agree(local, info, "moe::device::mpi::route");
+      });
     } else {
       route_whole_batch(call, x, ctx, plan, info);
     }
@@ -291,8 +292,7 @@ class mpi {
     const_matrix_map<float> x = pass.x;
     const index T = x.rows(), d = x.cols();
     const auto R = static_cast<std::size_t>(m_ranks);
-    std::exception_ptr local;
-    try {
+    agreed("moe::device::mpi::run", record(d, m_placement.num_experts(), bank.num_experts()), [&] {
       constexpr const char* where = "moe::device::mpi::run";
       if (!plan.has_expert_major()) {
         detail::throw_error(error_id::plan, detail::concat(where, ": parameter 'plan' must have its expert-major view built"));
@@ -301,10 +301,7 @@ class mpi {
       detail::check_extent(where, "bank.num_experts()", bank.num_experts(), m_placement.local_count(m_rank));
       detail::check_extent(where, "x.rows()", x.rows(), plan.num_tokens());
       detail::check_operands(where, x, bank, y);
-    } catch (...) {
-      local = std::current_exception();
-    }
-    agree(local, record(d, m_placement.num_experts(), bank.num_experts()), "moe::device::mpi::run");
+    });
     m_stats = {};
     m_stats.rank = m_rank;
     m_stats.ranks = m_ranks;
@@ -328,29 +325,15 @@ class mpi {
         ++send_count[static_cast<std::size_t>(loc.rank)];
       }
     }
-    {
-      std::exception_ptr bad;
-      try {
-        im::check_counts("moe::device::mpi::run", "sent", send_count);
-      } catch (...) {
-        bad = std::current_exception();
-      }
-      agree(bad, record(d, m_placement.num_experts(), bank.num_experts()), "moe::device::mpi::run");
-    }
+    agreed("moe::device::mpi::run", record(d, m_placement.num_experts(), bank.num_experts()),
+           [&] { im::check_counts("moe::device::mpi::run", "sent", send_count); });
     // 2. Counts, then rows and local slots.
     std::vector<int> sc(R), rc(R), sd(R), rd(R);
     for (std::size_t r = 0; r < R; ++r) sc[r] = static_cast<int>(send_count[r]);
     im::check_mpi(MPI_Alltoall(sc.data(), 1, MPI_INT, rc.data(), 1, MPI_INT, m_comm), "MPI_Alltoall");
     for (std::size_t r = 0; r < R; ++r) recv_count[r] = rc[r];
-    {
-      std::exception_ptr bad;
-      try {
-        im::check_counts("moe::device::mpi::run", "received", recv_count);
-      } catch (...) {
-        bad = std::current_exception();
-      }
-      agree(bad, record(d, m_placement.num_experts(), bank.num_experts()), "moe::device::mpi::run");
-    }
+    agreed("moe::device::mpi::run", record(d, m_placement.num_experts(), bank.num_experts()),
+           [&] { im::check_counts("moe::device::mpi::run", "received", recv_count); });
     index total_send = 0, total_recv = 0;
     for (std::size_t r = 0; r < R; ++r) {
       sd[r] = static_cast<int>(total_send);
@@ -544,8 +527,7 @@ class mpi {
                                         static_cast<std::int64_t>(ctx.conditional.size()),
                                         static_cast<std::int64_t>(ctx.attention.size()), ctx.block_input ? 1 : 0};
     std::vector<std::array<std::int64_t, 5>> all(R);
-    std::exception_ptr local;
-    try {
+    agreed("moe::device::mpi::route", info, [&] {
       if (ctx.block_input) {
         detail::check_extent("moe::device::mpi::route", "ctx.block_input->rows()", ctx.block_input->rows(), x.rows());
         detail::check_extent("moe::device::mpi::route", "ctx.block_input->cols()", ctx.block_input->cols(), d);
@@ -553,36 +535,27 @@ class mpi {
       if (!ctx.conditional.empty()) {
         detail::check_extent("moe::device::mpi::route", "ctx.conditional.size()", static_cast<index>(ctx.conditional.size()), x.rows());
       }
-    } catch (...) {
-      local = std::current_exception();
-    }
-    agree(local, info, "moe::device::mpi::route");
+    });
     im::check_mpi(MPI_Allgather(mine.data(), 5, MPI_INT64_T, all.data(), 5, MPI_INT64_T, m_comm), "MPI_Allgather");
     index total = 0, offset = 0;
     for (std::size_t r = 0; r < R; ++r) {
       if (static_cast<int>(r) == m_rank) offset = total;
       total += all[r][0];
     }
-    {
-      std::exception_ptr bad;
-      try {
-        for (int k = 2; k <= 4; ++k) {
-          for (std::size_t r = 1; r < R; ++r) {
-            if ((all[r][k] > 0) != (all[0][k] > 0) && !(k == 2 && (all[r][0] == 0 || all[0][0] == 0))) {
-              static const char* names[] = {"", "", "ctx.conditional", "ctx.attention", "ctx.block_input"};
-              detail::fail_parameter(error_id::input, "moe::device::mpi::route", detail::concat(names[k], " on rank ", r),
-                                     detail::concat(all[0][k] > 0 ? "given" : "absent", ", as on rank 0 (a whole-batch policy routes "
-                                                    "every rank's tokens together)"),
-                                     all[r][k] > 0 ? "given" : "absent");
-            }
+    agreed("moe::device::mpi::route", info, [&] {
+      for (int k = 2; k <= 4; ++k) {
+        for (std::size_t r = 1; r < R; ++r) {
+          if ((all[r][k] > 0) != (all[0][k] > 0) && !(k == 2 && (all[r][0] == 0 || all[0][0] == 0))) {
+            static const char* names[] = {"", "", "ctx.conditional", "ctx.attention", "ctx.block_input"};
+            detail::fail_parameter(error_id::input, "moe::device::mpi::route", detail::concat(names[k], " on rank ", r),
+                                   detail::concat(all[0][k] > 0 ? "given" : "absent", ", as on rank 0 (a whole-batch policy routes "
+                                                  "every rank's tokens together)"),
+                                   all[r][k] > 0 ? "given" : "absent");
           }
         }
-        im::check_counts("moe::device::mpi::route", "gathered", std::vector<index>{total});
-      } catch (...) {
-        bad = std::current_exception();
       }
-      agree(bad, info, "moe::device::mpi::route");
-    }
+      im::check_counts("moe::device::mpi::route", "gathered", std::vector<index>{total});
+    });
     std::vector<int> counts(R), displs(R);
     const auto gather = [&](const void* send, int n, void* recv, MPI_Datatype type, auto count_of) {
       int at = 0;
@@ -651,13 +624,9 @@ class mpi {
       g.attention = std::span<const float>(gatt.data(), static_cast<std::size_t>(sum));
     }
     // Every rank routes the whole batch the same way, then keeps its rows.
-    std::exception_ptr failed;
-    try {
+    agreed("moe::device::mpi::route", info, [&] {
       call(map(static_cast<const float*>(gx.data()), total, d), g, m_global_plan);
-    } catch (...) {
-      failed = std::current_exception();
-    }
-    agree(failed, info, "moe::device::mpi::route");
+    });
     slice(m_global_plan, offset, x.rows(), plan);
   }
 

@@ -186,12 +186,6 @@ inline void select_top(const float* key, index begin, index end, index C, index*
   for (index i = 0; i < n; ++i) plan.set_passes(idx[i], i < C ? 1 : 0);
 }
 
-/// `P::needs_whole_batch` when declared, else true (a policy that does not say is assumed to look
-/// at the whole batch).
-template <class P>
-constexpr bool needs_whole_batch() {
-  return moe::needs_whole_batch<P>();
-}
 
 }  // namespace detail::depth
 
@@ -220,7 +214,7 @@ class layer_skip {
   using depth_type = Depth;
   /// Depth decisions are per sequence (MoD capacity, Dr.LLM pooling) unless the policy says not.
   static constexpr bool needs_whole_batch =
-      detail::depth::needs_whole_batch<Inner>() || detail::depth::needs_whole_batch<Depth>();
+      moe::needs_whole_batch<Inner>() || moe::needs_whole_batch<Depth>();
 
   layer_skip(Inner inner, Depth depth) : m_inner(std::move(inner)), m_depth(std::move(depth)) {
     if constexpr (requires(const Depth& d) { d.hidden(); }) {
