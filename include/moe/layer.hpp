@@ -14,7 +14,7 @@
 #include "moe/config.hpp"
 #include "moe/core/context.hpp"
 #include "moe/core/error.hpp"
-#include "moe/core/plan.hpp"
+#include "moe/plan.hpp"
 #include "moe/core/stats.hpp"
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"

@@ -19,10 +19,10 @@
 #include "moe/experts/swiglu.hpp"
 #include "moe/losses/load_balance.hpp"
 #include "moe/losses/sequence_balance.hpp"
-#include "moe/routing/capacity.hpp"
-#include "moe/routing/gates.hpp"
-#include "moe/routing/group_limited.hpp"
-#include "moe/routing/top_k.hpp"
+#include "moe/routing/wrappers/capacity.hpp"
+#include "moe/routing/routers/gates.hpp"
+#include "moe/routing/routers/group_limited.hpp"
+#include "moe/routing/routers/top_k.hpp"
 
 namespace moe::presets {
 

@@ -7,7 +7,7 @@
 #include <string>
 
 #include <moe/core/error.hpp>
-#include <moe/core/plan.hpp>
+#include <moe/plan.hpp>
 #include <moe/core/stats.hpp>
 #include <moe/core/views.hpp>
 #include <moe/core/workspace.hpp>

@@ -9,7 +9,7 @@
 
 #include <moe/device/cpu.hpp>
 #include <moe/device/serial.hpp>
-#include <moe/routing/top_k.hpp>
+#include <moe/routing/routers/top_k.hpp>
 
 #include "../support/layers.hpp"
 #include "../support/policies.hpp"

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include <moe/losses/dr_llm.hpp>
-#include <moe/routing/dr_llm.hpp>
+#include <moe/routing/depth/dr_llm.hpp>
 
 #include "../support/gradcheck.hpp"
 #include "../support/random.hpp"

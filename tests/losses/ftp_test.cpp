@@ -6,7 +6,7 @@
 #include <vector>
 
 #include <moe/losses/ftp.hpp>
-#include <moe/routing/ftp.hpp>
+#include <moe/routing/depth/ftp.hpp>
 
 #include "../support/gradcheck.hpp"
 #include "../support/random.hpp"

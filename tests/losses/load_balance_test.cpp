@@ -11,7 +11,7 @@
 
 #include <moe/losses/load_balance.hpp>
 #include <moe/losses/sequence_balance.hpp>
-#include <moe/routing/top_k.hpp>
+#include <moe/routing/routers/top_k.hpp>
 
 #include "../support/gradcheck.hpp"
 #include "../support/random.hpp"

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include <moe/losses/mixture_of_depths.hpp>
-#include <moe/routing/layer_skip.hpp>
+#include <moe/routing/wrappers/layer_skip.hpp>
 
 #include "../support/gradcheck.hpp"
 #include "../support/random.hpp"

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include <moe/losses/prototypical.hpp>
-#include <moe/routing/prototypical.hpp>
+#include <moe/routing/routers/prototypical.hpp>
 
 #include "../support/gradcheck.hpp"
 #include "../support/policies.hpp"

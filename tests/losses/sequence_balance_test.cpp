@@ -8,7 +8,7 @@
 #include <vector>
 
 #include <moe/losses/sequence_balance.hpp>
-#include <moe/routing/group_limited.hpp>
+#include <moe/routing/routers/group_limited.hpp>
 
 #include "../support/gradcheck.hpp"
 #include "../support/random.hpp"

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Composition of token-choice policies through the stage protocol of routing/token_choice.hpp:
+// Composition of token-choice policies through the stage protocol of routing/routers/token_choice.hpp:
 // wrappers over wrappers, and a policy written outside the library.
 #include <catch2/catch.hpp>
 

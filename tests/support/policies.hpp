@@ -13,7 +13,7 @@
 
 #include <moe/core/context.hpp>
 #include <moe/core/error.hpp>
-#include <moe/core/plan.hpp>
+#include <moe/plan.hpp>
 #include <moe/core/views.hpp>
 #include <moe/core/workspace.hpp>
 

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "moe/config.hpp"
-#include "moe/core/plan.hpp"
+#include "moe/plan.hpp"
 
 namespace moe {
 

@@ -6,7 +6,7 @@
 #include "moe/config.hpp"
 #include "moe/core/error.hpp"
 #include "moe/core/parallel.hpp"
-#include "moe/core/plan.hpp"
+#include "moe/plan.hpp"
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/device/schedule.hpp"

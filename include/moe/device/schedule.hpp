@@ -23,7 +23,7 @@
 #include "moe/concepts.hpp"
 #include "moe/config.hpp"
 #include "moe/core/error.hpp"
-#include "moe/core/plan.hpp"
+#include "moe/plan.hpp"
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/experts/shared.hpp"

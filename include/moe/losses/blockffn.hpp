@@ -15,7 +15,7 @@
 #include "moe/core/sequences.hpp"
 #include "moe/core/views.hpp"
 #include "moe/losses/detail/row_math.hpp"
-#include "moe/routing/token_choice.hpp"
+#include "moe/routing/routers/token_choice.hpp"
 
 namespace moe {
 

@@ -10,7 +10,7 @@
 #include <Eigen/Core>
 
 #include "moe/config.hpp"
-#include "moe/core/plan.hpp"
+#include "moe/plan.hpp"
 #include "moe/core/views.hpp"
 #include "moe/losses/common.hpp"
 #include "moe/losses/lbl_normalization.hpp"

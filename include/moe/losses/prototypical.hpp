@@ -12,7 +12,7 @@
 
 #include "moe/config.hpp"
 #include "moe/core/error.hpp"
-#include "moe/core/plan.hpp"
+#include "moe/plan.hpp"
 #include "moe/core/views.hpp"
 #include "moe/losses/detail/row_math.hpp"
 

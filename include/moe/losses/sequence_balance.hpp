@@ -10,7 +10,7 @@
 
 #include "moe/config.hpp"
 #include "moe/core/context.hpp"
-#include "moe/core/plan.hpp"
+#include "moe/plan.hpp"
 #include "moe/core/sequences.hpp"
 #include "moe/core/views.hpp"
 #include "moe/losses/common.hpp"

@@ -16,7 +16,7 @@
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
 #include "moe/kernels/gating.hpp"
-#include "moe/routing/gates.hpp"
+#include "moe/routing/routers/gates.hpp"
 
 namespace moe::detail {
 
