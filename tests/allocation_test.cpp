@@ -9,6 +9,7 @@
 
 #include <moe/moe.hpp>
 
+#include "support/devices.hpp"
 #include "support/layers.hpp"
 
 namespace {
@@ -105,6 +106,23 @@ TEST_CASE("steady-state forwards of wrapped routers allocate nothing", "[allocat
       moe::group_limited<>(rng.matrix(E, d), {.k = 2, .n_groups = 4, .topk_groups = 2}), bank(w.gate, w.up, w.down),
       moe::device::cpu(2));
   CHECK(allocations_after_warm_up(grouped, {5, 64}, rng) == 0);
+}
+
+// Written over the devices (mpi too, under mpirun): a per-token and a whole-batch router, with a
+// gated shared expert.
+TEMPLATE_LIST_TEST_CASE("a steady-state forward allocates nothing on every device", "[allocation]", moe_test::devices) {
+  moe_test::rng rng(79);
+  const index E = 16, d = 32, f = 24;
+  const auto w = moe_test::random_swiglu(rng, E, d, f);
+  const auto sw = moe_test::random_swiglu(rng, 1, d, 16);
+  std::vector<float> gate(static_cast<std::size_t>(d), 0.1f);
+  using bank = moe::swiglu_experts<float>;
+  auto plain = moe_test::make_layer<TestType>(moe::top_k<>(rng.matrix(E, d), {.k = 4, .renormalize = true}), w,
+                                              moe::shared_experts<bank>(moe_test::make_bank(sw), gate));
+  CHECK(allocations_after_warm_up(plain, {1, 7, 100}, rng) == 0);
+  using cap = moe::capacity<moe::top_k<>>;
+  auto capped = moe_test::make_layer<TestType>(cap(moe::top_k<>(rng.matrix(E, d), {.k = 2}), {.capacity_factor = 1.0}), w);
+  CHECK(allocations_after_warm_up(capped, {5, 64}, rng) == 0);
 }
 
 }  // namespace

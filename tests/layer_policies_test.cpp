@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // moe::layer with each token-choice policy family (null experts, similarity-aware, prototypical
-// with shared and unconditional experts, DynMoLE, BlockFFN) against a naive reference layer.
+// with shared and unconditional experts, DynMoLE, BlockFFN) against a naive reference layer, over
+// the devices of support/devices.hpp (mpi under mpirun in moe_mpi_tests).
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 
 #include <moe/moe.hpp>
 
+#include "support/devices.hpp"
 #include "support/layers.hpp"
 #include "support/naive.hpp"
 #include "support/naive_policies.hpp"
@@ -17,6 +19,7 @@
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
 using moe::index;
 using bank = moe::swiglu_experts<float>;
+using moe_test::make_layer;
 
 void add_route(const moe_test::naive_swiglu& experts, const moe_test::naive_route& r, const float* x, double* y) {
   for (std::size_t s = 0; s < r.experts.size(); ++s) {
@@ -24,7 +27,8 @@ void add_route(const moe_test::naive_swiglu& experts, const moe_test::naive_rout
   }
 }
 
-TEST_CASE("layer with null experts: naive reference, all-null tokens give exactly 0", "[layer][null_experts]") {
+TEMPLATE_LIST_TEST_CASE("layer with null experts: naive reference, all-null tokens give exactly 0",
+                        "[layer][null_experts]", moe_test::devices) {
   moe_test::rng rng(1301);
   const index E = 8, m = 4, k = 3, d = 24, f = 16, T = 33;
   const auto experts = moe_test::random_swiglu(rng, E, d, f);
@@ -34,8 +38,7 @@ TEST_CASE("layer with null experts: naive reference, all-null tokens give exactl
   auto w_null = rng.matrix(m, d);
   for (index j = 0; j < 3; ++j) w_null.row(j) = 40.0f * x.row(0) / x.row(0).squaredNorm();
   using policy = moe::null_experts<moe::top_k<>>;
-  moe::layer<policy, bank, moe::device::cpu> layer(policy(w, w_null, {.k = k, .renormalize = true}),
-                                                   moe_test::make_bank(experts), moe::device::cpu{2});
+  auto layer = make_layer<TestType>(policy(w, w_null, {.k = k, .renormalize = true}), experts);
   moe::row_matrix<float> y(T, d);
   layer.forward(x, y);
   moe::row_matrix<float> all(E + m, d);
@@ -54,7 +57,8 @@ TEST_CASE("layer with null experts: naive reference, all-null tokens give exactl
   CHECK(s.flops_saved == Approx(1.0 - s.mean_true_experts / k));
 }
 
-TEST_CASE("layer with similarity-aware routing: naive reference per sequence", "[layer][similarity_aware]") {
+TEMPLATE_LIST_TEST_CASE("layer with similarity-aware routing: naive reference per sequence",
+                        "[layer][similarity_aware]", moe_test::devices) {
   moe_test::rng rng(1302);
   const index E = 8, d = 16, f = 12;
   const auto experts = moe_test::random_swiglu(rng, E, d, f);
@@ -63,9 +67,9 @@ TEST_CASE("layer with similarity-aware routing: naive reference per sequence", "
   const std::vector<index> starts = {0, 20};
   using policy = moe::similarity_aware<moe::top_k<>>;
   for (const bool causal : {true, false}) {
-    moe::layer<policy, bank, moe::device::cpu> layer(
+    auto layer = make_layer<TestType>(
         policy(moe::top_k<>(w, {.k = 2, .renormalize = true}), {.causal = causal}, moe::scaled_dot_similarity(1.5f)),
-        moe_test::make_bank(experts), moe::device::cpu{2});
+        experts);
     moe::row_matrix<float> y(33, d);
     layer.forward(x, y, {.sequence_starts = starts});
     std::vector<double> want(static_cast<std::size_t>(33 * d), 0.0);
@@ -82,7 +86,8 @@ TEST_CASE("layer with similarity-aware routing: naive reference per sequence", "
   }
 }
 
-TEST_CASE("layer with prototypical routing, a shared expert and an unconditional expert", "[layer][prototypical]") {
+TEMPLATE_LIST_TEST_CASE("layer with prototypical routing, a shared expert and an unconditional expert",
+                        "[layer][prototypical]", moe_test::devices) {
   moe_test::rng rng(1303);
   const index N = 4, d = 20, f = 12, T = 30;
   const auto experts = moe_test::random_swiglu(rng, N + 1, d, f);  // 4 routed + 1 unconditional
@@ -92,9 +97,8 @@ TEST_CASE("layer with prototypical routing, a shared expert and an unconditional
   std::vector<std::uint8_t> cond(T, 1);
   for (index t = 0; t < T; t += 4) cond[t] = 0;
   for (const auto act : {moe::prototype_activation::identity, moe::prototype_activation::softmax}) {
-    moe::layer<moe::prototypical, bank, moe::device::cpu> layer(
-        moe::prototypical(P, {.k = 2, .activation = act}), moe_test::make_bank(experts),
-        moe::shared_experts<bank>(moe_test::make_bank(shared)), moe::device::cpu{2});
+    auto layer = make_layer<TestType>(moe::prototypical(P, {.k = 2, .activation = act}), experts,
+                                      moe::shared_experts<bank>(moe_test::make_bank(shared)));
     moe::row_matrix<float> y(T, d);
     layer.forward(x, y, {.conditional = cond});
     std::vector<double> want(static_cast<std::size_t>(T * d), 0.0);
@@ -102,8 +106,9 @@ TEST_CASE("layer with prototypical routing, a shared expert and an unconditional
       const float* xt = x.data() + t * d;
       shared.accumulate(0, xt, 1.0, want.data() + t * d);
       if (cond[t]) {
-        add_route(experts, moe_test::naive_prototypical(P, xt, 2, 1.0, act == moe::prototype_activation::identity ? 0 : 2),
-                  xt, want.data() + t * d);
+        add_route(experts,
+                  moe_test::naive_prototypical(P, xt, 2, 1.0, act == moe::prototype_activation::identity ? 0 : 2), xt,
+                  want.data() + t * d);
       } else {
         experts.accumulate(N, xt, 1.0, want.data() + t * d);
       }
@@ -113,23 +118,22 @@ TEST_CASE("layer with prototypical routing, a shared expert and an unconditional
   }
 }
 
-TEST_CASE("layer with DynMoLE routing: naive reference", "[layer][dynmole]") {
+TEMPLATE_LIST_TEST_CASE("layer with DynMoLE routing: naive reference", "[layer][dynmole]", moe_test::devices) {
   moe_test::rng rng(1304);
   const index E = 6, d = 16, f = 10, T = 40;
   const auto experts = moe_test::random_swiglu(rng, E, d, f);
   const auto w = rng.matrix(E, d, 2.0f);
   auto x = rng.matrix(T, d);
   for (index t = 0; t < T; t += 4) x.row(t) *= 0.01f;  // near-uniform routing: the entropy broadcast
-  moe::layer<moe::dynmole, bank, moe::device::cpu> layer(moe::dynmole(w), moe_test::make_bank(experts),
-                                                         moe::device::cpu{2});
+  auto layer = make_layer<TestType>(moe::dynmole(w), experts);
   moe::row_matrix<float> y(T, d);
   layer.forward(x, y);
   std::vector<double> want(static_cast<std::size_t>(T * d), 0.0);
   index active = 0, all = 0;
   for (index t = 0; t < T; ++t) {
     const auto z = moe_test::naive_logits(w, x.data() + t * d);
-    const auto route = moe_test::naive_dynmole(z, static_cast<double>(1.1f), static_cast<double>(0.75f), 2,
-                                               static_cast<double>(0.9f));
+    const auto route =
+        moe_test::naive_dynmole(z, static_cast<double>(1.1f), static_cast<double>(0.75f), 2, static_cast<double>(0.9f));
     add_route(experts, route, x.data() + t * d, want.data() + t * d);
     active += static_cast<index>(route.experts.size());
     all += static_cast<index>(route.experts.size()) == E;
@@ -144,7 +148,7 @@ TEST_CASE("layer with DynMoLE routing: naive reference", "[layer][dynmole]") {
   CHECK(all < T);
 }
 
-TEST_CASE("layer with the BlockFFN router: naive reference", "[layer][blockffn]") {
+TEMPLATE_LIST_TEST_CASE("layer with the BlockFFN router: naive reference", "[layer][blockffn]", moe_test::devices) {
   moe_test::rng rng(1305);
   const index E = 12, d = 16, f = 8, T = 40;
   const auto experts = moe_test::random_swiglu(rng, E, d, f);
@@ -152,8 +156,7 @@ TEST_CASE("layer with the BlockFFN router: naive reference", "[layer][blockffn]"
   const auto x = rng.matrix(T, d);
   std::vector<float> gain(E);
   for (auto& g : gain) g = rng.uniform(0.5f, 1.5f);
-  moe::layer<moe::blockffn, bank, moe::device::cpu> layer(moe::blockffn(w, {.gain = gain, .chunk_length = 8}),
-                                                          moe_test::make_bank(experts), moe::device::cpu{2});
+  auto layer = make_layer<TestType>(moe::blockffn(w, {.gain = gain, .chunk_length = 8}), experts);
   moe::row_matrix<float> y(T, d);
   layer.forward(x, y);
   std::vector<double> want(static_cast<std::size_t>(T * d), 0.0);

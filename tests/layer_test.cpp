@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// Tests of include/moe/layer.hpp: the generic layer against the naive reference.
+// Tests of include/moe/layer.hpp: the generic layer against the naive reference, written once
+// over the devices of support/devices.hpp (serial and cpu here; mpi under mpirun in
+// moe_mpi_tests, which compiles this file too).
 #include <catch2/catch.hpp>
 #include <cstdint>
 #include <vector>
@@ -11,21 +13,19 @@
 
 #include <moe/moe.hpp>
 
+#include "support/compare.hpp"
+#include "support/devices.hpp"
 #include "support/layers.hpp"
 
 namespace {  // test cases live in an anonymous namespace so `index` is moe::index
 using moe::index;
+using moe_test::bitwise_equal;
+using moe_test::bitwise_equal_rows;
+using moe_test::make_layer;
 
-namespace {
-using softmax_layer = moe::layer<moe::top_k<moe::softmax_gate>, moe::swiglu_experts<float>, moe::device::cpu>;
-
-bool rows_bitwise_equal(const float* a, const float* b, index d) {
-  return std::memcmp(a, b, sizeof(float) * static_cast<std::size_t>(d)) == 0;
-}
-}  // namespace
-
-TEST_CASE("layer output equals the naive reference for E in {1, 8, 64}, k in {1, 2, 8}, T in {0, 1, 7, 513}",
-          "[layer]") {
+TEMPLATE_LIST_TEST_CASE(
+    "layer output equals the naive reference for E in {1, 8, 64}, k in {1, 2, 8}, T in {0, 1, 7, 513}", "[layer]",
+    moe_test::devices) {
   moe_test::rng rng(31);
   const index d = 72, f = 40;
   for (const index E : {1, 8, 64}) {
@@ -34,8 +34,7 @@ TEST_CASE("layer output equals the naive reference for E in {1, 8, 64}, k in {1,
     for (const int k : {1, 2, 8}) {
       if (k > E) continue;
       const bool renorm = k % 2 == 0;
-      softmax_layer layer(moe::top_k<>(router_w, {.k = k, .renormalize = renorm}), moe_test::make_bank(w),
-                          moe::device::cpu{2});
+      auto layer = make_layer<TestType>(moe::top_k<>(router_w, {.k = k, .renormalize = renorm}), w);
       for (const index T : {0, 1, 7, 513}) {
         const auto x = rng.matrix(T, d);
         moe::row_matrix<float> y(T, d);
@@ -52,12 +51,13 @@ TEST_CASE("layer output equals the naive reference for E in {1, 8, 64}, k in {1,
   }
 }
 
-TEST_CASE("layer is batch invariant: a token's bits do not depend on the other tokens", "[layer][determinism]") {
+TEMPLATE_LIST_TEST_CASE("layer is batch invariant: a token's bits do not depend on the other tokens",
+                        "[layer][determinism]", moe_test::devices) {
   moe_test::rng rng(32);
   const index E = 32, d = 64, f = 48, k = 4;
   const auto w = moe_test::random_swiglu(rng, E, d, f);
   const auto router_w = rng.matrix(E, d);
-  softmax_layer layer(moe::top_k<>(router_w, {.k = k, .renormalize = true}), moe_test::make_bank(w), moe::device::cpu{2});
+  auto layer = make_layer<TestType>(moe::top_k<>(router_w, {.k = k, .renormalize = true}), w);
   const index T = 41;
   const auto x = rng.matrix(T, d);
   moe::row_matrix<float> y(T, d);
@@ -67,7 +67,7 @@ TEST_CASE("layer is batch invariant: a token's bits do not depend on the other t
   for (index t = 0; t < T; t += 5) {
     moe::row_matrix<float> xt = x.row(t), yt(1, d);
     layer.forward(xt, yt);
-    CHECK(rows_bitwise_equal(yt.data(), y.data() + t * d, d));
+    CHECK(bitwise_equal_rows(yt, y, t));
   }
   // Shuffled and mixed with 200 other tokens.
   const auto extra = rng.matrix(200, d);
@@ -83,11 +83,12 @@ TEST_CASE("layer is batch invariant: a token's bits do not depend on the other t
   layer.forward(big, ybig);
   for (index i = 0; i < T + 200; ++i) {
     const index src = order[static_cast<std::size_t>(i)];
-    if (src < T) CHECK(rows_bitwise_equal(ybig.data() + i * d, y.data() + src * d, d));
+    if (src < T) CHECK(bitwise_equal_rows(ybig.middleRows(i, 1), y, src));
   }
 }
 
-TEST_CASE("layer: serial and cpu devices give the same bits, shared experts included", "[layer][determinism]") {
+TEMPLATE_LIST_TEST_CASE("layer: every device gives the serial device's bits, shared experts included",
+                        "[layer][determinism]", moe_test::devices) {
   moe_test::rng rng(33);
   const index E = 8, d = 48, f = 32, k = 2, T = 77;
   const auto w = moe_test::random_swiglu(rng, E, d, f);
@@ -99,14 +100,12 @@ TEST_CASE("layer: serial and cpu devices give the same bits, shared experts incl
   using shared_t = moe::shared_experts<moe::swiglu_experts<float>>;
   moe::layer<moe::top_k<>, moe::swiglu_experts<float>, moe::device::serial> serial(
       moe::top_k<>(router_w, {.k = k}), moe_test::make_bank(w), shared_t(moe_test::make_bank(ws), gate));
-  moe::layer<moe::top_k<>, moe::swiglu_experts<float>, moe::device::cpu> threaded(
-      moe::top_k<>(router_w, {.k = k}), moe_test::make_bank(w), shared_t(moe_test::make_bank(ws), gate),
-      moe::device::cpu{2});
-  CHECK(serial.has_shared_experts());
+  auto layer = make_layer<TestType>(moe::top_k<>(router_w, {.k = k}), w, shared_t(moe_test::make_bank(ws), gate));
+  CHECK(layer.has_shared_experts());
   moe::row_matrix<float> y1(T, d), y2(T, d);
   serial.forward(x, y1);
-  threaded.forward(x, y2);
-  CHECK(std::memcmp(y1.data(), y2.data(), sizeof(float) * static_cast<std::size_t>(T * d)) == 0);
+  layer.forward(x, y2);
+  CHECK(bitwise_equal(y1, y2));
   // Shared part: y - routed part equals sigmoid(gate · x) · Shared(x).
   auto want = moe_test::naive_layer(router_w, w, x, k, false);
   for (index t = 0; t < T; ++t) {
@@ -114,14 +113,14 @@ TEST_CASE("layer: serial and cpu devices give the same bits, shared experts incl
     for (index i = 0; i < d; ++i) logit += static_cast<double>(gate[static_cast<std::size_t>(i)]) * x(t, i);
     ws.accumulate(0, x.data() + t * d, 1.0 / (1.0 + std::exp(-logit)), want.data() + t * d);
   }
-  CHECK(moe_test::relative_error(y1, want) < 1e-5);
+  CHECK(moe_test::relative_error(y2, want) < 1e-5);
 }
 
-TEST_CASE("layer: route() returns the plan and stats() summarise it", "[layer]") {
+TEMPLATE_LIST_TEST_CASE("layer: route() returns the plan and stats() summarise it", "[layer]", moe_test::devices) {
   moe_test::rng rng(34);
   const index E = 8, d = 16, f = 8;
   const auto w = moe_test::random_swiglu(rng, E, d, f);
-  softmax_layer layer(moe::top_k<>(rng.matrix(E, d), {.k = 2}), moe_test::make_bank(w));
+  auto layer = make_layer<TestType>(moe::top_k<>(rng.matrix(E, d), {.k = 2}), w);
   const auto x = rng.matrix(50, d);
   const auto& plan = layer.route(x);
   CHECK(plan.num_tokens() == 50);
@@ -138,14 +137,15 @@ TEST_CASE("layer: route() returns the plan and stats() summarise it", "[layer]")
   CHECK(out.str().find("mean experts/token 2.000") != std::string::npos);
 }
 
-TEST_CASE("layer: bad configurations and shapes throw moe::error naming the parameter", "[layer][error]") {
+TEMPLATE_LIST_TEST_CASE("layer: bad configurations and shapes throw moe::error naming the parameter", "[layer][error]",
+                        moe_test::devices) {
   moe_test::rng rng(35);
   const auto w = moe_test::random_swiglu(rng, 4, 8, 4);
-  CHECK_THROWS_WITH(softmax_layer(moe::top_k<>(rng.matrix(5, 8), {.k = 2}), moe_test::make_bank(w)),
+  CHECK_THROWS_WITH(make_layer<TestType>(moe::top_k<>(rng.matrix(5, 8), {.k = 2}), w),
                     Catch::Contains("parameter 'router.num_experts()' must be equal to 4, got 5"));
-  CHECK_THROWS_WITH(softmax_layer(moe::top_k<>(rng.matrix(4, 9), {.k = 2}), moe_test::make_bank(w)),
+  CHECK_THROWS_WITH(make_layer<TestType>(moe::top_k<>(rng.matrix(4, 9), {.k = 2}), w),
                     Catch::Contains("parameter 'router.hidden()' must be equal to 8, got 9"));
-  softmax_layer layer(moe::top_k<>(rng.matrix(4, 8), {.k = 2}), moe_test::make_bank(w));
+  auto layer = make_layer<TestType>(moe::top_k<>(rng.matrix(4, 8), {.k = 2}), w);
   moe::row_matrix<float> x(3, 8), y(3, 8), y_short(2, 8), x_wide(3, 9), y_wide(3, 9);
   x.setOnes();
   CHECK_THROWS_WITH(layer.forward(x_wide, y_wide), Catch::Contains("parameter 'x.cols()' must be equal to 8, got 9"));
@@ -168,11 +168,12 @@ TEST_CASE("layer: bad configurations and shapes throw moe::error naming the para
   CHECK(y.row(0).allFinite());
 }
 
-TEST_CASE("layer and routers take any row-major Eigen matrix, map or block, const or not", "[layer][views]") {
+TEMPLATE_LIST_TEST_CASE("layer and routers take any row-major Eigen matrix, map or block, const or not",
+                        "[layer][views]", moe_test::devices) {
   moe_test::rng rng(37);
   const auto w = moe_test::random_swiglu(rng, 4, 8, 6);
   const moe::top_k<> r(rng.matrix(4, 8), {.k = 2});
-  moe::layer<moe::top_k<>, moe::swiglu_experts<float>, moe::device::serial> layer(r, moe_test::make_bank(w));
+  auto layer = make_layer<TestType>(r, w);
   moe::row_matrix<float> x = rng.matrix(6, 8), y(6, 8), y2(6, 8);
   moe::routing_plan plan;
   moe::workspace ws;
@@ -186,11 +187,11 @@ TEST_CASE("layer and routers take any row-major Eigen matrix, map or block, cons
   CHECK(std::vector<std::int32_t>(plan.all_experts().begin(), plan.all_experts().end()) == experts);
   layer.forward(x, y);
   layer.forward(cx, moe::view(y2));
-  CHECK(std::memcmp(y.data(), y2.data(), sizeof(float) * 48) == 0);
+  CHECK(bitwise_equal(y, y2));
   auto top = x.topRows(3);
   moe::row_matrix<float> y3(3, 8);
   layer.forward(top, y3);
-  CHECK(std::memcmp(y.data(), y3.data(), sizeof(float) * 24) == 0);  // batch invariant
+  CHECK(bitwise_equal_rows(y3, y, 0));  // batch invariant
   // Statistics say "n/a" for what the plan does not hold (a router without entropy: none here
   // after an empty batch).
   const moe::row_matrix<float> empty(0, 8);
@@ -201,15 +202,16 @@ TEST_CASE("layer and routers take any row-major Eigen matrix, map or block, cons
   CHECK(out.str().find("nan") == std::string::npos);
 }
 
-TEST_CASE("layer: a second forward of the same batch gives the same output", "[layer]") {
+TEMPLATE_LIST_TEST_CASE("layer: a second forward of the same batch gives the same output", "[layer]",
+                        moe_test::devices) {
   moe_test::rng rng(36);
   const auto w = moe_test::random_swiglu(rng, 8, 32, 16);
-  softmax_layer layer(moe::top_k<>(rng.matrix(8, 32), {.k = 2}), moe_test::make_bank(w), moe::device::cpu{2});
+  auto layer = make_layer<TestType>(moe::top_k<>(rng.matrix(8, 32), {.k = 2}), w);
   const auto x = rng.matrix(64, 32);
   moe::row_matrix<float> y(64, 32), y2(64, 32);
   layer.forward(x, y);
   layer.forward(x, y2);
-  CHECK(y == y2);
+  CHECK(bitwise_equal(y, y2));
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <moe/device/serial.hpp>
 #include <moe/routing/routers/top_k.hpp>
 
+#include "../support/compare.hpp"
 #include "../support/layers.hpp"
 #include "../support/policies.hpp"
 
@@ -36,12 +37,7 @@ static_assert(moe::expert_bank<weights_only>);
 static_assert(!moe::detail::host_ffn_bank<weights_only>);
 static_assert(!moe::device_for<moe::device::cpu, weights_only>);
 
-namespace {
-bool bitwise_equal(const moe::row_matrix<float>& a, const moe::row_matrix<float>& b) {
-  return a.rows() == b.rows() && a.cols() == b.cols() &&
-         std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<std::size_t>(a.size())) == 0;
-}
-}  // namespace
+using moe_test::bitwise_equal;
 
 TEST_CASE("devices name themselves and their memory space", "[device]") {
   CHECK(std::string(moe::device::serial::name()) == "serial");

@@ -17,6 +17,8 @@
 #include <moe/device/mpi.hpp>
 #include <moe/moe.hpp>
 
+#include "../support/compare.hpp"
+#include "../support/devices.hpp"
 #include "../support/layers.hpp"
 #include "../support/random.hpp"
 
@@ -25,32 +27,9 @@ using moe::index;
 using bank = moe::swiglu_experts<float>;
 using shared_bank = moe::shared_experts<bank>;
 
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-int world_size() {
-  int n = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &n);
-  return n;
-}
-
-// The experts `ids` of a full bank, stacked in that order: what a rank loads for its share.
-bank select_experts(const moe_test::naive_swiglu& w, std::span<const index> ids) {
-  const index d = w.d, f = w.f, n = static_cast<index>(ids.size());
-  moe::row_matrix<float> gate(std::max<index>(n, 1) * f, d), up(std::max<index>(n, 1) * f, d), down(std::max<index>(n, 1) * d, f);
-  for (index i = 0; i < n; ++i) {
-    gate.middleRows(i * f, f) = w.gate.middleRows(ids[i] * f, f);
-    up.middleRows(i * f, f) = w.up.middleRows(ids[i] * f, f);
-    down.middleRows(i * d, d) = w.down.middleRows(ids[i] * d, d);
-  }
-  if (n == 0) {  // a rank that holds no expert: an empty bank of the same widths
-    const float* none = nullptr;
-    return bank(none, none, none, moe::swiglu_shape{0, d, f});
-  }
-  return bank(moe::view(gate), moe::view(up), moe::view(down));
-}
+using moe_test::select_experts;
+using moe_test::world_rank;
+using moe_test::world_size;
 
 // This rank's rows of a global batch: rank r has 3 + 5 r tokens (uneven), in rank order.
 struct batch_split {
@@ -70,12 +49,6 @@ batch_split split(int ranks, int rank, index base = 3, index step = 5) {
     s.total += n;
   }
   return s;
-}
-
-bool rows_bitwise_equal(const moe::row_matrix<float>& mine, const moe::row_matrix<float>& global, index begin) {
-  if (mine.size() == 0) return true;  // (memcmp must not see the null data of an empty matrix)
-  return std::memcmp(mine.data(), global.data() + begin * global.cols(),
-                     sizeof(float) * static_cast<std::size_t>(mine.size())) == 0;
 }
 
 struct fixture {
@@ -153,7 +126,7 @@ void check_against_one_process(const fixture& fx, const Router& router, const mo
     st = mine.device().stats();
   }
   INFO("rank " << rank << " of " << world_size());
-  CHECK(rows_bitwise_equal(y, Y, sp.begin));
+  CHECK(moe_test::bitwise_equal_rows(y, Y, sp.begin));
   // Statistics add up over the ranks: every row computed somewhere, imbalance >= 1 when loaded.
   const index computed = std::accumulate(st.load_per_rank.begin(), st.load_per_rank.end(), index{0});
   CHECK(st.rows_computed == st.load_per_rank[static_cast<std::size_t>(rank)]);

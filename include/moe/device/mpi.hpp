@@ -96,6 +96,38 @@ inline void check_mpi(int rc, const char* call) {
   }
 }
 
+/// A committed contiguous datatype of `d` floats (one token row), created on first use and kept
+/// while `d` stays the same; a copy creates its own. Freed unless MPI is already finalised.
+class row_type {
+ public:
+  row_type() = default;
+  row_type(const row_type&) noexcept {}
+  row_type& operator=(const row_type&) noexcept {
+    release();
+    return *this;
+  }
+  ~row_type() { release(); }
+  MPI_Datatype get(index d) {
+    if (m_type != MPI_DATATYPE_NULL && m_d == d) return m_type;
+    release();
+    check_mpi(MPI_Type_contiguous(static_cast<int>(d), MPI_FLOAT, &m_type), "MPI_Type_contiguous");
+    check_mpi(MPI_Type_commit(&m_type), "MPI_Type_commit");
+    m_d = d;
+    return m_type;
+  }
+
+ private:
+  void release() noexcept {
+    if (m_type == MPI_DATATYPE_NULL) return;
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized) MPI_Type_free(&m_type);
+    m_type = MPI_DATATYPE_NULL;
+  }
+  MPI_Datatype m_type = MPI_DATATYPE_NULL;
+  index m_d = -1;
+};
+
 /// The record every rank contributes to the agreement of one step.
 struct agreement {
   std::int64_t ok = 1;
@@ -104,6 +136,20 @@ struct agreement {
   std::int64_t local_experts = 0;
   std::int64_t fingerprint = 0;
   std::int64_t ranks = 0;
+};
+
+/// Host scratch of one device, reused by every forward (sized on first use: a steady-state
+/// forward allocates nothing).
+struct scratch {
+  std::vector<agreement> agreements;
+  std::vector<index> send_count, recv_count, cursor, gathered_starts;
+  std::vector<int> dest, sc, rc, sd, rd, counts, displs;
+  std::vector<index> slot, pos;
+  std::vector<std::int64_t> loads, my_starts, start_counts, all_starts;
+  std::vector<std::array<std::int64_t, 5>> sizes;
+  std::vector<float> packed, gx, gblock, gatt;
+  std::vector<std::uint8_t> my_cond, gcond;
+  row_type row;
 };
 
 }  // namespace detail::mpi_impl
@@ -214,7 +260,8 @@ class mpi {
       }
     }
     mine.ranks = m_ranks;
-    std::vector<detail::mpi_impl::agreement> all(static_cast<std::size_t>(m_ranks));
+    auto& all = m_s.agreements;
+    all.resize(static_cast<std::size_t>(m_ranks));
     detail::mpi_impl::check_mpi(MPI_Allgather(&mine, sizeof mine, MPI_BYTE, all.data(), sizeof mine, MPI_BYTE, m_comm),
                                 "MPI_Allgather");
     int failed = -1;
@@ -302,19 +349,20 @@ class mpi {
       detail::check_extent(where, "x.rows()", x.rows(), plan.num_tokens());
       detail::check_operands(where, x, bank, y);
     });
-    m_stats = {};
-    m_stats.rank = m_rank;
-    m_stats.ranks = m_ranks;
+    reset_stats();
     double t_comm = 0, t_compute = 0;
     double t0 = MPI_Wtime();
 
     // 1. Destinations: every entry of the expert-major view, in its order (ascending expert).
     const auto entries = plan.entries();
     const auto A = entries.size();
-    std::vector<index> send_count(R, 0), recv_count(R, 0);
-    std::vector<int>& dest = m_dest;
+    auto& send_count = m_s.send_count;
+    auto& recv_count = m_s.recv_count;
+    send_count.assign(R, 0);
+    recv_count.assign(R, 0);
+    auto& dest = m_s.dest;
     dest.resize(A);
-    std::vector<index>& slot = m_slot;
+    auto& slot = m_s.slot;
     slot.resize(A);
     for (index e = 0; e < plan.num_experts(); ++e) {
       for (const auto& en : plan.entries(e)) {
@@ -328,7 +376,11 @@ class mpi {
     agreed("moe::device::mpi::run", record(d, m_placement.num_experts(), bank.num_experts()),
            [&] { im::check_counts("moe::device::mpi::run", "sent", send_count); });
     // 2. Counts, then rows and local slots.
-    std::vector<int> sc(R), rc(R), sd(R), rd(R);
+    auto &sc = m_s.sc, &rc = m_s.rc, &sd = m_s.sd, &rd = m_s.rd;
+    sc.resize(R);
+    rc.resize(R);
+    sd.resize(R);
+    rd.resize(R);
     for (std::size_t r = 0; r < R; ++r) sc[r] = static_cast<int>(send_count[r]);
     im::check_mpi(MPI_Alltoall(sc.data(), 1, MPI_INT, rc.data(), 1, MPI_INT, m_comm), "MPI_Alltoall");
     for (std::size_t r = 0; r < R; ++r) recv_count[r] = rc[r];
@@ -345,10 +397,11 @@ class mpi {
     float* recv_rows = ws.take<float>(static_cast<std::size_t>(std::max<index>(total_recv * d, 1)));
     auto* send_slot = ws.take<std::int32_t>(static_cast<std::size_t>(std::max<index>(total_send, 1)));
     auto* recv_slot = ws.take<std::int32_t>(static_cast<std::size_t>(std::max<index>(total_recv, 1)));
-    std::vector<index>& pos = m_pos;  // position of each entry's row in the send (and return) buffer
+    auto& pos = m_s.pos;  // position of each entry's row in the send (and return) buffer
     pos.resize(A);
     {
-      std::vector<index> cursor(R);
+      auto& cursor = m_s.cursor;
+      cursor.resize(R);
       for (std::size_t r = 0; r < R; ++r) cursor[r] = sd[r];
       for (std::size_t i = 0; i < A; ++i) {
         const index p = cursor[static_cast<std::size_t>(dest[i])]++;
@@ -357,9 +410,7 @@ class mpi {
         std::memcpy(send_rows + p * d, x.data() + entries[i].token * x.outerStride(), sizeof(float) * static_cast<std::size_t>(d));
       }
     }
-    MPI_Datatype row;
-    im::check_mpi(MPI_Type_contiguous(static_cast<int>(d), MPI_FLOAT, &row), "MPI_Type_contiguous");
-    MPI_Type_commit(&row);
+    const MPI_Datatype row = m_s.row.get(std::max<index>(d, 1));
     MPI_Request req[2];
     im::check_mpi(MPI_Ialltoallv(send_rows, sc.data(), sd.data(), row, recv_rows, rc.data(), rd.data(), row, m_comm, &req[0]),
                   "MPI_Ialltoallv");
@@ -397,7 +448,6 @@ class mpi {
     t_compute += t4 - t3;
     im::check_mpi(MPI_Alltoallv(out_rows, rc.data(), rd.data(), row, back_rows, sc.data(), sd.data(), row, m_comm),
                   "MPI_Alltoallv");
-    MPI_Type_free(&row);
     double t5 = MPI_Wtime();
     t_comm += t5 - t4;
 
@@ -429,7 +479,8 @@ class mpi {
     m_stats.bytes_received = static_cast<double>(m_stats.rows_received) * (row_bytes + sizeof(std::int32_t)) +
                              static_cast<double>(m_stats.rows_sent) * row_bytes;
     m_stats.rows_computed = total_recv;
-    std::vector<std::int64_t> loads(R);
+    auto& loads = m_s.loads;
+    loads.resize(R);
     const std::int64_t mine = total_recv;
     im::check_mpi(MPI_Allgather(&mine, 1, MPI_INT64_T, loads.data(), 1, MPI_INT64_T, m_comm), "MPI_Allgather");
     m_stats.load_per_rank.assign(loads.begin(), loads.end());
@@ -467,6 +518,15 @@ class mpi {
     a.local_experts = local;
     a.fingerprint = static_cast<std::int64_t>(m_placement.fingerprint());
     return a;
+  }
+
+  // Clears the statistics of the last run, keeping load_per_rank's storage.
+  void reset_stats() const noexcept {
+    auto loads = std::move(m_stats.load_per_rank);
+    m_stats = {};
+    m_stats.load_per_rank = std::move(loads);
+    m_stats.rank = m_rank;
+    m_stats.ranks = m_ranks;
   }
 
   // y[0..d) = fma(w, v[0..d), y[0..d)): the combine of the host schedule's down epilogue.
@@ -526,7 +586,8 @@ class mpi {
     std::array<std::int64_t, 5> mine = {x.rows(), static_cast<std::int64_t>(ctx.sequence_starts.size()),
                                         static_cast<std::int64_t>(ctx.conditional.size()),
                                         static_cast<std::int64_t>(ctx.attention.size()), ctx.block_input ? 1 : 0};
-    std::vector<std::array<std::int64_t, 5>> all(R);
+    auto& all = m_s.sizes;
+    all.resize(R);
     agreed("moe::device::mpi::route", info, [&] {
       if (ctx.block_input) {
         detail::check_extent("moe::device::mpi::route", "ctx.block_input->rows()", ctx.block_input->rows(), x.rows());
@@ -554,9 +615,12 @@ class mpi {
           }
         }
       }
-      im::check_counts("moe::device::mpi::route", "gathered", std::vector<index>{total});
+      const std::array<index, 1> gathered = {total};
+      im::check_counts("moe::device::mpi::route", "gathered", gathered);
     });
-    std::vector<int> counts(R), displs(R);
+    auto &counts = m_s.counts, &displs = m_s.displs;
+    counts.resize(R);
+    displs.resize(R);
     const auto gather = [&](const void* send, int n, void* recv, MPI_Datatype type, auto count_of) {
       int at = 0;
       for (std::size_t r = 0; r < R; ++r) {
@@ -566,59 +630,59 @@ class mpi {
       }
       im::check_mpi(MPI_Allgatherv(send, n, type, recv, counts.data(), displs.data(), type, m_comm), "MPI_Allgatherv");
     };
-    MPI_Datatype row;
-    im::check_mpi(MPI_Type_contiguous(static_cast<int>(std::max<index>(d, 1)), MPI_FLOAT, &row), "MPI_Type_contiguous");
-    MPI_Type_commit(&row);
+    const MPI_Datatype row = m_s.row.get(std::max<index>(d, 1));
+    // This rank's rows of m, packed contiguously (the scratch's `packed`).
     const auto pack = [&](const_matrix_map<float> m) {
-      std::vector<float> v(static_cast<std::size_t>(m.rows() * d));
-      for (index t = 0; t < m.rows(); ++t) std::memcpy(v.data() + t * d, m.data() + t * m.outerStride(), sizeof(float) * static_cast<std::size_t>(d));
-      return v;
+      m_s.packed.resize(static_cast<std::size_t>(std::max<index>(m.rows() * d, 1)));
+      for (index t = 0; t < m.rows(); ++t) {
+        std::memcpy(m_s.packed.data() + t * d, m.data() + t * m.outerStride(), sizeof(float) * static_cast<std::size_t>(d));
+      }
+      return m_s.packed.data();
     };
-    std::vector<float> gx(static_cast<std::size_t>(std::max<index>(total * d, 1)));
-    {
-      const auto mx = pack(x);
-      gather(mx.data(), static_cast<int>(x.rows()), gx.data(), row, [&](std::size_t r) { return all[r][0]; });
-    }
+    auto& gx = m_s.gx;
+    gx.resize(static_cast<std::size_t>(std::max<index>(total * d, 1)));
+    gather(pack(x), static_cast<int>(x.rows()), gx.data(), row, [&](std::size_t r) { return all[r][0]; });
     route_context g = ctx;
-    std::vector<float> gblock;
     if (ctx.block_input) {
+      auto& gblock = m_s.gblock;
       gblock.resize(static_cast<std::size_t>(std::max<index>(total * d, 1)));
-      const auto mb = pack(*ctx.block_input);
-      gather(mb.data(), static_cast<int>(x.rows()), gblock.data(), row, [&](std::size_t r) { return all[r][0]; });
+      gather(pack(*ctx.block_input), static_cast<int>(x.rows()), gblock.data(), row, [&](std::size_t r) { return all[r][0]; });
       g.block_input.emplace(map(static_cast<const float*>(gblock.data()), total, d));
     }
-    MPI_Type_free(&row);
     // Sequences: each rank's starts (or one sequence of its rows) shifted by its offset.
-    std::vector<index> gstarts;
     {
-      std::vector<std::int64_t> ms;
+      auto& ms = m_s.my_starts;
+      ms.clear();
       if (!ctx.sequence_starts.empty()) {
         for (index s : ctx.sequence_starts) ms.push_back(s + offset);
       } else if (x.rows() > 0) {
         ms.push_back(offset);
       }
-      std::vector<std::int64_t> ns(R);
+      auto& ns = m_s.start_counts;
+      ns.resize(R);
       const std::int64_t n = static_cast<std::int64_t>(ms.size());
       im::check_mpi(MPI_Allgather(&n, 1, MPI_INT64_T, ns.data(), 1, MPI_INT64_T, m_comm), "MPI_Allgather");
       std::int64_t sum = 0;
       for (auto v : ns) sum += v;
-      std::vector<std::int64_t> gs(static_cast<std::size_t>(std::max<std::int64_t>(sum, 1)));
+      auto& gs = m_s.all_starts;
+      gs.resize(static_cast<std::size_t>(std::max<std::int64_t>(sum, 1)));
       gather(ms.data(), static_cast<int>(n), gs.data(), MPI_INT64_T, [&](std::size_t r) { return ns[r]; });
-      gstarts.assign(gs.begin(), gs.begin() + sum);
-      g.sequence_starts = gstarts;
+      m_s.gathered_starts.assign(gs.begin(), gs.begin() + sum);
+      g.sequence_starts = m_s.gathered_starts;
     }
-    std::vector<std::uint8_t> gcond;
     if (all[0][2] > 0 || std::any_of(all.begin(), all.end(), [](const auto& a) { return a[2] > 0; })) {
+      auto& gcond = m_s.gcond;
       gcond.resize(static_cast<std::size_t>(std::max<index>(total, 1)));
-      std::vector<std::uint8_t> mc(ctx.conditional.begin(), ctx.conditional.end());
+      auto& mc = m_s.my_cond;
+      mc.assign(ctx.conditional.begin(), ctx.conditional.end());
       if (mc.empty()) mc.assign(static_cast<std::size_t>(x.rows()), 1);  // no flags: conditional
       gather(mc.data(), static_cast<int>(mc.size()), gcond.data(), MPI_UINT8_T, [&](std::size_t r) { return all[r][2] > 0 ? all[r][2] : all[r][0]; });
       g.conditional = std::span<const std::uint8_t>(gcond.data(), static_cast<std::size_t>(total));
     }
-    std::vector<float> gatt;
     if (all[0][3] > 0) {
       std::int64_t sum = 0;
       for (const auto& a : all) sum += a[3];
+      auto& gatt = m_s.gatt;
       gatt.resize(static_cast<std::size_t>(std::max<std::int64_t>(sum, 1)));
       gather(ctx.attention.data(), static_cast<int>(ctx.attention.size()), gatt.data(), MPI_FLOAT, [&](std::size_t r) { return all[r][3]; });
       g.attention = std::span<const float>(gatt.data(), static_cast<std::size_t>(sum));
@@ -653,9 +717,7 @@ class mpi {
   mutable mpi_stats m_stats;
   mutable routing_plan m_local_plan;
   mutable routing_plan m_global_plan;
-  mutable std::vector<int> m_dest;
-  mutable std::vector<index> m_slot;
-  mutable std::vector<index> m_pos;
+  mutable detail::mpi_impl::scratch m_s;
 };
 
 }  // namespace device
