@@ -1,0 +1,279 @@
+// SPDX-License-Identifier: Apache-2.0
+// Tests of include/moe/experts/quantized.hpp and kernels/quantized.hpp: every format's kernel
+// against the dequantise-then-double reference (on the quantised activations: tight; on the fp32
+// activations: the activation quantisation bound), scalar and VNNI kernels bit for bit, batch
+// invariance, GGUF bytes against quantisation here, and the layer over a quantized bank.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include <moe/experts/quantized.hpp>
+#include <moe/moe.hpp>
+
+#include "../support/compare.hpp"
+#include "../support/layers.hpp"
+#include "../support/random.hpp"
+
+namespace {
+using moe::index;
+namespace fm = moe::formats;
+namespace kq = moe::kernels::quant;
+
+// W [n × k] quantised to F, its dequantised values (padded to whole blocks) and its panels.
+template <class F>
+struct quant_matrix {
+  index n, k, kp;
+  std::vector<std::byte> bytes;
+  std::vector<float> deq;  // [n × kp]
+  kq::quant_panels<F> panels;
+  quant_matrix(const moe::row_matrix<float>& w)
+      : n(w.rows()), k(w.cols()), kp(fm::blocks_per_row<F>(w.cols()) * F::block_values) {
+    bytes.resize(static_cast<std::size_t>(n) * fm::row_bytes<F>(k));
+    fm::quantize_rows<F>("test", "w", w.data(), n, k, k, bytes.data());
+    deq.resize(static_cast<std::size_t>(n * kp));
+    fm::dequantize_rows<F>(bytes.data(), n, kp, deq.data(), kp);
+    panels = kq::pack<F>(bytes.data(), n, kp);
+  }
+};
+
+// y [rows × n] through the kernel (scalar or best).
+template <class F>
+std::vector<float> run_kernel(const quant_matrix<F>& q, const moe::row_matrix<float>& x, bool scalar) {
+  const index rows = x.rows();
+  std::vector<const float*> ptr(static_cast<std::size_t>(rows));
+  for (index i = 0; i < rows; ++i) ptr[static_cast<std::size_t>(i)] = x.data() + i * x.cols();
+  std::vector<std::byte> scratch(kq::activation_bytes(rows, q.kp));
+  const auto xq = kq::quantize_activation(ptr.data(), rows, x.cols(), q.kp, scratch.data());
+  std::vector<float> out(static_cast<std::size_t>(rows * 16 * q.panels.panels));
+  std::vector<float> tile(static_cast<std::size_t>(rows * 16));
+  std::vector<float> y(static_cast<std::size_t>(rows * q.n));
+  for (index p = 0; p < q.panels.panels; ++p) {
+    kq::panel(q.panels, p, xq, rows, tile.data(), 16, scalar);
+    for (index i = 0; i < rows; ++i) {
+      for (index j = 0; j < 16 && p * 16 + j < q.n; ++j) y[static_cast<std::size_t>(i * q.n + p * 16 + j)] = tile[static_cast<std::size_t>(i * 16 + j)];
+    }
+  }
+  return y;
+}
+
+template <class F>
+void check_format(std::uint64_t seed) {
+  moe_test::rng rng(seed);
+  for (const auto& [n, k] : std::vector<std::pair<index, index>>{{16, 256}, {37, 512}, {5, 300}, {70, 45}}) {
+    INFO(F::name << ": n = " << n << ", k = " << k);
+    const auto w = rng.matrix(n, k);
+    const quant_matrix<F> q(w);
+    for (const index rows : {1, 3, 4, 9}) {
+      const auto x = rng.matrix(rows, k, 2.0f);
+      const auto y = run_kernel(q, x, false);
+      const auto ys = run_kernel(q, x, true);
+      CHECK(std::memcmp(y.data(), ys.data(), y.size() * sizeof(float)) == 0);  // scalar == VNNI
+      // References: dequantised W times (a) the quantised activations, (b) x itself.
+      double num_a = 0, num_b = 0, den = 0;
+      for (index i = 0; i < rows; ++i) {
+        std::vector<float> xp(static_cast<std::size_t>(q.kp), 0.0f), xqv(xp.size(), 0.0f);
+        for (index c = 0; c < k; ++c) xp[static_cast<std::size_t>(c)] = x(i, c);
+        for (index b = 0; b < q.kp / 32; ++b) {
+          float amax = 0;
+          for (index c = 0; c < 32; ++c) amax = std::max(amax, std::abs(xp[static_cast<std::size_t>(32 * b + c)]));
+          const float dx = amax / 127.0f;
+          for (index c = 0; c < 32; ++c) {
+            const auto e = static_cast<std::size_t>(32 * b + c);
+            xqv[e] = dx > 0 ? dx * std::clamp(std::round(xp[e] / dx), -127.0f, 127.0f) : 0.0f;
+          }
+        }
+        for (index j = 0; j < n; ++j) {
+          double ra = 0, rb = 0;
+          for (index c = 0; c < q.kp; ++c) {
+            const double wv = q.deq[static_cast<std::size_t>(j * q.kp + c)];
+            ra += wv * xqv[static_cast<std::size_t>(c)];
+            rb += wv * xp[static_cast<std::size_t>(c)];
+          }
+          const double got = y[static_cast<std::size_t>(i * n + j)];
+          num_a += (got - ra) * (got - ra);
+          num_b += (got - rb) * (got - rb);
+          den += rb * rb;
+        }
+      }
+      CHECK(std::sqrt(num_a / den) < 2e-6);   // the kernel's own arithmetic: fp32 rounding only
+      CHECK(std::sqrt(num_b / den) < 1.5e-2); // + int8 activations (relative step 1/254 per block)
+      // Batch invariance: each row alone gives the same bits.
+      for (index i = 0; i < rows; ++i) {
+        const moe::row_matrix<float> xi = x.row(i);
+        const auto yi = run_kernel(q, xi, false);
+        CHECK(std::memcmp(yi.data(), y.data() + i * n, static_cast<std::size_t>(n) * sizeof(float)) == 0);
+      }
+    }
+  }
+}
+
+TEST_CASE("quantized kernels equal the dequantised reference; scalar and SIMD agree bit for bit", "[kernels][quantized]") {
+  INFO("VNNI kernel compiled in: " << kq::has_vnni);
+  check_format<fm::q8_0>(1);
+  check_format<fm::q4_0>(2);
+  check_format<fm::mxfp4>(3);
+  check_format<fm::q4_k>(4);
+  check_format<fm::q6_k>(5);
+}
+
+template <class F>
+void check_layer(std::uint64_t seed) {
+  moe_test::rng rng(seed);
+  const index E = 8, d = 64, f = 40;
+  const auto w = moe_test::random_swiglu(rng, E, d, f);
+  using bank = moe::gated_mlp_experts<F>;
+  const auto router_w = rng.matrix(E, d);
+  // The reference: the naive SwiGLU layer on the dequantised weights (padded d and f cut back).
+  moe_test::naive_swiglu dq = w;
+  const auto deq = [](const moe::row_matrix<float>& m) {
+    const index kp = fm::blocks_per_row<F>(m.cols()) * F::block_values;
+    std::vector<std::byte> b(static_cast<std::size_t>(m.rows()) * fm::row_bytes<F>(m.cols()));
+    fm::quantize_rows<F>("t", "w", m.data(), m.rows(), m.cols(), m.cols(), b.data());
+    std::vector<float> full(static_cast<std::size_t>(m.rows() * kp));
+    fm::dequantize_rows<F>(b.data(), m.rows(), kp, full.data(), kp);
+    moe::row_matrix<float> out(m.rows(), m.cols());
+    for (index r = 0; r < m.rows(); ++r) {
+      for (index c = 0; c < m.cols(); ++c) out(r, c) = full[static_cast<std::size_t>(r * kp + c)];
+    }
+    return out;
+  };
+  dq.gate = deq(w.gate);
+  dq.up = deq(w.up);
+  dq.down = deq(w.down);
+  for (const int k : {1, 2, 8}) {
+    moe::layer<moe::top_k<>, bank, moe::device::cpu> layer(moe::top_k<>(router_w, {.k = k, .renormalize = true}),
+                                                          bank(w.gate, w.up, w.down), moe::device::cpu{2});
+    moe::layer<moe::top_k<>, bank, moe::device::serial> serial(moe::top_k<>(router_w, {.k = k, .renormalize = true}),
+                                                              bank(w.gate, w.up, w.down));
+    for (const index T : {1, 7, 64}) {
+      INFO(F::name << ": k = " << k << ", T = " << T);
+      const auto x = rng.matrix(T, d);
+      moe::row_matrix<float> y(T, d), ys(T, d);
+      layer.forward(x, y);
+      serial.forward(x, ys);
+      CHECK(moe_test::bitwise_equal(y, ys));  // thread invariance
+      CHECK(moe_test::relative_error(y, moe_test::naive_layer(router_w, dq, x, k, true)) < 3e-2);
+      const moe::row_matrix<float> x0 = x.row(0);
+      moe::row_matrix<float> y0(1, d);
+      layer.forward(x0, y0);
+      CHECK(moe_test::bitwise_equal_rows(y0, y, 0));  // batch invariance
+    }
+  }
+}
+
+TEST_CASE("layer over quantized banks: naive reference on the dequantised weights, threads, batch", "[experts][quantized]") {
+  check_layer<fm::q8_0>(11);
+  check_layer<fm::q4_0>(12);
+  check_layer<fm::mxfp4>(13);
+  check_layer<fm::q4_k>(14);
+  check_layer<fm::q6_k>(15);
+}
+
+TEST_CASE("a bank from GGUF tensor bytes equals the bank quantised here; bad bytes are errors", "[experts][quantized][error]") {
+  moe_test::rng rng(21);
+  const index E = 3, d = 256, f = 256;
+  const auto w = moe_test::random_swiglu(rng, E, d, f);
+  using F = fm::q4_k;
+  const auto bytes = [](const moe::row_matrix<float>& m) {
+    std::vector<std::byte> b(static_cast<std::size_t>(m.rows()) * fm::row_bytes<F>(m.cols()));
+    fm::quantize_rows<F>("t", "w", m.data(), m.rows(), m.cols(), m.cols(), b.data());
+    return b;
+  };
+  const auto g = bytes(w.gate), u = bytes(w.up), dn = bytes(w.down);
+  using bank = moe::gated_mlp_experts<F>;
+  const bank from_bytes(g, u, dn, moe::swiglu_shape{E, d, f});
+  const bank here(w.gate, w.up, w.down);
+  CHECK(from_bytes.bytes_per_expert() == here.bytes_per_expert());
+  CHECK(from_bytes.bytes_per_expert() <= 1.03 * 3 * static_cast<double>(fm::row_bytes<F>(d)) * f);
+  const auto router_w = rng.matrix(E, d);
+  moe::layer<moe::top_k<>, bank, moe::device::serial> a(moe::top_k<>(router_w, {.k = 2}), from_bytes);
+  moe::layer<moe::top_k<>, bank, moe::device::serial> b(moe::top_k<>(router_w, {.k = 2}), here);
+  const auto x = rng.matrix(9, d);
+  moe::row_matrix<float> ya(9, d), yb(9, d);
+  a.forward(x, ya);
+  b.forward(x, yb);
+  CHECK(moe_test::bitwise_equal(ya, yb));
+  CHECK_THROWS_WITH(bank(std::span(g).first(g.size() - 144), u, dn, moe::swiglu_shape{E, d, f}),
+                    Catch::Contains("parameter 'gate bytes' must be"));
+  CHECK_THROWS_WITH(bank(g, u, dn, moe::swiglu_shape{E, 200, f}), Catch::Contains("parameter 'gate columns' must be a multiple of 256"));
+  auto bad = u;
+  const std::uint16_t inf16 = 0x7c00;
+  std::memcpy(bad.data() + 144 * 4 + 2, &inf16, 2);  // dmin of block 4
+  CHECK_THROWS_WITH(bank(g, bad, dn, moe::swiglu_shape{E, d, f}), Catch::Contains("parameter 'up block 4 (row 4)' must be finite scales"));
+}
+
+// A layer over any quantized bank against a per-token reference in double on the dequantised
+// weights (the activation applied in fp32 to the reference's double pre-activations).
+template <class F, class Act, bool Gated>
+void check_bank_kind(std::uint64_t seed) {
+  moe_test::rng rng(seed);
+  const index E = 6, d = 64, f = 48, k = 2, T = 21;
+  const auto gate = rng.matrix(E * f, d, 0.2f), up = rng.matrix(E * f, d, 0.2f), down = rng.matrix(E * d, f, 0.2f);
+  using bank = moe::basic_mlp_experts<F, Act, Gated>;
+  const auto make = [&] {
+    if constexpr (Gated) {
+      return bank(gate, up, down);
+    } else {
+      return bank(up, down);
+    }
+  };
+  const auto router_w = rng.matrix(E, d);
+  moe::layer<moe::top_k<>, bank, moe::device::cpu> layer(moe::top_k<>(router_w, {.k = k, .renormalize = true}), make(),
+                                                        moe::device::cpu{2});
+  const auto x = rng.matrix(T, d);
+  moe::row_matrix<float> y(T, d);
+  layer.forward(x, y);
+  const auto deq = [](const moe::row_matrix<float>& m) {
+    std::vector<std::byte> b(static_cast<std::size_t>(m.rows()) * fm::row_bytes<F>(m.cols()));
+    fm::quantize_rows<F>("t", "w", m.data(), m.rows(), m.cols(), m.cols(), b.data());
+    const index kp = fm::blocks_per_row<F>(m.cols()) * F::block_values;
+    std::vector<float> full(static_cast<std::size_t>(m.rows() * kp));
+    fm::dequantize_rows<F>(b.data(), m.rows(), kp, full.data(), kp);
+    moe::row_matrix<float> out(m.rows(), m.cols());
+    for (index r = 0; r < m.rows(); ++r)
+      for (index c = 0; c < m.cols(); ++c) out(r, c) = full[static_cast<std::size_t>(r * kp + c)];
+    return out;
+  };
+  const auto G = deq(gate), U = deq(up), D = deq(down);
+  const auto& plan = layer.plan();
+  std::vector<double> want(static_cast<std::size_t>(T * d), 0.0);
+  for (index t = 0; t < T; ++t) {
+    for (index s = 0; s < plan.max_slots(); ++s) {
+      const auto e = plan.expert(t, s);
+      if (e == moe::no_expert) continue;
+      std::vector<double> h(static_cast<std::size_t>(f));
+      for (index j = 0; j < f; ++j) {
+        double g = 0, u = 0;
+        for (index c = 0; c < d; ++c) {
+          g += static_cast<double>(G(e * f + j, c)) * x(t, c);
+          u += static_cast<double>(U(e * f + j, c)) * x(t, c);
+        }
+        if constexpr (Gated) {
+          h[static_cast<std::size_t>(j)] = Act::glu(static_cast<float>(g), static_cast<float>(u));
+        } else {
+          h[static_cast<std::size_t>(j)] = Act::f(static_cast<float>(u));
+        }
+      }
+      for (index c = 0; c < d; ++c) {
+        double o = 0;
+        for (index j = 0; j < f; ++j) o += static_cast<double>(D(e * d + c, j)) * h[static_cast<std::size_t>(j)];
+        want[static_cast<std::size_t>(t * d + c)] += plan.weight(t, s) * o;
+      }
+    }
+  }
+  INFO(F::name << " " << Act::name << (Gated ? " gated" : " not gated"));
+  CHECK(moe_test::relative_error(y, want) < 3e-2);
+}
+
+TEST_CASE("quantized banks with other activations: GeGLU, gpt-oss clamped SwiGLU, ReLU² and GELU MLPs", "[experts][quantized]") {
+  check_bank_kind<fm::q8_0, moe::act::gelu_tanh, true>(31);
+  check_bank_kind<fm::mxfp4, moe::act::clamped_swiglu, true>(32);
+  check_bank_kind<fm::q4_k, moe::act::gelu_erf, true>(33);
+  check_bank_kind<fm::q8_0, moe::act::relu2, false>(34);
+  check_bank_kind<fm::q4_0, moe::act::gelu_tanh, false>(35);
+  check_bank_kind<fm::q6_k, moe::act::relu, false>(36);
+}
+
+}  // namespace
