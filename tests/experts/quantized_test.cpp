@@ -109,7 +109,7 @@ void check_format(std::uint64_t seed) {
   }
 }
 
-TEST_CASE("quantized kernels equal the dequantised reference; scalar and SIMD agree bit for bit", "[kernels][quantized]") {
+TEST_CASE("quantized kernels equal the dequantised reference, scalar and SIMD agree bit for bit", "[kernels][quantized]") {
   INFO("VNNI kernel compiled in: " << kq::has_vnni);
   check_format<fm::q8_0>(1);
   check_format<fm::q4_0>(2);
@@ -171,7 +171,7 @@ TEST_CASE("layer over quantized banks: naive reference on the dequantised weight
   check_layer<fm::q6_k>(15);
 }
 
-TEST_CASE("a bank from GGUF tensor bytes equals the bank quantised here; bad bytes are errors", "[experts][quantized][error]") {
+TEST_CASE("a bank from GGUF tensor bytes equals the bank quantised here, bad bytes are errors", "[experts][quantized][error]") {
   moe_test::rng rng(21);
   const index E = 3, d = 256, f = 256;
   const auto w = moe_test::random_swiglu(rng, E, d, f);

@@ -48,7 +48,7 @@ TEST_CASE("activations: gpt-oss clamped SwiGLU clamps g above 7 and u to [-7, 7]
   CHECK(cs::glu(100.0f, 1000.0f) == cs::glu(7.0f, 7.0f));
 }
 
-TEST_CASE("activations: erf within 2.5e-7 of double precision; GELU forms agree with their formulas", "[kernels][activations]") {
+TEST_CASE("activations: erf within 2.5e-7 of double precision, GELU forms agree with their formulas", "[kernels][activations]") {
   double worst = 0;
   for (int i = -4000; i <= 4000; ++i) {
     const float x = static_cast<float>(i) / 500.0f;

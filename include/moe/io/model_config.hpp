@@ -1,0 +1,239 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: The moe authors
+#pragma once
+
+// A model's MoE description read from its Hugging Face config.json (needs nlohmann-json):
+// expert counts, shapes, gating, normalisation, groups, bias, shared experts and which layers are
+// MoE layers, with the family rules of each model's reference code for what a config leaves
+// implicit. Reading is exact and loud: every alias of a field is read, aliases that disagree are
+// an error, a MoE key this reader does not know is an error (never a silent default), and so is
+// a family it does not know.
+//
+// Families: mixtral; qwen2_moe (Qwen1.5/2-MoE), qwen3_moe, qwen3_next; olmoe; deepseek_v3 and
+// kimi_k2 (DeepseekV3ForCausalLM); gpt_oss.
+
+#include <algorithm>
+#include <cstdint>
+#include <fstream>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "moe/config.hpp"
+#include "moe/core/error.hpp"
+#include "moe/routing/routers/group_limited.hpp"
+#include "moe/routing/routers/top_k.hpp"
+
+namespace moe {
+
+/// How router scores and combine weights come from the logits.
+enum class model_gating {
+  softmax,            ///< softmax over all experts, then top-k (Mixtral, Qwen, OLMoE)
+  sigmoid,            ///< sigmoid scores, top-k (DeepSeek-V3, Kimi K2)
+  topk_then_softmax,  ///< top-k of the (biased) logits, softmax over the k (gpt-oss)
+};
+
+struct model_config {
+  std::string model_type;
+  index hidden = 0;              ///< d
+  index moe_intermediate = 0;    ///< f of a routed expert
+  index dense_intermediate = 0;  ///< f of a dense MLP layer (intermediate_size)
+  index layers = 0;
+  index experts = 0;             ///< E, routed experts per MoE layer
+  int experts_per_token = 0;     ///< k
+  model_gating gating = model_gating::softmax;
+  bool renormalize = false;      ///< divide the selected weights by their sum
+  float route_scale = 1.0f;      ///< routed_scaling_factor
+  int n_groups = 1;              ///< expert groups (DeepSeek-V3 n_group)
+  int topk_groups = 1;
+  bool selection_bias = false;   ///< noaux_tc: e_score_correction_bias chooses the experts
+  bool router_bias = false;      ///< the router linear has a bias (gpt-oss)
+  index shared_experts = 0;      ///< shared experts every token goes through
+  index shared_intermediate = 0; ///< f of the shared experts (all together)
+  bool shared_gate = false;      ///< a sigmoid gate on the shared experts (Qwen2-MoE, Qwen3-Next)
+  std::vector<bool> moe_layer;   ///< [layers]: whether layer l is a MoE layer
+
+  [[nodiscard]] bool is_moe_layer(index l) const { return l >= 0 && l < layers && moe_layer[static_cast<std::size_t>(l)]; }
+
+  /// Options of moe::top_k for the softmax families. Throws for other gatings.
+  [[nodiscard]] top_k_options top_k() const {
+    if (gating != model_gating::softmax || n_groups != 1 || selection_bias) {
+      fail("top_k()", "a softmax top-k router (this model routes otherwise: use group_limited() or see gating)");
+    }
+    return {.k = experts_per_token, .renormalize = renormalize, .route_scale = route_scale};
+  }
+  /// Options of moe::group_limited<moe::sigmoid_gate> for DeepSeek-V3-style routing.
+  [[nodiscard]] group_limited_options group_limited() const {
+    if (gating != model_gating::sigmoid) fail("group_limited()", "sigmoid gating (DeepSeek-V3 family)");
+    return {.k = experts_per_token, .n_groups = n_groups, .topk_groups = topk_groups, .renormalize = renormalize,
+            .route_scale = route_scale};
+  }
+
+  /// Reads a config.json.
+  static model_config from_file(const std::string& path) {
+    std::ifstream in(path);
+    if (!in) detail::throw_error(error_id::input, detail::concat("moe::model_config: cannot open '", path, "'"));
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+      detail::throw_error(error_id::input, detail::concat("moe::model_config: '", path, "' is not valid JSON: ", e.what()));
+    }
+    return from_json(j);
+  }
+
+  /// Reads a parsed config.json.
+  static model_config from_json(const nlohmann::json& j) {
+    if (!j.is_object()) detail::throw_error(error_id::input, "moe::model_config: a config must be a JSON object");
+    model_config c;
+    c.model_type = str(j, "model_type");
+    const auto& t = c.model_type;
+    static const std::set<std::string> families = {"mixtral", "qwen2_moe", "qwen3_moe", "qwen3_next", "olmoe",
+                                                   "deepseek_v3", "kimi_k2", "gpt_oss"};
+    if (!families.count(t)) {
+      detail::fail_parameter(error_id::config, "moe::model_config", "model_type",
+                             "one of mixtral, qwen2_moe, qwen3_moe, qwen3_next, olmoe, deepseek_v3, kimi_k2, gpt_oss", t);
+    }
+    check_known_keys(j);
+    c.hidden = integer(j, {"hidden_size"});
+    c.layers = integer(j, {"num_hidden_layers"});
+    c.dense_intermediate = optional_integer(j, {"intermediate_size"}, 0);
+    c.experts = integer(j, {"num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"});
+    c.experts_per_token = static_cast<int>(integer(j, {"num_experts_per_tok", "experts_per_token", "moe_topk"}));
+    c.moe_intermediate = optional_integer(j, {"moe_intermediate_size"}, c.dense_intermediate);
+    c.moe_layer.assign(static_cast<std::size_t>(c.layers), true);
+    const bool deepseek = t == "deepseek_v3" || t == "kimi_k2";
+    const bool qwen = t == "qwen2_moe" || t == "qwen3_moe" || t == "qwen3_next";
+    if (t == "mixtral") {
+      c.renormalize = true;  // MixtralSparseMoeBlock: routing_weights /= routing_weights.sum(-1)
+    } else if (t == "olmoe" || qwen) {
+      c.renormalize = boolean(j, "norm_topk_prob", t == "qwen3_next");  // OLMoE and Qwen2-MoE default false
+    } else if (deepseek) {
+      const auto scoring = optional_str(j, "scoring_func", "softmax");
+      if (scoring == "sigmoid") {
+        c.gating = model_gating::sigmoid;
+      } else if (scoring != "softmax") {
+        detail::fail_parameter(error_id::config, "moe::model_config", "scoring_func", "sigmoid or softmax", scoring);
+      }
+      const auto method = optional_str(j, "topk_method", "greedy");
+      if (method == "noaux_tc") {
+        c.selection_bias = true;
+      } else if (method != "greedy" && method != "group_limited_greedy") {
+        detail::fail_parameter(error_id::config, "moe::model_config", "topk_method", "noaux_tc, greedy or group_limited_greedy", method);
+      }
+      c.n_groups = static_cast<int>(optional_integer(j, {"n_group"}, 1));
+      c.topk_groups = static_cast<int>(optional_integer(j, {"topk_group"}, 1));
+      c.renormalize = boolean(j, "norm_topk_prob", false);
+      c.route_scale = static_cast<float>(number(j, "routed_scaling_factor", 1.0));
+      c.shared_experts = optional_integer(j, {"n_shared_experts"}, 0);
+      c.shared_intermediate = c.shared_experts * c.moe_intermediate;
+      const index first_dense = optional_integer(j, {"first_k_dense_replace"}, 0);
+      const index freq = optional_integer(j, {"moe_layer_freq"}, 1);
+      if (freq < 1) detail::fail_parameter(error_id::config, "moe::model_config", "moe_layer_freq", ">= 1", freq);
+      for (index l = 0; l < c.layers; ++l) c.moe_layer[static_cast<std::size_t>(l)] = l >= first_dense && l % freq == 0;
+    } else if (t == "gpt_oss") {
+      c.gating = model_gating::topk_then_softmax;
+      c.router_bias = true;  // GptOssTopKRouter: nn.Linear with bias; softmax over the top-k logits
+    }
+    if (qwen) {
+      c.shared_intermediate = optional_integer(j, {"shared_expert_intermediate_size"}, 0);
+      c.shared_experts = c.shared_intermediate > 0 ? 1 : 0;
+      c.shared_gate = c.shared_experts > 0;  // shared_expert_gate: Linear(d, 1), sigmoid
+      const index step = optional_integer(j, {"decoder_sparse_step"}, 1);
+      if (step < 1) detail::fail_parameter(error_id::config, "moe::model_config", "decoder_sparse_step", ">= 1", step);
+      std::vector<index> dense_only;
+      if (j.contains("mlp_only_layers")) {
+        if (!j["mlp_only_layers"].is_array()) detail::fail_parameter(error_id::config, "moe::model_config", "mlp_only_layers", "an array", "not an array");
+        for (const auto& v : j["mlp_only_layers"]) {
+          if (!v.is_number_integer()) detail::fail_parameter(error_id::config, "moe::model_config", "mlp_only_layers", "layer indices", v.dump());
+          dense_only.push_back(v.get<index>());
+        }
+      }
+      for (index l = 0; l < c.layers; ++l) {
+        const bool listed = std::find(dense_only.begin(), dense_only.end(), l) != dense_only.end();
+        c.moe_layer[static_cast<std::size_t>(l)] = !listed && c.experts > 0 && (l + 1) % step == 0;
+      }
+    }
+    if (c.experts < 1) detail::fail_parameter(error_id::config, "moe::model_config", "experts", ">= 1", c.experts);
+    if (c.experts_per_token < 1 || c.experts_per_token > c.experts) {
+      detail::fail_parameter(error_id::config, "moe::model_config", "num_experts_per_tok", detail::concat("in [1, ", c.experts, "]"),
+                             c.experts_per_token);
+    }
+    if (c.n_groups < 1 || c.experts % c.n_groups != 0) {
+      detail::fail_parameter(error_id::config, "moe::model_config", "n_group", detail::concat("a divisor of ", c.experts), c.n_groups);
+    }
+    return c;
+  }
+
+ private:
+  [[noreturn]] static void fail(const char* what, const char* needs) {
+    detail::throw_error(error_id::config, detail::concat("moe::model_config::", what, ": the model needs ", needs));
+  }
+  // Keys a config may hold that concern MoE routing: anything else that looks like a MoE key is
+  // an error, so that a field this reader would ignore cannot change routing silently.
+  static void check_known_keys(const nlohmann::json& j) {
+    static const std::set<std::string> known = {
+        "num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "num_experts_per_tok",
+        "experts_per_token", "moe_topk", "moe_intermediate_size", "norm_topk_prob", "scoring_func", "topk_method",
+        "n_group", "topk_group", "routed_scaling_factor", "n_shared_experts", "first_k_dense_replace", "moe_layer_freq",
+        "shared_expert_intermediate_size", "decoder_sparse_step", "mlp_only_layers", "output_router_logits",
+        "router_aux_loss_coef", "aux_loss_alpha", "seq_aux", "ep_size"};
+    for (const auto& item : j.items()) {
+      const std::string& k = item.key();
+      const bool moe_like = k.find("expert") != std::string::npos || k.find("moe") != std::string::npos ||
+                            k.find("router") != std::string::npos || k.find("topk") != std::string::npos ||
+                            k.find("routed") != std::string::npos || k.find("top_k") != std::string::npos;
+      if (moe_like && !known.count(k)) {
+        detail::fail_parameter(error_id::config, "moe::model_config", k, "a MoE key this reader knows", "an unknown key");
+      }
+    }
+  }
+  static std::string str(const nlohmann::json& j, const char* key) {
+    if (!j.contains(key) || !j[key].is_string()) detail::fail_parameter(error_id::config, "moe::model_config", key, "a string", "missing");
+    return j[key].get<std::string>();
+  }
+  static std::string optional_str(const nlohmann::json& j, const char* key, const char* fallback) {
+    if (!j.contains(key) || j[key].is_null()) return fallback;
+    if (!j[key].is_string()) detail::fail_parameter(error_id::config, "moe::model_config", key, "a string", j[key].dump());
+    return j[key].get<std::string>();
+  }
+  // The value of the first present alias; every present alias must agree.
+  static index optional_integer(const nlohmann::json& j, std::initializer_list<const char*> aliases, index fallback) {
+    const char* first = nullptr;
+    index value = fallback;
+    for (const char* a : aliases) {
+      if (!j.contains(a) || j[a].is_null()) continue;
+      if (!j[a].is_number_integer()) detail::fail_parameter(error_id::config, "moe::model_config", a, "an integer", j[a].dump());
+      const auto v = j[a].get<index>();
+      if (first && v != value) {
+        detail::fail_parameter(error_id::config, "moe::model_config", a, detail::concat("equal to '", first, "' = ", value, " (aliases must agree)"), v);
+      }
+      if (!first) {
+        first = a;
+        value = v;
+      }
+    }
+    return value;
+  }
+  static index integer(const nlohmann::json& j, std::initializer_list<const char*> aliases) {
+    bool any = false;
+    for (const char* a : aliases) any = any || (j.contains(a) && !j[a].is_null());
+    if (!any) detail::fail_parameter(error_id::config, "moe::model_config", *aliases.begin(), "present (or an alias)", "missing");
+    return optional_integer(j, aliases, 0);
+  }
+  static bool boolean(const nlohmann::json& j, const char* key, bool fallback) {
+    if (!j.contains(key) || j[key].is_null()) return fallback;
+    if (!j[key].is_boolean()) detail::fail_parameter(error_id::config, "moe::model_config", key, "a bool", j[key].dump());
+    return j[key].get<bool>();
+  }
+  static double number(const nlohmann::json& j, const char* key, double fallback) {
+    if (!j.contains(key) || j[key].is_null()) return fallback;
+    if (!j[key].is_number()) detail::fail_parameter(error_id::config, "moe::model_config", key, "a number", j[key].dump());
+    return j[key].get<double>();
+  }
+};
+
+}  // namespace moe
