@@ -99,7 +99,7 @@ TEST_CASE("model_config: DeepSeek-V3, Kimi K2 and gpt-oss", "[io][model_config]"
   CHECK(gl.n_groups == 8);
   CHECK(gl.topk_groups == 4);
   CHECK(gl.route_scale == 2.5f);
-  CHECK_THROWS_WITH(v3.top_k(), Catch::Contains("use group_limited()"));
+  CHECK_THROWS_WITH(v3.top_k(), Catch::Contains("use group_limited() or topk_softmax()"));
   moe_test::rng rng(2);
   const moe::group_limited<moe::sigmoid_gate> router(rng.matrix(v3.experts, 16), gl);
   CHECK(router.num_experts() == 256);
@@ -124,6 +124,8 @@ TEST_CASE("model_config: DeepSeek-V3, Kimi K2 and gpt-oss", "[io][model_config]"
   CHECK(oss.moe_intermediate == 2880);
   CHECK_THROWS_WITH(oss.top_k(), Catch::Contains("a softmax top-k router"));
   CHECK_THROWS_WITH(oss.group_limited(), Catch::Contains("sigmoid gating"));
+  CHECK(oss.topk_softmax().k == 4);
+  CHECK_THROWS_WITH(v3.topk_softmax(), Catch::Contains("top-k then softmax gating"));
 }
 
 TEST_CASE("model_config: contradictions, unknown MoE keys and unknown families are errors", "[io][model_config][error]") {
@@ -152,6 +154,58 @@ TEST_CASE("model_config: contradictions, unknown MoE keys and unknown families a
   f["n_group"] = 3;
   CHECK_THROWS_WITH(moe::model_config::from_json(f), Catch::Contains("parameter 'n_group' must be a divisor of 8, got 3"));
   CHECK_THROWS_WITH(moe::model_config::from_file("/nonexistent/config.json"), Catch::Contains("cannot open"));
+}
+
+}  // namespace
+
+namespace {
+
+TEST_CASE("model_config from GGUF metadata (llama.cpp's <arch>.expert_* keys)", "[io][model_config]") {
+  moe::io::gguf_writer w;
+  w.add_string("general.architecture", "deepseek2");
+  w.add_uint("deepseek2.block_count", 4);
+  w.add_uint("deepseek2.embedding_length", 64);
+  w.add_uint("deepseek2.feed_forward_length", 256);
+  w.add_uint("deepseek2.expert_feed_forward_length", 32);
+  w.add_uint("deepseek2.expert_count", 16);
+  w.add_uint("deepseek2.expert_used_count", 4);
+  w.add_uint("deepseek2.expert_gating_func", 2);
+  w.add_bool("deepseek2.expert_weights_norm", true);
+  w.add_float("deepseek2.expert_weights_scale", 2.5f);
+  w.add_uint("deepseek2.expert_shared_count", 1);
+  w.add_uint("deepseek2.leading_dense_block_count", 1);
+  w.add_uint("deepseek2.expert_group_count", 4);
+  w.add_uint("deepseek2.expert_group_used_count", 2);
+  const std::string bytes = w.bytes();
+  const auto f = moe::io::gguf_file::from_bytes(std::as_bytes(std::span(bytes.data(), bytes.size())));
+  const auto c = moe::model_config::from_gguf(f);
+  CHECK(c.model_type == "deepseek2");
+  CHECK(c.layers == 4);
+  CHECK(c.hidden == 64);
+  CHECK(c.moe_intermediate == 32);
+  CHECK(c.dense_intermediate == 256);
+  CHECK(c.experts == 16);
+  CHECK(c.experts_per_token == 4);
+  CHECK(c.gating == moe::model_gating::sigmoid);
+  CHECK(c.renormalize);
+  CHECK(c.route_scale == 2.5f);
+  CHECK(c.shared_experts == 1);
+  CHECK(c.shared_intermediate == 32);
+  CHECK(c.n_groups == 4);
+  CHECK(c.topk_groups == 2);
+  CHECK_FALSE(c.is_moe_layer(0));
+  CHECK(c.is_moe_layer(1));
+  CHECK(c.group_limited().k == 4);
+  moe::io::gguf_writer bad;
+  bad.add_string("general.architecture", "olmoe");
+  bad.add_uint("olmoe.block_count", 1);
+  bad.add_uint("olmoe.embedding_length", 8);
+  bad.add_uint("olmoe.expert_count", 4);
+  bad.add_uint("olmoe.expert_used_count", 2);
+  bad.add_float("olmoe.expert_router_softcap", 30.0f);
+  const std::string bb = bad.bytes();
+  const auto bf = moe::io::gguf_file::from_bytes(std::as_bytes(std::span(bb.data(), bb.size())));
+  CHECK_THROWS_WITH(moe::model_config::from_gguf(bf), Catch::Contains("parameter 'olmoe.expert_router_softcap' must be a MoE key this reader knows"));
 }
 
 }  // namespace

@@ -10,7 +10,8 @@
 // a family it does not know.
 //
 // Families: mixtral; qwen2_moe (Qwen1.5/2-MoE), qwen3_moe, qwen3_next; olmoe; deepseek_v3 and
-// kimi_k2 (DeepseekV3ForCausalLM); gpt_oss.
+// kimi_k2 (DeepseekV3ForCausalLM); gpt_oss. From a GGUF file's metadata (from_gguf) any
+// architecture whose keys follow llama.cpp's `<arch>.expert_*` convention.
 
 #include <algorithm>
 #include <cstdint>
@@ -24,8 +25,10 @@
 
 #include "moe/config.hpp"
 #include "moe/core/error.hpp"
+#include "moe/io/gguf.hpp"
 #include "moe/routing/routers/group_limited.hpp"
 #include "moe/routing/routers/top_k.hpp"
+#include "moe/routing/routers/topk_softmax.hpp"
 
 namespace moe {
 
@@ -61,7 +64,7 @@ struct model_config {
   /// Options of moe::top_k for the softmax families. Throws for other gatings.
   [[nodiscard]] top_k_options top_k() const {
     if (gating != model_gating::softmax || n_groups != 1 || selection_bias) {
-      fail("top_k()", "a softmax top-k router (this model routes otherwise: use group_limited() or see gating)");
+      fail("top_k()", "a softmax top-k router (this model routes otherwise: use group_limited() or topk_softmax())");
     }
     return {.k = experts_per_token, .renormalize = renormalize, .route_scale = route_scale};
   }
@@ -70,6 +73,13 @@ struct model_config {
     if (gating != model_gating::sigmoid) fail("group_limited()", "sigmoid gating (DeepSeek-V3 family)");
     return {.k = experts_per_token, .n_groups = n_groups, .topk_groups = topk_groups, .renormalize = renormalize,
             .route_scale = route_scale};
+  }
+
+  /// Options of moe::topk_softmax for gpt-oss (the router bias is a checkpoint tensor:
+  /// `mlp.router.bias`, GGUF `ffn_gate_inp.bias`; pass it as `logit_bias`).
+  [[nodiscard]] topk_softmax_options topk_softmax() const {
+    if (gating != model_gating::topk_then_softmax) fail("topk_softmax()", "top-k then softmax gating (gpt-oss)");
+    return {.k = experts_per_token};
   }
 
   /// Reads a config.json.
@@ -83,6 +93,62 @@ struct model_config {
       detail::throw_error(error_id::input, detail::concat("moe::model_config: '", path, "' is not valid JSON: ", e.what()));
     }
     return from_json(j);
+  }
+
+  /// Reads the MoE keys of a GGUF file's metadata (llama.cpp's names, `<arch>` =
+  /// general.architecture): block_count, embedding_length, expert_count, expert_used_count,
+  /// expert_feed_forward_length (else feed_forward_length), and when present
+  /// expert_gating_func (1 softmax, 2 sigmoid, 3 softmax over the selected), expert_weights_norm, expert_weights_scale,
+  /// expert_shared_count, expert_shared_feed_forward_length, leading_dense_block_count,
+  /// expert_group_count and expert_group_used_count. A missing required key or an unknown
+  /// `<arch>.expert_*` key is an error.
+  static model_config from_gguf(const io::gguf_file& f) {
+    model_config c;
+    const std::string arch = f.get_string("general.architecture");
+    c.model_type = arch;
+    const auto key = [&](const char* k) { return arch + "." + k; };
+    const auto opt_int = [&](const char* k, index fallback) { return f.find(key(k)) ? static_cast<index>(f.get_int(key(k))) : fallback; };
+    static const std::set<std::string> known = {"expert_count", "expert_used_count", "expert_feed_forward_length",
+                                                "expert_gating_func", "expert_weights_norm", "expert_weights_scale",
+                                                "expert_shared_count", "expert_shared_feed_forward_length",
+                                                "expert_group_count", "expert_group_used_count"};
+    for (const auto& [k, v] : f.metadata()) {
+      if (k.rfind(arch + ".expert_", 0) == 0 && !known.count(k.substr(arch.size() + 1))) {
+        detail::fail_parameter(error_id::config, "moe::model_config::from_gguf", k, "a MoE key this reader knows", "an unknown key");
+      }
+    }
+    c.layers = static_cast<index>(f.get_int(key("block_count")));
+    c.hidden = static_cast<index>(f.get_int(key("embedding_length")));
+    c.experts = static_cast<index>(f.get_int(key("expert_count")));
+    c.experts_per_token = static_cast<int>(f.get_int(key("expert_used_count")));
+    c.dense_intermediate = opt_int("feed_forward_length", 0);
+    c.moe_intermediate = opt_int("expert_feed_forward_length", c.dense_intermediate);
+    const index gating = opt_int("expert_gating_func", 1);
+    if (gating < 1 || gating > 3) {
+      detail::fail_parameter(error_id::config, "moe::model_config::from_gguf", key("expert_gating_func"),
+                             "1 (softmax), 2 (sigmoid) or 3 (softmax over the selected, gpt-oss)", gating);
+    }
+    c.gating = gating == 2 ? model_gating::sigmoid : gating == 3 ? model_gating::topk_then_softmax : model_gating::softmax;
+    c.router_bias = gating == 3;
+    c.renormalize = f.find(key("expert_weights_norm")) ? f.get_bool(key("expert_weights_norm")) : false;
+    c.route_scale = f.find(key("expert_weights_scale")) ? static_cast<float>(f.get_float(key("expert_weights_scale"))) : 1.0f;
+    c.shared_experts = opt_int("expert_shared_count", 0);
+    c.shared_intermediate = c.shared_experts > 0 ? opt_int("expert_shared_feed_forward_length", c.shared_experts * c.moe_intermediate) : 0;
+    c.n_groups = static_cast<int>(opt_int("expert_group_count", 1));
+    c.topk_groups = static_cast<int>(opt_int("expert_group_used_count", 1));
+    const index dense = opt_int("leading_dense_block_count", 0);
+    c.moe_layer.assign(static_cast<std::size_t>(std::max<index>(c.layers, 0)), true);
+    for (index l = 0; l < c.layers && l < dense; ++l) c.moe_layer[static_cast<std::size_t>(l)] = false;
+    if (c.experts < 1) detail::fail_parameter(error_id::config, "moe::model_config::from_gguf", key("expert_count"), ">= 1", c.experts);
+    if (c.experts_per_token < 1 || c.experts_per_token > c.experts) {
+      detail::fail_parameter(error_id::config, "moe::model_config::from_gguf", key("expert_used_count"), detail::concat("in [1, ", c.experts, "]"),
+                             c.experts_per_token);
+    }
+    if (c.n_groups < 1 || c.experts % c.n_groups != 0) {
+      detail::fail_parameter(error_id::config, "moe::model_config::from_gguf", key("expert_group_count"), detail::concat("a divisor of ", c.experts),
+                             c.n_groups);
+    }
+    return c;
   }
 
   /// Reads a parsed config.json.
