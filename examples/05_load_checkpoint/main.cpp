@@ -95,7 +95,9 @@ template <class F>
 void run_format(const moe::io::gguf_file& file, const moe::model_config& cfg, int layer_index) {
   const std::string blk = "blk." + std::to_string(layer_index) + ".";
   const auto& r = file.tensor(blk + "ffn_gate_inp.weight");
-  if (r.type != 0) throw std::runtime_error("the router tensor must be F32 in this example");
+  if (r.type != 0 || r.bytes != static_cast<std::uint64_t>(cfg.experts * cfg.hidden) * sizeof(float)) {
+    throw std::runtime_error("the router tensor must be F32 of experts x hidden values in this example");
+  }
   const auto w = moe::map(reinterpret_cast<const float*>(file.data(r).data()), cfg.experts, cfg.hidden);
   if (cfg.gating == moe::model_gating::sigmoid) {
     run<F>(file, cfg, layer_index, moe::group_limited<moe::sigmoid_gate>(w, cfg.group_limited()));

@@ -198,6 +198,7 @@ TEST_CASE("a bank from GGUF tensor bytes equals the bank quantised here, bad byt
   CHECK_THROWS_WITH(bank(std::span(g).first(g.size() - 144), u, dn, moe::swiglu_shape{E, d, f}),
                     Catch::Contains("parameter 'gate bytes' must be"));
   CHECK_THROWS_WITH(bank(g, u, dn, moe::swiglu_shape{E, 200, f}), Catch::Contains("parameter 'gate columns' must be a multiple of 256"));
+  CHECK_THROWS_WITH(bank(g, u, dn, moe::swiglu_shape{index{1} << 59, d, f}), Catch::Contains("at most 2^40 rows"));
   auto bad = u;
   const std::uint16_t inf16 = 0x7c00;
   std::memcpy(bad.data() + 144 * 4 + 2, &inf16, 2);  // dmin of block 4

@@ -242,3 +242,31 @@ TEST_CASE("gguf: a file that does not exist is an error naming it", "[io][gguf][
 }
 
 }  // namespace
+
+namespace {
+
+TEST_CASE("gguf: arrays are stored compactly, a data section past the end of the file is an error", "[io][gguf][error]") {
+  // An array of u8 and one of strings, written by hand (the writer has no arrays).
+  std::string b;
+  const auto put32 = [&](std::uint32_t v) { b.append(reinterpret_cast<const char*>(&v), 4); };
+  const auto put64 = [&](std::uint64_t v) { b.append(reinterpret_cast<const char*>(&v), 8); };
+  const auto str = [&](const std::string& s) { put64(s.size()); b += s; };
+  put32(0x46554747u); put32(3); put64(0); put64(2);
+  str("a.bytes"); put32(9); put32(0); put64(3); b += std::string("\x01\x02\x03", 3);
+  str("a.names"); put32(9); put32(8); put64(2); str("x"); str("yz");
+  const auto f = moe::io::gguf_file::from_bytes(std::as_bytes(std::span(b.data(), b.size())));
+  CHECK(f.find("a.bytes")->size() == 3);
+  CHECK(std::get<std::vector<std::uint64_t>>(f.find("a.bytes")->value)[2] == 3);
+  CHECK(std::get<std::vector<std::string>>(f.find("a.names")->value)[1] == "yz");
+  // One empty tensor whose aligned data section would start past the end of the file.
+  std::string t;
+  const auto tput32 = [&](std::uint32_t v) { t.append(reinterpret_cast<const char*>(&v), 4); };
+  const auto tput64 = [&](std::uint64_t v) { t.append(reinterpret_cast<const char*>(&v), 8); };
+  tput32(0x46554747u); tput32(3); tput64(1); tput64(0);
+  tput64(1); t += "a"; tput32(1); tput64(0); tput32(0); tput64(0);
+  REQUIRE(t.size() % 32 != 0);
+  CHECK_THROWS_WITH(moe::io::gguf_file::from_bytes(std::as_bytes(std::span(t.data(), t.size()))),
+                    Catch::Contains("past the end of the"));
+}
+
+}  // namespace

@@ -154,6 +154,25 @@ TEST_CASE("model_config: contradictions, unknown MoE keys and unknown families a
   f["n_group"] = 3;
   CHECK_THROWS_WITH(moe::model_config::from_json(f), Catch::Contains("parameter 'n_group' must be a divisor of 8, got 3"));
   CHECK_THROWS_WITH(moe::model_config::from_file("/nonexistent/config.json"), Catch::Contains("cannot open"));
+  auto g = j;
+  g["num_hidden_layers"] = -1;  // a count that would drive an allocation
+  CHECK_THROWS_WITH(moe::model_config::from_json(g), Catch::Contains("parameter 'num_hidden_layers' must be in [1, 1048576], got -1"));
+  g["num_hidden_layers"] = 2;
+  g["num_experts_per_tok"] = (std::int64_t{1} << 32) + 2;  // would truncate to 2 as an int
+  CHECK_THROWS_WITH(moe::model_config::from_json(g), Catch::Contains("parameter 'num_experts_per_tok' must be in [1, 8]"));
+  g["num_experts_per_tok"] = nlohmann::json::parse(std::string(1000, '[') + std::string(1000, ']'));
+  CHECK_THROWS_WITH(moe::model_config::from_json(g), Catch::Contains("parameter 'num_experts_per_tok' must be an integer, got array"));
+  // DeepSeek-V3 configs that omit fields get DeepseekV3Config's defaults.
+  const auto v3 = moe::model_config::from_json(nlohmann::json::parse(R"({"model_type": "deepseek_v3", "hidden_size": 64, "num_hidden_layers": 4})"));
+  CHECK(v3.experts == 256);
+  CHECK(v3.gating == moe::model_gating::sigmoid);
+  CHECK(v3.selection_bias);
+  CHECK(v3.n_groups == 8);
+  CHECK(v3.topk_groups == 4);
+  CHECK(v3.route_scale == 2.5f);
+  CHECK(v3.shared_experts == 1);
+  CHECK_FALSE(v3.is_moe_layer(2));
+  CHECK(v3.is_moe_layer(3));
 }
 
 }  // namespace

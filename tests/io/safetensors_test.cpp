@@ -119,6 +119,14 @@ TEST_CASE("safetensors: every check of the reader", "[io][safetensors][error]") 
   expect_error(file_of(R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}})", 8), "the tensors cover 4 bytes of a data section of 8");
   expect_error(file_of(R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "extra": 1}})", 4), "unknown field 'extra'");
   expect_error(file_of(R"({"__metadata__": {"k": 1}})", 0), "'__metadata__' value of 'k' must be a string");
+  CHECK_NOTHROW(moe::io::safetensors_file::from_bytes(as_bytes(file_of(R"({"s": {"dtype": "F8_E8M0", "shape": [4], "data_offsets": [0, 4]}})", 4))));
+  expect_error(file_of(R"({"s": {"dtype": "E8M0", "shape": [4], "data_offsets": [0, 4]}})", 4), "unknown dtype 'E8M0'");
+  expect_error(file_of(R"({"a": {"dtype": "F32", "shape": [18446744073709551615, 0], "data_offsets": [0, 0]}})", 0),
+               "'shape' has an extent above 2^63 - 1");
+  {  // A deeply nested data_offsets value is refused without copying it (no recursion).
+    const std::string deep = std::string(20000, '[') + std::string(20000, ']');
+    expect_error(file_of(R"({"a": {"dtype": "F32", "shape": [], "data_offsets": )" + deep + "}}", 4), "'data_offsets' must be [begin, end]");
+  }
   // Views: the dtype and rank must fit.
   const auto f = moe::io::safetensors_file::from_bytes(as_bytes(file_of(two, 32)));
   CHECK_THROWS_WITH(f.matrix("b"), Catch::Contains("parameter 'b dtype' must be F32, got BF16"));

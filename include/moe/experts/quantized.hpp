@@ -114,7 +114,14 @@ class basic_mlp_experts {
                   swiglu_shape shape) {
     constexpr const char* where = "moe::gated_mlp_experts";
     if (shape.experts < 0) detail::fail_parameter(error_id::shape, where, "shape.experts", ">= 0", shape.experts);
+    if (shape.hidden < 1) detail::fail_parameter(error_id::shape, where, "shape.hidden", ">= 1", shape.hidden);
+    if (shape.intermediate < 1) detail::fail_parameter(error_id::shape, where, "shape.intermediate", ">= 1", shape.intermediate);
     const index E = shape.experts, d = shape.hidden, f = shape.intermediate;
+    constexpr index limit = index{1} << 40;  // rows of one tensor: E·f and E·d stay far from overflow
+    if (E > limit / f || E > limit / d) {
+      detail::fail_parameter(error_id::shape, where, "shape", "E·f and E·d at most 2^40 rows",
+                             detail::concat(E, " experts of ", d, " x ", f));
+    }
     if (gate) formats::check_tensor<Format>(where, "gate", E * f, d, *gate);
     formats::check_tensor<Format>(where, "up", E * f, d, up);
     formats::check_tensor<Format>(where, "down", E * d, f, down);

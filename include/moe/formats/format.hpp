@@ -23,6 +23,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -123,7 +124,12 @@ void check_tensor(std::string_view where, std::string_view tensor, index rows, i
     detail::fail_parameter(error_id::shape, where, detail::concat(tensor, " columns"),
                            detail::concat("a multiple of ", F::block_values, " (the ", F::name, " block)"), cols);
   }
-  const std::size_t want = static_cast<std::size_t>(rows) * row_bytes<F>(cols);
+  const std::size_t rb = row_bytes<F>(cols);
+  if (rows > 0 && static_cast<std::size_t>(rows) > std::numeric_limits<std::size_t>::max() / rb) {
+    detail::fail_parameter(error_id::shape, where, detail::concat(tensor, " shape"), "a size that fits in memory",
+                           detail::concat(rows, " x ", cols, " ", F::name, " (the byte size overflows)"));
+  }
+  const std::size_t want = static_cast<std::size_t>(rows) * rb;
   if (bytes.size() != want) {
     detail::fail_parameter(error_id::shape, where, detail::concat(tensor, " bytes"),
                            detail::concat(want, " (", rows, " x ", cols, " ", F::name, ")"), bytes.size());

@@ -14,8 +14,10 @@ namespace moe::formats {
 /// GGUF Q4_0 (GGML type 2): 32 values as 4-bit codes and one fp16 scale `d`, value = d · (c - 8).
 /// Byte j (0..15) holds element j in its low nibble and element j + 16 in its high nibble.
 ///
-/// Quantiser (ggml's): m = the element of largest magnitude (the first one on ties), d = fp16(m / -8),
-/// c = clamp(round(x / d) + 8, 0, 15) (ties away from zero). The extreme maps to code 0 exactly;
+/// Quantiser (ggml's scale, moe's rounding): m = the element of largest magnitude (the first one on
+/// ties), d = fp16(m / -8), c = clamp(round(x / d) + 8, 0, 15) with the stored (fp16) d and ties
+/// away from zero (ggml rounds x·(1/d) half up with the unrounded d: codes can differ by one on
+/// ties). The extreme maps to code 0 exactly;
 /// elements are reconstructed from [-8, 7]·d, so the error bound is |x - value| <= |d| / 2 for
 /// elements on the extreme's side and <= |d| on the other (where 8|d| is out of reach), plus
 /// max|x| · 2^-10 for the scale's fp16 rounding.

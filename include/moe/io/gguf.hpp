@@ -6,7 +6,8 @@
 // infos, the data section aligned by `general.alignment` (default 32). The parser reads nothing
 // outside the file and allocates nothing that a count in the file drives beyond what the file's
 // remaining bytes could hold; every failure is a moe::error naming the field and its byte
-// offset (docs/architecture.md §8): a bad magic or version, a count, string or array longer than
+// offset (docs/architecture.md §8; arrays are stored at most 8 bytes per element, so what a file
+// makes the parser allocate is a small multiple of its own size): a bad magic or version, a count, string or array longer than
 // the rest of the file, an unknown value or tensor type, a nested array, a duplicate key or
 // tensor, more than 4 dimensions, a dimension product or byte size that overflows, a row length
 // the type's block does not divide, a misaligned offset, tensor data outside the data section,
@@ -20,6 +21,8 @@
 #include <limits>
 #include <map>
 #include <optional>
+#include <set>
+#include <type_traits>
 #include <span>
 #include <string>
 #include <string_view>
@@ -61,14 +64,28 @@ inline const ggml_type_info* find_ggml_type(std::uint32_t id) noexcept {
   return nullptr;
 }
 
-/// One metadata value: a scalar, a string, or an array of scalars or strings.
+/// One metadata value: a scalar (unsigned and signed integers widened to 64 bits, floats to
+/// double), a string, or an array of them, stored compactly (8 bytes per scalar element).
 struct gguf_value {
   gguf_value_type type = gguf_value_type::u8;
   gguf_value_type element_type = gguf_value_type::u8;  ///< for arrays
-  std::variant<std::uint64_t, std::int64_t, double, bool, std::string, std::vector<gguf_value>> value;
+  std::variant<std::uint64_t, std::int64_t, double, bool, std::string, std::vector<std::uint64_t>,
+               std::vector<std::int64_t>, std::vector<double>, std::vector<std::string>>
+      value;
 
   [[nodiscard]] bool is_array() const noexcept { return type == gguf_value_type::array; }
-  [[nodiscard]] const std::vector<gguf_value>& elements() const { return std::get<std::vector<gguf_value>>(value); }
+  /// Elements of an array (bools as 0 / 1 among the unsigned integers).
+  [[nodiscard]] std::size_t size() const noexcept {
+    return std::visit(
+        [](const auto& v) -> std::size_t {
+          if constexpr (requires { v.size(); } && !std::is_same_v<std::decay_t<decltype(v)>, std::string>) {
+            return v.size();
+          } else {
+            return 1;
+          }
+        },
+        value);
+  }
 };
 
 /// A tensor's description: name, GGML type, dimensions (ne[0] the row length, innermost), its
@@ -196,10 +213,42 @@ inline gguf_value read_value(cursor& c, std::string_view field) {
   gguf_value v;
   v.type = t;
   v.element_type = et;
-  std::vector<gguf_value> els;
-  els.reserve(static_cast<std::size_t>(n));
-  for (std::uint64_t i = 0; i < n; ++i) els.push_back(read_scalar(c, et, field));
-  v.value = std::move(els);
+  // Compact storage: at most 8 bytes (or one std::string) per element, and n is bounded by the
+  // bytes left, so the allocation is a small multiple of the file's size.
+  const auto count = static_cast<std::size_t>(n);
+  switch (et) {
+    case gguf_value_type::string: {
+      std::vector<std::string> els;
+      els.reserve(count);
+      for (std::size_t i = 0; i < count; ++i) els.push_back(c.read_string(field));
+      v.value = std::move(els);
+      break;
+    }
+    case gguf_value_type::f32: case gguf_value_type::f64: {
+      std::vector<double> els;
+      els.reserve(count);
+      for (std::size_t i = 0; i < count; ++i) els.push_back(std::get<double>(read_scalar(c, et, field).value));
+      v.value = std::move(els);
+      break;
+    }
+    case gguf_value_type::i8: case gguf_value_type::i16: case gguf_value_type::i32: case gguf_value_type::i64: {
+      std::vector<std::int64_t> els;
+      els.reserve(count);
+      for (std::size_t i = 0; i < count; ++i) els.push_back(std::get<std::int64_t>(read_scalar(c, et, field).value));
+      v.value = std::move(els);
+      break;
+    }
+    default: {  // unsigned integers and bools
+      std::vector<std::uint64_t> els;
+      els.reserve(count);
+      for (std::size_t i = 0; i < count; ++i) {
+        const auto e = read_scalar(c, et, field);
+        els.push_back(et == gguf_value_type::boolean ? std::uint64_t{std::get<bool>(e.value)} : std::get<std::uint64_t>(e.value));
+      }
+      v.value = std::move(els);
+      break;
+    }
+  }
   return v;
 }
 
@@ -318,10 +367,12 @@ class gguf_file {
       }
       m_alignment = *u;
     }
-    if (n_tensors > c.remaining() / 24) {
+    if (n_tensors > c.remaining() / 32) {  // name length 8, n_dims 4, one dim 8, type 4, offset 8
+      c.seek(8);
       c.fail("tensor_count", moe::detail::concat(n_tensors, " tensor infos cannot fit in the ", c.remaining(), " bytes left"));
     }
     m_tensors.reserve(static_cast<std::size_t>(n_tensors));
+    std::set<std::string> names;
     for (std::uint64_t i = 0; i < n_tensors; ++i) {
       gguf_tensor_info t;
       const auto at = c.offset();
@@ -333,14 +384,16 @@ class gguf_file {
         c.seek(n_dims_at);
         c.fail(field, moe::detail::concat("n_dims must be in [1, 4], got ", n_dims));
       }
-      std::uint64_t elements = 1;
+      std::uint64_t elements = 1, nonzero = 1;  // the product of the non-zero dimensions must fit too
       for (std::uint32_t j = 0; j < n_dims; ++j) {
         const auto d_at = c.offset();
         const auto dim = c.read<std::uint64_t>(field);
-        if (dim != 0 && elements > std::numeric_limits<std::uint64_t>::max() / dim) {
+        if (dim > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()) ||
+            (dim != 0 && nonzero > std::numeric_limits<std::uint64_t>::max() / dim)) {
           c.seek(d_at);
           c.fail(field, "the product of the dimensions overflows 64 bits");
         }
+        if (dim != 0) nonzero *= dim;
         elements *= dim;
         t.dims.push_back(dim);
       }
@@ -368,17 +421,19 @@ class gguf_file {
         c.seek(off_at);
         c.fail(field, moe::detail::concat("offset ", t.offset, " is not a multiple of the alignment ", m_alignment));
       }
-      for (const auto& o : m_tensors) {
-        if (o.name == t.name) {
-          c.seek(at);
-          c.fail(field, "duplicate tensor name");
-        }
+      if (!names.insert(t.name).second) {
+        c.seek(at);
+        c.fail(field, "duplicate tensor name");
       }
       m_tensors.push_back(std::move(t));
     }
     const std::uint64_t end_of_infos = c.offset();
     m_data_offset = (end_of_infos + m_alignment - 1) / m_alignment * m_alignment;
     const std::uint64_t size = bytes.size();
+    if (m_data_offset > size && !m_tensors.empty()) {
+      moe::detail::throw_error(error_id::input, moe::detail::concat("moe::io::gguf: the data section would start at byte offset ",
+                                                                    m_data_offset, ", past the end of the ", size, "-byte file"));
+    }
     const std::uint64_t data_size = m_data_offset <= size ? size - m_data_offset : 0;
     // Every tensor inside the data section; no two overlap.
     std::vector<std::pair<std::uint64_t, std::uint64_t>> spans;

@@ -10,10 +10,15 @@
 // a family it does not know.
 //
 // Families: mixtral; qwen2_moe (Qwen1.5/2-MoE), qwen3_moe, qwen3_next; olmoe; deepseek_v3 and
-// kimi_k2 (DeepseekV3ForCausalLM); gpt_oss. From a GGUF file's metadata (from_gguf) any
-// architecture whose keys follow llama.cpp's `<arch>.expert_*` convention.
+// kimi_k2 (DeepseekV3ForCausalLM); gpt_oss. From a GGUF file's metadata (from_gguf): llama.cpp's
+// `<arch>.expert_*` keys, plus what llama.cpp fixes per architecture in its graph code for the
+// architectures handled here (gpt-oss's softmax over the selected and router bias, Mixtral's
+// (`llama`) renormalisation, Qwen2-MoE's gated shared expert); other architectures' hard-coded
+// choices are not known to this reader.
 
 #include <algorithm>
+#include <array>
+#include <cmath>
 #include <cstdint>
 #include <fstream>
 #include <set>
@@ -82,6 +87,28 @@ struct model_config {
     return {.k = experts_per_token};
   }
 
+  /// Checks the ranges of every count (a config or a file's metadata is input): throws
+  /// moe::error naming the field. Both readers call it before using the counts.
+  /// `names`: the fields as the source calls them (layers, hidden, experts, k, expert width,
+  /// shared experts, groups, groups per token).
+  static void check_counts(std::string_view where, const std::array<std::string, 8>& names, index layers, index hidden,
+                           index experts, index k, index moe_f, index shared, index groups, index topk_groups) {
+    const auto in = [&](int i, index v, index lo, index hi) {
+      if (v < lo || v > hi) detail::fail_parameter(error_id::config, where, names[static_cast<std::size_t>(i)], detail::concat("in [", lo, ", ", hi, "]"), v);
+    };
+    in(0, layers, 1, index{1} << 20);
+    in(1, hidden, 1, index{1} << 24);
+    in(2, experts, 1, index{1} << 20);
+    in(3, k, 1, experts);
+    in(4, moe_f, 1, index{1} << 24);
+    in(5, shared, 0, index{1} << 10);
+    in(6, groups, 1, experts);
+    if (experts % groups != 0) {
+      detail::fail_parameter(error_id::config, where, names[6], detail::concat("a divisor of ", experts), groups);
+    }
+    in(7, topk_groups, 1, groups);
+  }
+
   /// Reads a config.json.
   static model_config from_file(const std::string& path) {
     std::ifstream in(path);
@@ -120,34 +147,41 @@ struct model_config {
     c.layers = static_cast<index>(f.get_int(key("block_count")));
     c.hidden = static_cast<index>(f.get_int(key("embedding_length")));
     c.experts = static_cast<index>(f.get_int(key("expert_count")));
-    c.experts_per_token = static_cast<int>(f.get_int(key("expert_used_count")));
+    const index k = static_cast<index>(f.get_int(key("expert_used_count")));
     c.dense_intermediate = opt_int("feed_forward_length", 0);
     c.moe_intermediate = opt_int("expert_feed_forward_length", c.dense_intermediate);
+    const index groups = opt_int("expert_group_count", 1), topk_groups = opt_int("expert_group_used_count", 1);
+    const bool qwen2 = arch == "qwen2moe";
+    const index shared = f.find(key("expert_shared_count")) ? opt_int("expert_shared_count", 0)
+                         : qwen2 && f.find(key("expert_shared_feed_forward_length")) ? 1 : 0;
+    check_counts("moe::model_config::from_gguf",
+                 {key("block_count"), key("embedding_length"), key("expert_count"), key("expert_used_count"),
+                  key("expert_feed_forward_length"), key("expert_shared_count"), key("expert_group_count"),
+                  key("expert_group_used_count")},
+                 c.layers, c.hidden, c.experts, k, c.moe_intermediate, shared, groups, topk_groups);
+    c.experts_per_token = static_cast<int>(k);
+    c.n_groups = static_cast<int>(groups);
+    c.topk_groups = static_cast<int>(topk_groups);
+    c.shared_experts = shared;
     const index gating = opt_int("expert_gating_func", 1);
     if (gating < 1 || gating > 3) {
       detail::fail_parameter(error_id::config, "moe::model_config::from_gguf", key("expert_gating_func"),
                              "1 (softmax), 2 (sigmoid) or 3 (softmax over the selected, gpt-oss)", gating);
     }
     c.gating = gating == 2 ? model_gating::sigmoid : gating == 3 ? model_gating::topk_then_softmax : model_gating::softmax;
-    c.router_bias = gating == 3;
-    c.renormalize = f.find(key("expert_weights_norm")) ? f.get_bool(key("expert_weights_norm")) : false;
+    // What llama.cpp fixes per architecture in its graph rather than in the metadata.
+    if (arch == "gpt-oss") c.gating = model_gating::topk_then_softmax;
+    c.router_bias = c.gating == model_gating::topk_then_softmax;
+    c.renormalize = f.find(key("expert_weights_norm")) ? f.get_bool(key("expert_weights_norm")) : arch == "llama";  // Mixtral
     c.route_scale = f.find(key("expert_weights_scale")) ? static_cast<float>(f.get_float(key("expert_weights_scale"))) : 1.0f;
-    c.shared_experts = opt_int("expert_shared_count", 0);
+    if (!(c.route_scale > 0.0f) || !std::isfinite(c.route_scale)) {
+      detail::fail_parameter(error_id::config, "moe::model_config::from_gguf", key("expert_weights_scale"), "finite and > 0", c.route_scale);
+    }
     c.shared_intermediate = c.shared_experts > 0 ? opt_int("expert_shared_feed_forward_length", c.shared_experts * c.moe_intermediate) : 0;
-    c.n_groups = static_cast<int>(opt_int("expert_group_count", 1));
-    c.topk_groups = static_cast<int>(opt_int("expert_group_used_count", 1));
+    c.shared_gate = qwen2 && c.shared_experts > 0;  // Qwen2-MoE's ffn_gate_inp_shexp
     const index dense = opt_int("leading_dense_block_count", 0);
     c.moe_layer.assign(static_cast<std::size_t>(std::max<index>(c.layers, 0)), true);
     for (index l = 0; l < c.layers && l < dense; ++l) c.moe_layer[static_cast<std::size_t>(l)] = false;
-    if (c.experts < 1) detail::fail_parameter(error_id::config, "moe::model_config::from_gguf", key("expert_count"), ">= 1", c.experts);
-    if (c.experts_per_token < 1 || c.experts_per_token > c.experts) {
-      detail::fail_parameter(error_id::config, "moe::model_config::from_gguf", key("expert_used_count"), detail::concat("in [1, ", c.experts, "]"),
-                             c.experts_per_token);
-    }
-    if (c.n_groups < 1 || c.experts % c.n_groups != 0) {
-      detail::fail_parameter(error_id::config, "moe::model_config::from_gguf", key("expert_group_count"), detail::concat("a divisor of ", c.experts),
-                             c.n_groups);
-    }
     return c;
   }
 
@@ -167,36 +201,51 @@ struct model_config {
     c.hidden = integer(j, {"hidden_size"});
     c.layers = integer(j, {"num_hidden_layers"});
     c.dense_intermediate = optional_integer(j, {"intermediate_size"}, 0);
-    c.experts = integer(j, {"num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"});
-    c.experts_per_token = static_cast<int>(integer(j, {"num_experts_per_tok", "experts_per_token", "moe_topk"}));
-    c.moe_intermediate = optional_integer(j, {"moe_intermediate_size"}, c.dense_intermediate);
-    c.moe_layer.assign(static_cast<std::size_t>(c.layers), true);
     const bool deepseek = t == "deepseek_v3" || t == "kimi_k2";
     const bool qwen = t == "qwen2_moe" || t == "qwen3_moe" || t == "qwen3_next";
+    // DeepseekV3Config's class defaults fill what a DeepSeek-V3 / Kimi K2 config omits.
+    c.experts = deepseek ? optional_integer(j, {"n_routed_experts", "num_experts", "num_local_experts", "moe_num_experts"}, 256)
+                         : integer(j, {"num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"});
+    const index k = deepseek ? optional_integer(j, {"num_experts_per_tok", "experts_per_token", "moe_topk"}, 8)
+                             : integer(j, {"num_experts_per_tok", "experts_per_token", "moe_topk"});
+    c.moe_intermediate = optional_integer(j, {"moe_intermediate_size"}, deepseek ? 2048 : c.dense_intermediate);
+    const index groups = deepseek ? optional_integer(j, {"n_group"}, 8) : 1;
+    const index topk_groups = deepseek ? optional_integer(j, {"topk_group"}, 4) : 1;
+    const index shared = deepseek ? optional_integer(j, {"n_shared_experts"}, 1)
+                                  : (qwen && optional_integer(j, {"shared_expert_intermediate_size"}, 0) > 0 ? 1 : 0);
+    check_counts("moe::model_config",
+                 {"num_hidden_layers", "hidden_size", "num_experts", "num_experts_per_tok", "moe_intermediate_size",
+                  "n_shared_experts", "n_group", "topk_group"},
+                 c.layers, c.hidden, c.experts, k, c.moe_intermediate, shared, groups, topk_groups);
+    c.experts_per_token = static_cast<int>(k);
+    c.n_groups = static_cast<int>(groups);
+    c.topk_groups = static_cast<int>(topk_groups);
+    c.shared_experts = shared;
+    c.moe_layer.assign(static_cast<std::size_t>(c.layers), true);
     if (t == "mixtral") {
       c.renormalize = true;  // MixtralSparseMoeBlock: routing_weights /= routing_weights.sum(-1)
     } else if (t == "olmoe" || qwen) {
       c.renormalize = boolean(j, "norm_topk_prob", t == "qwen3_next");  // OLMoE and Qwen2-MoE default false
     } else if (deepseek) {
-      const auto scoring = optional_str(j, "scoring_func", "softmax");
+      const auto scoring = optional_str(j, "scoring_func", "sigmoid");
       if (scoring == "sigmoid") {
         c.gating = model_gating::sigmoid;
       } else if (scoring != "softmax") {
         detail::fail_parameter(error_id::config, "moe::model_config", "scoring_func", "sigmoid or softmax", scoring);
       }
-      const auto method = optional_str(j, "topk_method", "greedy");
+      const auto method = optional_str(j, "topk_method", "noaux_tc");
       if (method == "noaux_tc") {
         c.selection_bias = true;
       } else if (method != "greedy" && method != "group_limited_greedy") {
         detail::fail_parameter(error_id::config, "moe::model_config", "topk_method", "noaux_tc, greedy or group_limited_greedy", method);
       }
-      c.n_groups = static_cast<int>(optional_integer(j, {"n_group"}, 1));
-      c.topk_groups = static_cast<int>(optional_integer(j, {"topk_group"}, 1));
-      c.renormalize = boolean(j, "norm_topk_prob", false);
-      c.route_scale = static_cast<float>(number(j, "routed_scaling_factor", 1.0));
-      c.shared_experts = optional_integer(j, {"n_shared_experts"}, 0);
+      c.renormalize = boolean(j, "norm_topk_prob", true);
+      c.route_scale = static_cast<float>(number(j, "routed_scaling_factor", 2.5));
+      if (!(c.route_scale > 0.0f) || !std::isfinite(c.route_scale)) {
+        detail::fail_parameter(error_id::config, "moe::model_config", "routed_scaling_factor", "finite and > 0", c.route_scale);
+      }
       c.shared_intermediate = c.shared_experts * c.moe_intermediate;
-      const index first_dense = optional_integer(j, {"first_k_dense_replace"}, 0);
+      const index first_dense = optional_integer(j, {"first_k_dense_replace"}, 3);
       const index freq = optional_integer(j, {"moe_layer_freq"}, 1);
       if (freq < 1) detail::fail_parameter(error_id::config, "moe::model_config", "moe_layer_freq", ">= 1", freq);
       for (index l = 0; l < c.layers; ++l) c.moe_layer[static_cast<std::size_t>(l)] = l >= first_dense && l % freq == 0;
@@ -206,7 +255,9 @@ struct model_config {
     }
     if (qwen) {
       c.shared_intermediate = optional_integer(j, {"shared_expert_intermediate_size"}, 0);
-      c.shared_experts = c.shared_intermediate > 0 ? 1 : 0;
+      if (c.shared_intermediate < 0 || c.shared_intermediate > (index{1} << 24)) {
+        detail::fail_parameter(error_id::config, "moe::model_config", "shared_expert_intermediate_size", "in [0, 2^24]", c.shared_intermediate);
+      }
       c.shared_gate = c.shared_experts > 0;  // shared_expert_gate: Linear(d, 1), sigmoid
       const index step = optional_integer(j, {"decoder_sparse_step"}, 1);
       if (step < 1) detail::fail_parameter(error_id::config, "moe::model_config", "decoder_sparse_step", ">= 1", step);
@@ -214,7 +265,7 @@ struct model_config {
       if (j.contains("mlp_only_layers")) {
         if (!j["mlp_only_layers"].is_array()) detail::fail_parameter(error_id::config, "moe::model_config", "mlp_only_layers", "an array", "not an array");
         for (const auto& v : j["mlp_only_layers"]) {
-          if (!v.is_number_integer()) detail::fail_parameter(error_id::config, "moe::model_config", "mlp_only_layers", "layer indices", v.dump());
+          if (!v.is_number_integer()) detail::fail_parameter(error_id::config, "moe::model_config", "mlp_only_layers", "layer indices", v.type_name());
           dense_only.push_back(v.get<index>());
         }
       }
@@ -222,14 +273,6 @@ struct model_config {
         const bool listed = std::find(dense_only.begin(), dense_only.end(), l) != dense_only.end();
         c.moe_layer[static_cast<std::size_t>(l)] = !listed && c.experts > 0 && (l + 1) % step == 0;
       }
-    }
-    if (c.experts < 1) detail::fail_parameter(error_id::config, "moe::model_config", "experts", ">= 1", c.experts);
-    if (c.experts_per_token < 1 || c.experts_per_token > c.experts) {
-      detail::fail_parameter(error_id::config, "moe::model_config", "num_experts_per_tok", detail::concat("in [1, ", c.experts, "]"),
-                             c.experts_per_token);
-    }
-    if (c.n_groups < 1 || c.experts % c.n_groups != 0) {
-      detail::fail_parameter(error_id::config, "moe::model_config", "n_group", detail::concat("a divisor of ", c.experts), c.n_groups);
     }
     return c;
   }
@@ -263,7 +306,7 @@ struct model_config {
   }
   static std::string optional_str(const nlohmann::json& j, const char* key, const char* fallback) {
     if (!j.contains(key) || j[key].is_null()) return fallback;
-    if (!j[key].is_string()) detail::fail_parameter(error_id::config, "moe::model_config", key, "a string", j[key].dump());
+    if (!j[key].is_string()) detail::fail_parameter(error_id::config, "moe::model_config", key, "a string", j[key].type_name());
     return j[key].get<std::string>();
   }
   // The value of the first present alias; every present alias must agree.
@@ -272,7 +315,7 @@ struct model_config {
     index value = fallback;
     for (const char* a : aliases) {
       if (!j.contains(a) || j[a].is_null()) continue;
-      if (!j[a].is_number_integer()) detail::fail_parameter(error_id::config, "moe::model_config", a, "an integer", j[a].dump());
+      if (!j[a].is_number_integer()) detail::fail_parameter(error_id::config, "moe::model_config", a, "an integer", j[a].type_name());
       const auto v = j[a].get<index>();
       if (first && v != value) {
         detail::fail_parameter(error_id::config, "moe::model_config", a, detail::concat("equal to '", first, "' = ", value, " (aliases must agree)"), v);
@@ -292,12 +335,12 @@ struct model_config {
   }
   static bool boolean(const nlohmann::json& j, const char* key, bool fallback) {
     if (!j.contains(key) || j[key].is_null()) return fallback;
-    if (!j[key].is_boolean()) detail::fail_parameter(error_id::config, "moe::model_config", key, "a bool", j[key].dump());
+    if (!j[key].is_boolean()) detail::fail_parameter(error_id::config, "moe::model_config", key, "a bool", j[key].type_name());
     return j[key].get<bool>();
   }
   static double number(const nlohmann::json& j, const char* key, double fallback) {
     if (!j.contains(key) || j[key].is_null()) return fallback;
-    if (!j[key].is_number()) detail::fail_parameter(error_id::config, "moe::model_config", key, "a number", j[key].dump());
+    if (!j[key].is_number()) detail::fail_parameter(error_id::config, "moe::model_config", key, "a number", j[key].type_name());
     return j[key].get<double>();
   }
 };

@@ -21,6 +21,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <new>
 #include <span>
 #include <string>
 #include <string_view>
@@ -42,8 +43,9 @@ struct safetensors_dtype {
   std::size_t bytes;
 };
 inline constexpr safetensors_dtype safetensors_dtypes[] = {
-    {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1}, {"E8M0", 1}, {"I16", 2}, {"U16", 2},
-    {"F16", 2},  {"BF16", 2}, {"I32", 4}, {"U32", 4},     {"F32", 4},     {"F64", 8},  {"I64", 8}, {"U64", 8},
+    {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1}, {"F8_E8M0", 1}, {"I16", 2}, {"U16", 2},
+    {"F16", 2},  {"BF16", 2}, {"I32", 4}, {"U32", 4},     {"F32", 4},     {"F64", 8},     {"I64", 8}, {"U64", 8},
+    {"C64", 8},
 };
 inline const safetensors_dtype* find_safetensors_dtype(std::string_view name) noexcept {
   for (const auto& d : safetensors_dtypes) {
@@ -127,6 +129,8 @@ class safetensors_file {
       header = nlohmann::json::parse(text);  // rejects invalid UTF-8 and trailing garbage
     } catch (const nlohmann::json::exception& e) {
       fail(moe::detail::concat("header is not valid JSON: ", e.what()));
+    } catch (const std::bad_alloc&) {
+      fail(moe::detail::concat("header of ", n, " bytes is too large to parse in memory"));
     }
     if (!header.is_object()) fail("header must be a JSON object");
     m_data = 8 + n;
@@ -158,17 +162,19 @@ class safetensors_file {
       for (const auto& d : value["shape"]) {
         if (!d.is_number_unsigned()) fail(field("'shape' must hold non-negative integers"));
         const auto v = d.get<std::uint64_t>();
+        if (v > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) fail(field("'shape' has an extent above 2^63 - 1"));
         if (v != 0 && elements > std::numeric_limits<std::uint64_t>::max() / v) fail(field("'shape' overflows 64 bits"));
         elements *= v;
         t.shape.push_back(v);
       }
       if (elements > std::numeric_limits<std::uint64_t>::max() / dt->bytes) fail(field("byte size overflows 64 bits"));
-      const auto& off = value.contains("data_offsets") ? value["data_offsets"] : nlohmann::json();
-      if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned()) {
+      const auto off = value.find("data_offsets");  // by reference: a copy of a hostile value recurses
+      if (off == value.end() || !off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() ||
+          !(*off)[1].is_number_unsigned()) {
         fail(field("'data_offsets' must be [begin, end], non-negative integers"));
       }
-      t.begin = off[0].get<std::uint64_t>();
-      t.end = off[1].get<std::uint64_t>();
+      t.begin = (*off)[0].get<std::uint64_t>();
+      t.end = (*off)[1].get<std::uint64_t>();
       if (t.end < t.begin) fail(field(moe::detail::concat("'data_offsets' end ", t.end, " is before begin ", t.begin).c_str()));
       if (t.end - t.begin != elements * dt->bytes) {
         fail(field(moe::detail::concat("holds ", t.end - t.begin, " bytes, its dtype and shape need ", elements * dt->bytes).c_str()));

@@ -285,6 +285,8 @@ constexpr std::size_t activation_bytes(index rows, index kp_in) noexcept {
 
 /// Quantizes `rows` rows (pointers x[i], k floats each) into `scratch` (activation_bytes(rows,
 /// kp) bytes), zero-padded to `kp` values (the weights' padded row length, a multiple of 32).
+/// Activations must be finite (moe::layer refuses others by default): a NaN or inf gives an
+/// unspecified output row, never undefined behaviour.
 inline quantized_rows quantize_activation(const float* const* x, index rows, index k, index kp, void* scratch) noexcept {
   const index nb = kp / 32;
   auto* base = static_cast<std::byte*>(scratch);
@@ -318,7 +320,7 @@ inline quantized_rows quantize_activation(const float* const* x, index rows, ind
           }
           std::int32_t s0 = 0, s1 = 0;
           for (index j = 0; j < 32; ++j) {
-            qb[j] = static_cast<std::int8_t>(tmp[j]);
+            qb[j] = tmp[j] == tmp[j] ? static_cast<std::int8_t>(tmp[j]) : std::int8_t{0};  // (NaN: 0, no UB)
             (j < 16 ? s0 : s1) += qb[j];
           }
           s16[i * 2 * nb + 2 * b] = s0;
@@ -334,7 +336,7 @@ inline quantized_rows quantize_activation(const float* const* x, index rows, ind
       std::int32_t s0 = 0, s1 = 0;
       for (index j = 0; j < 32; ++j) {
         const float v = j < n && d > 0.0f ? std::round(xi[c0 + j] / d) : 0.0f;
-        qb[j] = static_cast<std::int8_t>(std::clamp(v, -127.0f, 127.0f));
+        qb[j] = v == v ? static_cast<std::int8_t>(std::clamp(v, -127.0f, 127.0f)) : std::int8_t{0};  // (NaN: 0, no UB)
         (j < 16 ? s0 : s1) += qb[j];
       }
       s16[i * 2 * nb + 2 * b] = s0;

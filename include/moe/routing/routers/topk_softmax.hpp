@@ -91,6 +91,7 @@ class topk_softmax {
     const index E = m_experts, k = m_options.k;
     plan.reset(T, k, E);
     auto* idx = ws.take<std::int32_t>(static_cast<std::size_t>(k));
+    auto* wp = ws.take<float>(static_cast<std::size_t>(k));
     for (index t = 0; t < T; ++t) {
       float* zt = z + t * E;
       if (!m_options.logit_bias.empty()) {
@@ -100,8 +101,6 @@ class topk_softmax {
       const index n = kernels::top_k(zt, E, k, idx);
       if (n == 0) continue;  // every logit -inf: the token routes nowhere
       const float zmax = zt[idx[0]];
-      float w[256];
-      float* wp = k <= 256 ? w : ws.take<float>(static_cast<std::size_t>(k));
       float sum = 0.0f;
       const bool inf = std::isinf(zmax);  // +inf logits share the weight equally (exp(inf - inf) is NaN)
       for (index s = 0; s < n; ++s) {
