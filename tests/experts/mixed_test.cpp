@@ -12,6 +12,7 @@
 
 #include "../support/compare.hpp"
 #include "../support/layers.hpp"
+#include "../support/quantized.hpp"
 #include "../support/random.hpp"
 
 namespace {
@@ -40,16 +41,9 @@ TEST_CASE("mixed bank: small and big fp32 experts in one layer, against the naiv
     serial.forward(x, ys);
     INFO("T = " << T);
     CHECK(moe_test::bitwise_equal(y, ys));
-    const auto& plan = layer.plan();
-    std::vector<double> want(static_cast<std::size_t>(T * d), 0.0);
-    for (index t = 0; t < T; ++t) {
-      for (index s = 0; s < plan.max_slots(); ++s) {
-        const auto e = plan.expert(t, s);
-        if (e == moe::no_expert) continue;
-        const auto& part = e < E1 ? small : big;
-        part.accumulate(e < E1 ? e : e - E1, x.data() + t * d, plan.weight(t, s), want.data() + t * d);
-      }
-    }
+    const auto want = moe_test::plan_reference(layer.plan(), x, [&](index e, const float* xt, double wt, double* yt) {
+      (e < E1 ? small : big).accumulate(e < E1 ? e : e - E1, xt, wt, yt);
+    });
     CHECK(moe_test::relative_error(y, want) < 1e-5);
     const moe::row_matrix<float> x0 = x.row(0);
     moe::row_matrix<float> y0(1, d);
@@ -71,32 +65,16 @@ TEST_CASE("mixed bank: fp32 experts beside Q4_K experts, one part gives that par
                                                         moe::device::cpu{2});
   // Reference: per slot, the fp32 part's naive expert or the Q4_K part's naive expert on its
   // dequantised weights (the quantized kernels' int8 activations bound the difference).
-  const auto deq = [](const moe::row_matrix<float>& m) {
-    std::vector<std::byte> b(static_cast<std::size_t>(m.rows()) * fm::row_bytes<fm::q4_k>(m.cols()));
-    fm::quantize_rows<fm::q4_k>("t", "w", m.data(), m.rows(), m.cols(), m.cols(), b.data());
-    moe::row_matrix<float> out(m.rows(), m.cols());
-    fm::dequantize_rows<fm::q4_k>(b.data(), m.rows(), m.cols(), out.data(), m.cols());
-    return out;
-  };
-  auto qd = q;
-  qd.gate = deq(q.gate);
-  qd.up = deq(q.up);
-  qd.down = deq(q.down);
+  const auto qd = moe_test::dequantised<fm::q4_k>(q);
   const index T = 17;
   const auto x = rng.matrix(T, d);
   moe::row_matrix<float> y(T, d);
   layer.forward(x, y);
-  const auto& plan = layer.plan();
-  std::vector<double> want(static_cast<std::size_t>(T * d), 0.0);
   index in_q = 0;
-  for (index t = 0; t < T; ++t) {
-    for (index s = 0; s < plan.max_slots(); ++s) {
-      const auto e = plan.expert(t, s);
-      if (e == moe::no_expert) continue;
-      in_q += e >= 2;
-      (e < 2 ? a : qd).accumulate(e < 2 ? e : e - 2, x.data() + t * d, plan.weight(t, s), want.data() + t * d);
-    }
-  }
+  const auto want = moe_test::plan_reference(layer.plan(), x, [&](index e, const float* xt, double wt, double* yt) {
+    in_q += e >= 2;
+    (e < 2 ? a : qd).accumulate(e < 2 ? e : e - 2, xt, wt, yt);
+  });
   CHECK(in_q > 0);
   CHECK(in_q < 2 * T);  // both parts are used
   CHECK(moe_test::relative_error(y, want) < 3e-2);

@@ -14,6 +14,7 @@
 
 #include "../support/compare.hpp"
 #include "../support/layers.hpp"
+#include "../support/quantized.hpp"
 #include "../support/random.hpp"
 
 namespace {
@@ -30,8 +31,7 @@ struct quant_matrix {
   kq::quant_panels<F> panels;
   quant_matrix(const moe::row_matrix<float>& w)
       : n(w.rows()), k(w.cols()), kp(fm::blocks_per_row<F>(w.cols()) * F::block_values) {
-    bytes.resize(static_cast<std::size_t>(n) * fm::row_bytes<F>(k));
-    fm::quantize_rows<F>("test", "w", w.data(), n, k, k, bytes.data());
+    bytes = moe_test::quantised<F>(w);
     deq.resize(static_cast<std::size_t>(n * kp));
     fm::dequantize_rows<F>(bytes.data(), n, kp, deq.data(), kp);
     panels = kq::pack<F>(bytes.data(), n, kp);
@@ -46,7 +46,6 @@ std::vector<float> run_kernel(const quant_matrix<F>& q, const moe::row_matrix<fl
   for (index i = 0; i < rows; ++i) ptr[static_cast<std::size_t>(i)] = x.data() + i * x.cols();
   std::vector<std::byte> scratch(kq::activation_bytes(rows, q.kp));
   const auto xq = kq::quantize_activation(ptr.data(), rows, x.cols(), q.kp, scratch.data());
-  std::vector<float> out(static_cast<std::size_t>(rows * 16 * q.panels.panels));
   std::vector<float> tile(static_cast<std::size_t>(rows * 16));
   std::vector<float> y(static_cast<std::size_t>(rows * q.n));
   for (index p = 0; p < q.panels.panels; ++p) {
@@ -125,23 +124,8 @@ void check_layer(std::uint64_t seed) {
   const auto w = moe_test::random_swiglu(rng, E, d, f);
   using bank = moe::gated_mlp_experts<F>;
   const auto router_w = rng.matrix(E, d);
-  // The reference: the naive SwiGLU layer on the dequantised weights (padded d and f cut back).
-  moe_test::naive_swiglu dq = w;
-  const auto deq = [](const moe::row_matrix<float>& m) {
-    const index kp = fm::blocks_per_row<F>(m.cols()) * F::block_values;
-    std::vector<std::byte> b(static_cast<std::size_t>(m.rows()) * fm::row_bytes<F>(m.cols()));
-    fm::quantize_rows<F>("t", "w", m.data(), m.rows(), m.cols(), m.cols(), b.data());
-    std::vector<float> full(static_cast<std::size_t>(m.rows() * kp));
-    fm::dequantize_rows<F>(b.data(), m.rows(), kp, full.data(), kp);
-    moe::row_matrix<float> out(m.rows(), m.cols());
-    for (index r = 0; r < m.rows(); ++r) {
-      for (index c = 0; c < m.cols(); ++c) out(r, c) = full[static_cast<std::size_t>(r * kp + c)];
-    }
-    return out;
-  };
-  dq.gate = deq(w.gate);
-  dq.up = deq(w.up);
-  dq.down = deq(w.down);
+  // The reference: the naive SwiGLU layer on the dequantised weights.
+  const auto dq = moe_test::dequantised<F>(w);
   for (const int k : {1, 2, 8}) {
     moe::layer<moe::top_k<>, bank, moe::device::cpu> layer(moe::top_k<>(router_w, {.k = k, .renormalize = true}),
                                                           bank(w.gate, w.up, w.down), moe::device::cpu{2});
@@ -176,12 +160,7 @@ TEST_CASE("a bank from GGUF tensor bytes equals the bank quantised here, bad byt
   const index E = 3, d = 256, f = 256;
   const auto w = moe_test::random_swiglu(rng, E, d, f);
   using F = fm::q4_k;
-  const auto bytes = [](const moe::row_matrix<float>& m) {
-    std::vector<std::byte> b(static_cast<std::size_t>(m.rows()) * fm::row_bytes<F>(m.cols()));
-    fm::quantize_rows<F>("t", "w", m.data(), m.rows(), m.cols(), m.cols(), b.data());
-    return b;
-  };
-  const auto g = bytes(w.gate), u = bytes(w.up), dn = bytes(w.down);
+  const auto g = moe_test::quantised<F>(w.gate), u = moe_test::quantised<F>(w.up), dn = moe_test::quantised<F>(w.down);
   using bank = moe::gated_mlp_experts<F>;
   const bank from_bytes(g, u, dn, moe::swiglu_shape{E, d, f});
   const bank here(w.gate, w.up, w.down);
@@ -226,44 +205,27 @@ void check_bank_kind(std::uint64_t seed) {
   const auto x = rng.matrix(T, d);
   moe::row_matrix<float> y(T, d);
   layer.forward(x, y);
-  const auto deq = [](const moe::row_matrix<float>& m) {
-    std::vector<std::byte> b(static_cast<std::size_t>(m.rows()) * fm::row_bytes<F>(m.cols()));
-    fm::quantize_rows<F>("t", "w", m.data(), m.rows(), m.cols(), m.cols(), b.data());
-    const index kp = fm::blocks_per_row<F>(m.cols()) * F::block_values;
-    std::vector<float> full(static_cast<std::size_t>(m.rows() * kp));
-    fm::dequantize_rows<F>(b.data(), m.rows(), kp, full.data(), kp);
-    moe::row_matrix<float> out(m.rows(), m.cols());
-    for (index r = 0; r < m.rows(); ++r)
-      for (index c = 0; c < m.cols(); ++c) out(r, c) = full[static_cast<std::size_t>(r * kp + c)];
-    return out;
-  };
-  const auto G = deq(gate), U = deq(up), D = deq(down);
-  const auto& plan = layer.plan();
-  std::vector<double> want(static_cast<std::size_t>(T * d), 0.0);
-  for (index t = 0; t < T; ++t) {
-    for (index s = 0; s < plan.max_slots(); ++s) {
-      const auto e = plan.expert(t, s);
-      if (e == moe::no_expert) continue;
-      std::vector<double> h(static_cast<std::size_t>(f));
-      for (index j = 0; j < f; ++j) {
-        double g = 0, u = 0;
-        for (index c = 0; c < d; ++c) {
-          g += static_cast<double>(G(e * f + j, c)) * x(t, c);
-          u += static_cast<double>(U(e * f + j, c)) * x(t, c);
-        }
-        if constexpr (Gated) {
-          h[static_cast<std::size_t>(j)] = Act::glu(static_cast<float>(g), static_cast<float>(u));
-        } else {
-          h[static_cast<std::size_t>(j)] = Act::f(static_cast<float>(u));
-        }
-      }
+  const auto G = moe_test::dequantised<F>(gate), U = moe_test::dequantised<F>(up), D = moe_test::dequantised<F>(down);
+  const auto want = moe_test::plan_reference(layer.plan(), x, [&](index e, const float* xt, double wt, double* yt) {
+    std::vector<double> h(static_cast<std::size_t>(f));
+    for (index j = 0; j < f; ++j) {
+      double g = 0, u = 0;
       for (index c = 0; c < d; ++c) {
-        double o = 0;
-        for (index j = 0; j < f; ++j) o += static_cast<double>(D(e * d + c, j)) * h[static_cast<std::size_t>(j)];
-        want[static_cast<std::size_t>(t * d + c)] += plan.weight(t, s) * o;
+        g += static_cast<double>(G(e * f + j, c)) * xt[c];
+        u += static_cast<double>(U(e * f + j, c)) * xt[c];
+      }
+      if constexpr (Gated) {
+        h[static_cast<std::size_t>(j)] = Act::glu(static_cast<float>(g), static_cast<float>(u));
+      } else {
+        h[static_cast<std::size_t>(j)] = Act::f(static_cast<float>(u));
       }
     }
-  }
+    for (index c = 0; c < d; ++c) {
+      double o = 0;
+      for (index j = 0; j < f; ++j) o += static_cast<double>(D(e * d + c, j)) * h[static_cast<std::size_t>(j)];
+      yt[c] += wt * o;
+    }
+  });
   INFO(F::name << " " << Act::name << (Gated ? " gated" : " not gated"));
   CHECK(moe_test::relative_error(y, want) < 3e-2);
 }

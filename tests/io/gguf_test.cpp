@@ -14,6 +14,7 @@
 
 #include "../support/compare.hpp"
 #include "../support/layers.hpp"
+#include "../support/quantized.hpp"
 #include "../support/random.hpp"
 
 namespace {
@@ -22,12 +23,7 @@ namespace fm = moe::formats;
 
 std::span<const std::byte> as_bytes(const std::string& s) { return std::as_bytes(std::span(s.data(), s.size())); }
 
-template <class F>
-std::vector<std::byte> quantised(const moe::row_matrix<float>& m) {
-  std::vector<std::byte> b(static_cast<std::size_t>(m.rows()) * fm::row_bytes<F>(m.cols()));
-  fm::quantize_rows<F>("t", "w", m.data(), m.rows(), m.cols(), m.cols(), b.data());
-  return b;
-}
+using moe_test::quantised;
 
 TEST_CASE("gguf: a layer written to a file loads back with the same bits", "[io][gguf]") {
   moe_test::rng rng(41);

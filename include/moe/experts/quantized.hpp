@@ -82,20 +82,8 @@ class basic_mlp_experts {
  private:
   void init_fp32(const const_matrix_map<float>* gate, const_matrix_map<float> up, const_matrix_map<float> down) {
     constexpr const char* where = "moe::gated_mlp_experts";
-    const index d = up.cols(), f = down.cols();
-    if (d < 1) detail::fail_parameter(error_id::shape, where, "up.cols()", ">= 1", d);
-    if (f < 1) detail::fail_parameter(error_id::shape, where, "down.cols()", ">= 1", f);
-    if (up.rows() < f || up.rows() % f != 0) {
-      detail::fail_parameter(error_id::shape, where, "up.rows()", detail::concat("a positive multiple of down.cols() = ", f),
-                             up.rows());
-    }
-    const index E = up.rows() / f;
-    if (gate) {
-      detail::check_extent(where, "gate.rows()", gate->rows(), E * f);
-      detail::check_extent(where, "gate.cols()", gate->cols(), d);
-    }
-    detail::check_extent(where, "down.rows()", down.rows(), E * d);
-    m_shape = {E, d, f};
+    m_shape = gate ? detail::ffn_shape(where, *gate, "gate", &up, "up", down) : detail::ffn_shape(where, up, "up", nullptr, "", down);
+    const index E = m_shape.experts, d = m_shape.hidden, f = m_shape.intermediate;
     std::vector<std::byte> tmp;
     const auto quantise = [&](const_matrix_map<float> m, index e, index rows, index cols, const char* name) {
       const index kp = formats::blocks_per_row<Format>(cols) * Format::block_values;

@@ -23,6 +23,30 @@ struct swiglu_shape {
   index intermediate = 0;  ///< f, the expert width
 };
 
+namespace detail {
+/// The shape of an FFN bank given as checkpoint matrices: `first [E·f × d]` (the gate, or the up
+/// matrix of a non-gated MLP), optional `second` of the same shape, `down [E·d × f]`. Throws
+/// moe::error naming the matrix and its extent.
+inline swiglu_shape ffn_shape(const char* where, const_matrix_map<float> first, const char* first_name,
+                              const const_matrix_map<float>* second, const char* second_name, const_matrix_map<float> down) {
+  const index d = first.cols();
+  const index f = down.cols();
+  if (d < 1) fail_parameter(error_id::shape, where, concat(first_name, ".cols()"), ">= 1", d);
+  if (f < 1) fail_parameter(error_id::shape, where, "down.cols()", ">= 1", f);
+  if (first.rows() < f || first.rows() % f != 0) {
+    fail_parameter(error_id::shape, where, concat(first_name, ".rows()"), concat("a positive multiple of down.cols() = ", f),
+                   first.rows());
+  }
+  const index E = first.rows() / f;
+  if (second) {
+    check_extent(where, concat(second_name, ".rows()"), second->rows(), E * f);
+    check_extent(where, concat(second_name, ".cols()"), second->cols(), d);
+  }
+  check_extent(where, "down.rows()", down.rows(), E * d);
+  return {E, d, f};
+}
+}  // namespace detail
+
 /// A bank of SwiGLU experts, `Expert_e(x) = W_down,e · (silu(W_gate,e x) ⊙ W_up,e x)`.
 ///
 /// @tparam Scalar weight storage: `float`, or `moe::bf16` (half the bytes; activations are
@@ -45,20 +69,8 @@ class swiglu_experts {
 
   /// @param gate `[E·f × d]`, @param up `[E·f × d]`, @param down `[E·d × f]` (fp32).
   swiglu_experts(const_matrix_map<float> gate, const_matrix_map<float> up, const_matrix_map<float> down) {
-    constexpr const char* where = "moe::swiglu_experts";
-    const index d = gate.cols();
-    const index f = down.cols();
-    if (d < 1) detail::fail_parameter(error_id::shape, where, "gate.cols()", ">= 1", d);
-    if (f < 1) detail::fail_parameter(error_id::shape, where, "down.cols()", ">= 1", f);
-    if (gate.rows() < f || gate.rows() % f != 0) {
-      detail::fail_parameter(error_id::shape, where, "gate.rows()",
-                             detail::concat("a positive multiple of down.cols() = ", f), gate.rows());
-    }
-    const index E = gate.rows() / f;
-    detail::check_extent(where, "up.rows()", up.rows(), E * f);
-    detail::check_extent(where, "up.cols()", up.cols(), d);
-    detail::check_extent(where, "down.rows()", down.rows(), E * d);
-    init({E, d, f}, gate.data(), gate.outerStride(), up.data(), up.outerStride(), down.data(), down.outerStride());
+    const auto shape = detail::ffn_shape("moe::swiglu_experts", gate, "gate", &up, "up", down);
+    init(shape, gate.data(), gate.outerStride(), up.data(), up.outerStride(), down.data(), down.outerStride());
   }
 
   /// Convenience: any row-major Eigen matrices, Maps or Blocks with the shapes above.
