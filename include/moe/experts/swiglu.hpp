@@ -10,7 +10,9 @@
 #include "moe/config.hpp"
 #include "moe/core/bf16.hpp"
 #include "moe/core/error.hpp"
+#include "moe/core/parallel.hpp"
 #include "moe/core/views.hpp"
+#include "moe/experts/source.hpp"
 #include "moe/kernels/gemm.hpp"
 #include "moe/kernels/math.hpp"
 
@@ -93,6 +95,42 @@ class swiglu_experts {
       detail::fail_parameter(error_id::shape, where, "shape.intermediate", ">= 1", shape.intermediate);
     }
     init(shape, gate, shape.hidden, up, shape.hidden, down, shape.intermediate);
+  }
+
+  /// From weights where a checkpoint keeps them (moe::weight_source: fp32, bf16 or fp16, any
+  /// strides, stacked or one tensor per expert, typically a mapped file): `gate, up` hold E
+  /// matrices `[f × d]`, `down` E matrices `[d × f]`. The panels are allocated first, then filled
+  /// straight from the source on up to `threads` threads (0: all; experts split between them),
+  /// so a load needs no memory beyond the packed bank and gives the same bits on any thread count.
+  swiglu_experts(const weight_source& gate, const weight_source& up, const weight_source& down, int threads = 0) {
+    constexpr const char* where = "moe::swiglu_experts";
+    const index E = gate.experts, f = gate.rows, d = gate.cols;
+    if (E < 0) detail::fail_parameter(error_id::shape, where, "gate.experts", ">= 0", E);
+    if (d < 1) detail::fail_parameter(error_id::shape, where, "gate.cols", ">= 1", d);
+    if (f < 1) detail::fail_parameter(error_id::shape, where, "gate.rows", ">= 1", f);
+    detail::check_source(where, "gate", gate, E, f, d);
+    detail::check_source(where, "up", up, E, f, d);
+    detail::check_source(where, "down", down, E, d, f);
+    m_shape = {E, d, f};
+    constexpr index W = kernels::panel_width<arch>;
+    m_up.reserve(static_cast<std::size_t>(E));
+    m_down.reserve(static_cast<std::size_t>(E));
+    for (index e = 0; e < E; ++e) {
+      m_up.push_back(kernels::allocate_panels_interleaved<Scalar>(f, d, W));
+      m_down.push_back(kernels::allocate_panels<Scalar>(d, f, W));
+    }
+    const int nt = static_cast<int>(std::clamp<index>(threads > 0 ? threads : detail::default_threads(), 1, std::max<index>(E, 1)));
+    detail::parallel_region(nt, [&](int tid, int team, auto&&) {
+      for (index e = E * tid / team; e < E * (tid + 1) / team; ++e) {
+        detail::with_source(gate, e, [&](auto g) {
+          detail::with_source(up, e, [&](auto u) { kernels::fill_panels_interleaved(m_up[static_cast<std::size_t>(e)], g, u); });
+        });
+        detail::with_source(down, e, [&](auto dn) { kernels::fill_panels(m_down[static_cast<std::size_t>(e)], dn); });
+        detail::release_packed(gate, e);
+        detail::release_packed(up, e);
+        detail::release_packed(down, e);
+      }
+    });
   }
 
   [[nodiscard]] index num_experts() const noexcept { return m_shape.experts; }

@@ -123,31 +123,51 @@ constexpr index panel_offset(index kk, index j, index width) noexcept {
 }
 }  // namespace detail
 
-/// Packs `w [n × k]` (row stride `ldw`, float or bf16) into panels of `width` outputs of W.
-template <class W = float, class Src>
-packed_matrix<W> pack_panels(const Src* w, index n, index k, index ldw, index width) {
+/// Zeroed panels for an `n × k` matrix (n outputs, k inputs) in panels of `width` outputs of W,
+/// to be filled by fill_panels() (the two steps of pack_panels_from(), apart so that the
+/// allocation can happen on one thread and the filling on many).
+template <class W = float>
+packed_matrix<W> allocate_panels(index n, index k, index width) {
   packed_matrix<W> out;
   out.n = n;
   out.k = k;
   out.width = width;
   out.panels = (n + width - 1) / width;
   out.data = aligned_buffer<W>(static_cast<std::size_t>(out.panels * padded_k<W>(k) * width));
-  for (index p = 0; p < out.panels; ++p) {
-    W* dst = out.data.data() + p * padded_k<W>(k) * width;
-    for (index j = 0; j < width && p * width + j < n; ++j) {
-      const Src* src = w + (p * width + j) * ldw;
-      for (index kk = 0; kk < k; ++kk) dst[detail::panel_offset<W>(kk, j, width)] = detail::convert<W>(src[kk]);
-    }
-  }
   return out;
 }
 
-/// Packs two matrices `a, b [n × k]` (row strides lda, ldb) into shared panels: the first half
-/// of panel `p` holds outputs `p*h .. p*h+h-1` of `a`, the second half the same outputs of `b`
-/// (`h = width / 2`). `n` counts outputs of each matrix; `out.n` is `2 * n` panel columns.
+/// Fills panels from allocate_panels(out.n, k, width) with the matrix whose element (j, kk)
+/// (output j, input kk) is `at(j, kk)`, a float or a moe::bf16. The panel memory is written in
+/// output order, each source row read once.
+template <class W, class At>
+void fill_panels(packed_matrix<W>& out, At&& at) noexcept {
+  const index n = out.n, k = out.k, width = out.width;
+  for (index p = 0; p < out.panels; ++p) {
+    W* dst = out.data.data() + p * padded_k<W>(k) * width;
+    for (index j = 0; j < width && p * width + j < n; ++j) {
+      for (index kk = 0; kk < k; ++kk) dst[detail::panel_offset<W>(kk, j, width)] = detail::convert<W>(at(p * width + j, kk));
+    }
+  }
+}
+
+/// Packs the `n × k` matrix whose element (j, kk) is `at(j, kk)` into panels of `width` outputs of W.
+template <class W = float, class At>
+packed_matrix<W> pack_panels_from(index n, index k, index width, At&& at) {
+  auto out = allocate_panels<W>(n, k, width);
+  fill_panels(out, at);
+  return out;
+}
+
+/// Packs `w [n × k]` (row stride `ldw`, float or bf16) into panels of `width` outputs of W.
 template <class W = float, class Src>
-packed_matrix<W> pack_panels_interleaved(const Src* a, index lda, const Src* b, index ldb, index n,
-                                          index k, index width) {
+packed_matrix<W> pack_panels(const Src* w, index n, index k, index ldw, index width) {
+  return pack_panels_from<W>(n, k, width, [w, ldw](index j, index kk) { return w[j * ldw + kk]; });
+}
+
+/// Zeroed shared panels for two `n × k` matrices (see fill_panels_interleaved()); `out.n` is `2 * n`.
+template <class W = float>
+packed_matrix<W> allocate_panels_interleaved(index n, index k, index width) {
   const index h = width / 2;
   packed_matrix<W> out;
   out.n = 2 * n;
@@ -155,17 +175,34 @@ packed_matrix<W> pack_panels_interleaved(const Src* a, index lda, const Src* b, 
   out.width = width;
   out.panels = (n + h - 1) / h;
   out.data = aligned_buffer<W>(static_cast<std::size_t>(out.panels * padded_k<W>(k) * width));
+  return out;
+}
+
+/// Fills shared panels from allocate_panels_interleaved() with two `n × k` matrices given by
+/// element functions `at_a(j, kk)`, `at_b(j, kk)`: the first half of panel `p` holds outputs
+/// `p*h .. p*h+h-1` of `a`, the second half the same outputs of `b` (`h = width / 2`).
+template <class W, class AtA, class AtB>
+void fill_panels_interleaved(packed_matrix<W>& out, AtA&& at_a, AtB&& at_b) noexcept {
+  const index h = out.width / 2, n = out.n / 2, k = out.k, width = out.width;
   for (index p = 0; p < out.panels; ++p) {
     W* dst = out.data.data() + p * padded_k<W>(k) * width;
     for (index j = 0; j < h && p * h + j < n; ++j) {
-      const Src* sa = a + (p * h + j) * lda;
-      const Src* sb = b + (p * h + j) * ldb;
       for (index kk = 0; kk < k; ++kk) {
-        dst[detail::panel_offset<W>(kk, j, width)] = detail::convert<W>(sa[kk]);
-        dst[detail::panel_offset<W>(kk, h + j, width)] = detail::convert<W>(sb[kk]);
+        dst[detail::panel_offset<W>(kk, j, width)] = detail::convert<W>(at_a(p * h + j, kk));
+        dst[detail::panel_offset<W>(kk, h + j, width)] = detail::convert<W>(at_b(p * h + j, kk));
       }
     }
   }
+}
+
+/// Packs two matrices `a, b [n × k]` (row strides lda, ldb) into shared panels (see
+/// fill_panels_interleaved()).
+template <class W = float, class Src>
+packed_matrix<W> pack_panels_interleaved(const Src* a, index lda, const Src* b, index ldb, index n,
+                                          index k, index width) {
+  auto out = allocate_panels_interleaved<W>(n, k, width);
+  fill_panels_interleaved(
+      out, [a, lda](index j, index kk) { return a[j * lda + kk]; }, [b, ldb](index j, index kk) { return b[j * ldb + kk]; });
   return out;
 }
 
