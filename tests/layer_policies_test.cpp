@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -182,6 +183,92 @@ TEMPLATE_LIST_TEST_CASE("layer with the BlockFFN router: naive reference", "[lay
   CHECK(s.token_sparsity == Approx(1.0 - static_cast<double>(active) / static_cast<double>(T * E)).epsilon(1e-12));
   CHECK(s.chunk_sparsity == Approx(1.0 - used / 5.0).epsilon(1e-12));
   CHECK(s.chunk_length == 8);
+}
+
+// Top-k of `p` (ties: lower index), in double.
+std::vector<index> naive_top(const std::vector<double>& p, index k) {
+  std::vector<index> order(p.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<index>(i);
+  std::stable_sort(order.begin(), order.end(), [&](index a, index b) { return p[static_cast<std::size_t>(a)] > p[static_cast<std::size_t>(b)]; });
+  order.resize(static_cast<std::size_t>(k));
+  return order;
+}
+
+TEMPLATE_LIST_TEST_CASE("layer with identity experts (LongCat-Flash): chosen identities add w x", "[layer][identity_experts]",
+                        moe_test::devices) {
+  moe_test::rng rng(1311);
+  const index E = 6, m = 3, k = 3, d = 20, f = 12, T = 29;
+  const float scale = 2.0f;
+  const auto experts = moe_test::random_swiglu(rng, E, d, f);
+  const auto x = rng.matrix(T, d);
+  auto w = rng.matrix(E + m, d);
+  // Token 0 prefers the identity experts 6 and 7 (router rows aligned with it).
+  for (const index j : {E, E + 1}) w.row(j) = 30.0f * x.row(0) / x.row(0).squaredNorm();
+  using policy = moe::identity_experts<moe::top_k<>>;
+  auto layer = make_layer<TestType>(policy(moe::top_k<>(w, {.k = k, .route_scale = scale}), m), experts);
+  moe::row_matrix<float> y(T, d);
+  layer.forward(x, y);
+  std::vector<double> want(static_cast<std::size_t>(T * d), 0.0);
+  index identity_tokens = 0;
+  for (index t = 0; t < T; ++t) {
+    const auto z = moe_test::naive_logits(w, x.data() + t * d);
+    const double mx = *std::max_element(z.begin(), z.end());
+    std::vector<double> p(z.size());
+    double sum = 0;
+    for (std::size_t i = 0; i < z.size(); ++i) sum += p[i] = std::exp(z[i] - mx);
+    for (auto& v : p) v /= sum;
+    bool any = false;
+    for (const index e : naive_top(p, k)) {
+      const double wt = scale * p[static_cast<std::size_t>(e)];
+      if (e < E) {
+        experts.accumulate(e, x.data() + t * d, wt, want.data() + t * d);
+      } else {
+        any = true;
+        for (index i = 0; i < d; ++i) want[static_cast<std::size_t>(t * d + i)] += wt * x(t, i);
+      }
+    }
+    identity_tokens += any;
+  }
+  CHECK(moe_test::relative_error(y, want) < 1e-5);
+  CHECK(identity_tokens >= 1);
+  CHECK(layer.plan().num_experts() == E);
+  CHECK(layer.plan().identity_weight(0) > 0.0f);
+  CHECK(layer.plan().active_slots(0) == 1);  // two of its three slots are identities
+}
+
+TEMPLATE_LIST_TEST_CASE("layer with weights on the expert input (Llama 4): Expert(w x), combined with weight 1",
+                        "[layer][weigh_input]", moe_test::devices) {
+  moe_test::rng rng(1312);
+  const index E = 8, d = 24, f = 16, T = 31;
+  const auto experts = moe_test::random_swiglu(rng, E, d, f);
+  const auto w = rng.matrix(E, d);
+  const auto x = rng.matrix(T, d);
+  for (const int k : {1, 2}) {
+    // Llama4TextMoe: top-k of the router logits, sigmoid of the selected logits, the states
+    // scaled by those scores before the experts (transformers' modeling_llama4.py).
+    using policy = moe::weigh_input<moe::top_k<moe::sigmoid_gate>>;
+    auto layer = make_layer<TestType>(policy(moe::top_k<moe::sigmoid_gate>(w, {.k = k})), experts);
+    moe::row_matrix<float> y(T, d);
+    layer.forward(x, y);
+    CHECK(layer.plan().input_weighted());
+    std::vector<double> want(static_cast<std::size_t>(T * d), 0.0);
+    for (index t = 0; t < T; ++t) {
+      const auto z = moe_test::naive_logits(w, x.data() + t * d);
+      std::vector<double> zd(z.begin(), z.end());
+      for (const index e : naive_top(zd, k)) {
+        const double s = 1.0 / (1.0 + std::exp(-zd[static_cast<std::size_t>(e)]));
+        std::vector<float> xs(static_cast<std::size_t>(d));
+        for (index i = 0; i < d; ++i) xs[static_cast<std::size_t>(i)] = static_cast<float>(s * x(t, i));
+        experts.accumulate(e, xs.data(), 1.0, want.data() + t * d);
+      }
+    }
+    CHECK(moe_test::relative_error(y, want) < 1e-5);
+    // Not the output-weighted layer: the experts are nonlinear in their input.
+    auto plain = make_layer<TestType>(moe::top_k<moe::sigmoid_gate>(w, {.k = k}), experts);
+    moe::row_matrix<float> yo(T, d);
+    plain.forward(x, yo);
+    CHECK(moe_test::relative_error(yo, want) > 1e-3);
+  }
 }
 
 }  // namespace

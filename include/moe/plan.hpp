@@ -37,7 +37,10 @@ struct expert_entry {
 ///   computes one (`has_entropy()`);
 /// - `top_score(t)`: the token's top-1 gate score, the score of its first choice before
 ///   renormalisation, route_scale and any selection bias, when the router records one
-///   (`has_top_score()`; capacity's batch prioritized routing orders tokens by it).
+///   (`has_top_score()`; capacity's batch prioritized routing orders tokens by it);
+/// - `identity_weight(t)`: the weight of the identity experts the token chose (the layer adds
+///   `identity_weight(t) · x_t`; LongCat-Flash's zero-computation experts);
+/// - `input_weighted()`: the combine weights multiply each expert's input (Llama 4).
 ///
 /// The expert-major view is built from those by `build_expert_major()`, a stable counting sort:
 /// `offsets()[e] .. offsets()[e+1]` index the `entries()` that expert `e` computes, in token order.
@@ -66,6 +69,9 @@ class routing_plan {
     m_has_top_score = false;
     m_output_scale.assign(static_cast<std::size_t>(tokens), 1.0f);
     m_has_output_scale = false;
+    m_identity.assign(static_cast<std::size_t>(tokens), 0.0f);
+    m_has_identity = false;
+    m_input_weighted = false;
     m_dropped = 0;
     m_offsets.assign(static_cast<std::size_t>(experts + 1), 0);
     m_entries.clear();
@@ -157,6 +163,35 @@ class routing_plan {
   /// True once set_output_scale() was called since the last reset().
   [[nodiscard]] bool has_output_scale() const noexcept { return m_has_output_scale; }
 
+  /// The summed weight of the identity ("zero-computation") experts token t selected: the layer
+  /// adds `identity_weight(t) · x_t` to the token's output (before output_scale), as LongCat-Flash's
+  /// identity experts do; 0 by default. Identity experts take no slot and reach no bank.
+  [[nodiscard]] float identity_weight(index t) const noexcept { return m_identity[static_cast<std::size_t>(t)]; }
+  /// Adds `w` to identity_weight(t).
+  void add_identity(index t, float w) noexcept {
+    m_identity[static_cast<std::size_t>(t)] += w;
+    m_has_identity = true;
+  }
+  /// True once add_identity() was called since the last reset().
+  [[nodiscard]] bool has_identity() const noexcept { return m_has_identity; }
+
+  /// Whether the combine weights multiply the experts' input instead of their output: a slot
+  /// then contributes `Expert_e(w · x_t)` (Llama 4) instead of `w · Expert_e(x_t)`. Set by the
+  /// router (moe::weigh_input); reset() clears it.
+  [[nodiscard]] bool input_weighted() const noexcept { return m_input_weighted; }
+  void set_input_weighted(bool on) noexcept { m_input_weighted = on; }
+
+  /// Changes the expert count to `experts`, keeping every slot (a wrapper that maps some of a
+  /// base router's experts elsewhere, moe::identity_experts). Slots must then name experts below
+  /// `experts` or no_expert (build_expert_major() checks).
+  void set_num_experts(index experts) {
+    MOE_EXPECTS(experts >= 0);
+    m_experts = experts;
+    m_offsets.assign(static_cast<std::size_t>(experts + 1), 0);
+    m_entries.clear();
+    m_expert_major_valid = false;
+  }
+
   /// Assignments that a capacity limit removed from this plan (their slots are `no_expert`);
   /// 0 unless a capacity policy ran. reset() sets it to 0.
   [[nodiscard]] index dropped() const noexcept { return m_dropped; }
@@ -231,6 +266,9 @@ class routing_plan {
   bool m_has_top_score = false;
   std::vector<float> m_output_scale;
   bool m_has_output_scale = false;
+  std::vector<float> m_identity;
+  bool m_has_identity = false;
+  bool m_input_weighted = false;
   index m_dropped = 0;
   std::vector<index> m_offsets{0};
   std::vector<index> m_cursor;

@@ -40,7 +40,7 @@ class cpu : public detail::host_device_ops<cpu> {
                 matrix_map<float> y, workspace& ws) const {
     detail::check_dispatch("moe::device::cpu::dispatch", plan, x, bank, y);
     const int nt = concurrency();
-    const auto work = detail::make_plan_work(plan, x.data(), x.outerStride(), y.data(), y.outerStride(), ws);
+    const auto work = detail::make_plan_work(plan, x.data(), x.outerStride(), y.data(), y.outerStride(), ws, x.cols());
     const auto scratch = detail::make_ffn_scratch(bank, plan.total_assignments(), nt, ws);
     run_team(bank, work, scratch, y, true, nt);
   }

@@ -407,7 +407,12 @@ class mpi {
         const index p = cursor[static_cast<std::size_t>(dest[i])]++;
         pos[i] = p;
         send_slot[p] = static_cast<std::int32_t>(slot[i]);
-        std::memcpy(send_rows + p * d, x.data() + entries[i].token * x.outerStride(), sizeof(float) * static_cast<std::size_t>(d));
+        const float* src = x.data() + entries[i].token * x.outerStride();
+        if (plan.input_weighted()) {  // Llama 4: the expert sees w · x_t and its output is combined with weight 1
+          for (index c = 0; c < d; ++c) send_rows[p * d + c] = entries[i].weight * src[c];
+        } else {
+          std::memcpy(send_rows + p * d, src, sizeof(float) * static_cast<std::size_t>(d));
+        }
       }
     }
     const MPI_Datatype row = m_s.row.get(std::max<index>(d, 1));
@@ -454,7 +459,8 @@ class mpi {
     // 5. Combine at the source in ascending expert order, as one process does.
     for (index t = 0; t < T; ++t) std::memset(y.data() + t * y.outerStride(), 0, sizeof(float) * static_cast<std::size_t>(d));
     for (std::size_t i = 0; i < A; ++i) {
-      combine_row(y.data() + entries[i].token * y.outerStride(), back_rows + pos[i] * d, entries[i].weight, d);
+      combine_row(y.data() + entries[i].token * y.outerStride(), back_rows + pos[i] * d,
+                  plan.input_weighted() ? 1.0f : entries[i].weight, d);
     }
     if (overlap_shared) {
       for (index t = 0, j = 0; t < T; ++t) {
@@ -462,6 +468,7 @@ class mpi {
         combine_row(y.data() + t * y.outerStride(), shared_out + j * d, shared_gate ? shared_gate[j] : 1.0f, d);
         ++j;
       }
+      detail::host_add_identity(pass, y);
       detail::host_scale_rows(pass, y);
     } else {
       detail::host_shared_and_scale(m_inner, pass, y, ws);

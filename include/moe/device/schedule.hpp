@@ -83,19 +83,30 @@ ffn_scratch make_ffn_scratch(const Bank& bank, index assignments, int threads, w
   return s;
 }
 
-/// Work lists of a routed dispatch: the plan's expert-major view.
+/// Work lists of a routed dispatch: the plan's expert-major view. For an input-weighted plan
+/// (routing_plan::input_weighted(), Llama 4) each assignment's input row is `w · x_t` (d floats
+/// each, in the workspace: `d` must be given) and its combine weight 1.
 inline ffn_work make_plan_work(const routing_plan& plan, const float* x, index ld_x, float* y,
-                               index ld_y, workspace& ws) {
+                               index ld_y, workspace& ws, index d = 0) {
   const auto entries = plan.entries();
   const auto a = static_cast<std::size_t>(entries.size());
   auto** xr = ws.take<const float*>(std::max<std::size_t>(a, 1));
   auto** yr = ws.take<float*>(std::max<std::size_t>(a, 1));
   auto* w = ws.take<float>(std::max<std::size_t>(a, 1));
+  const bool on_input = plan.input_weighted();
+  MOE_EXPECTS(!on_input || d > 0);
+  float* scaled = on_input ? ws.take<float>(std::max<std::size_t>(a * static_cast<std::size_t>(d), 1)) : nullptr;
   for (std::size_t i = 0; i < a; ++i) {
     const index t = entries[i].token;
     xr[i] = x + t * ld_x;
     yr[i] = y + t * ld_y;
     w[i] = entries[i].weight;
+    if (on_input) {
+      float* row = scaled + i * static_cast<std::size_t>(d);
+      for (index c = 0; c < d; ++c) row[c] = w[i] * xr[i][c];
+      xr[i] = row;
+      w[i] = 1.0f;
+    }
   }
   return {plan.offsets().data(), xr, yr, w, plan.num_experts()};
 }
@@ -215,6 +226,22 @@ std::size_t ffn_workspace_bytes(const Bank& bank, index assignments, index exper
          r(sizeof(float) * a * ld_act) + r(packed * nt) + r(sizeof(void*) * static_cast<std::size_t>(chunk) * nt);
 }
 
+/// `y_t += identity_weight(t) · x_t` for the tokens of a pass that run (a plan without identity
+/// experts: nothing), one fma per element.
+template <class Bank>
+void host_add_identity(const layer_pass<Bank>& pass, matrix_map<float> y) noexcept {
+  const routing_plan& plan = *pass.plan;
+  if (!plan.has_identity()) return;
+  const const_matrix_map<float>& x = pass.x;
+  for (index t = 0; t < y.rows(); ++t) {
+    const float w = plan.identity_weight(t);
+    if (w == 0.0f || !pass.runs(t)) continue;
+    const float* xt = x.data() + t * x.outerStride();
+    float* yt = y.data() + t * y.outerStride();
+    for (index c = 0; c < y.cols(); ++c) yt[c] = std::fma(w, xt[c], yt[c]);
+  }
+}
+
 /// `y_t *= output_scale(t)` for the tokens of a pass that run (a plan without scales: nothing).
 template <class Bank>
 void host_scale_rows(const layer_pass<Bank>& pass, matrix_map<float> y) noexcept {
@@ -227,10 +254,11 @@ void host_scale_rows(const layer_pass<Bank>& pass, matrix_map<float> y) noexcept
   }
 }
 
-/// Shared experts and output scale of a layer pass on a host device, after the routed dispatch
-/// wrote y: `y_t += shared(x_t)` for the tokens that run (one dense pass when every token runs;
-/// otherwise their rows are gathered, computed and scattered back: the shared bank is batch
-/// invariant, so each row gets the same bits), then `y_t *= output_scale(t)`.
+/// Shared experts, identity experts and output scale of a layer pass on a host device, after the
+/// routed dispatch wrote y: `y_t += shared(x_t)` for the tokens that run (one dense pass when every
+/// token runs; otherwise their rows are gathered, computed and scattered back: the shared bank is
+/// batch invariant, so each row gets the same bits), `y_t += identity_weight(t) · x_t`, then
+/// `y_t *= output_scale(t)`.
 template <class Device, host_ffn_bank Bank>
 void host_shared_and_scale(const Device& dev, const layer_pass<Bank>& pass, matrix_map<float> y, workspace& ws) {
   const_matrix_map<float> x = pass.x;
@@ -269,6 +297,7 @@ void host_shared_and_scale(const Device& dev, const layer_pass<Bank>& pass, matr
       }
     }
   }
+  host_add_identity(pass, y);
   host_scale_rows(pass, y);
 }
 
@@ -289,8 +318,11 @@ struct host_device_ops {
   /// gathers add theirs on first use).
   template <host_ffn_bank Bank>
   [[nodiscard]] std::size_t workspace_bytes(const layer_pass<Bank>& pass) const {
-    return ffn_workspace_bytes(*pass.experts, pass.plan->num_tokens() * pass.plan->max_slots(),
-                               pass.plan->num_experts(), self().concurrency());
+    const index a = pass.plan->num_tokens() * pass.plan->max_slots();
+    const std::size_t scaled = pass.plan->input_weighted()
+                                   ? round_up(sizeof(float) * static_cast<std::size_t>(std::max<index>(a * pass.experts->hidden(), 1)), buffer_alignment)
+                                   : 0;
+    return ffn_workspace_bytes(*pass.experts, a, pass.plan->num_experts(), self().concurrency()) + scaled;
   }
 
   /// `y = s · (routed + shared)` for the tokens of the pass that run; y is overwritten.

@@ -25,7 +25,7 @@ struct serial : detail::host_device_ops<serial> {
   void dispatch(const routing_plan& plan, const_matrix_map<float> x, const Bank& bank,
                 matrix_map<float> y, workspace& ws) const {
     detail::check_dispatch("moe::device::serial::dispatch", plan, x, bank, y);
-    const auto work = detail::make_plan_work(plan, x.data(), x.outerStride(), y.data(), y.outerStride(), ws);
+    const auto work = detail::make_plan_work(plan, x.data(), x.outerStride(), y.data(), y.outerStride(), ws, x.cols());
     const auto scratch = detail::make_ffn_scratch(bank, plan.total_assignments(), 1, ws);
     detail::run_ffn(bank, work, scratch, y.data(), y.rows(), y.outerStride(), true, 0, 1, [] {});
   }
