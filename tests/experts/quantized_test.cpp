@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include <moe/experts/quantized.hpp>
@@ -187,7 +188,7 @@ TEST_CASE("a bank from GGUF tensor bytes equals the bank quantised here, bad byt
 // A layer over any quantized bank against a per-token reference in double on the dequantised
 // weights (the activation applied in fp32 to the reference's double pre-activations).
 template <class F, class Act, bool Gated>
-void check_bank_kind(std::uint64_t seed) {
+void check_bank_kind(std::uint64_t seed, bool biases = false) {
   moe_test::rng rng(seed);
   const index E = 6, d = 64, f = 48, k = 2, T = 21;
   const auto gate = rng.matrix(E * f, d, 0.2f), up = rng.matrix(E * f, d, 0.2f), down = rng.matrix(E * d, f, 0.2f);
@@ -200,7 +201,19 @@ void check_bank_kind(std::uint64_t seed) {
     }
   };
   const auto router_w = rng.matrix(E, d);
-  moe::layer<moe::top_k<>, bank, moe::device::cpu> layer(moe::top_k<>(router_w, {.k = k, .renormalize = true}), make(),
+  // gpt-oss's per-expert biases: gate and up before the activation, down on the output.
+  std::vector<float> bg, bu, bd;
+  if (biases) {
+    for (index i = 0; i < E * f; ++i) {
+      if (Gated) bg.push_back(rng.uniform(-0.5f, 0.5f));
+      bu.push_back(rng.uniform(-0.5f, 0.5f));
+    }
+    for (index i = 0; i < E * d; ++i) bd.push_back(rng.uniform(-0.5f, 0.5f));
+  }
+  auto b = make();
+  if (biases) b.set_biases(bg, bu, bd);
+  CHECK(b.has_biases() == biases);
+  moe::layer<moe::top_k<>, bank, moe::device::cpu> layer(moe::top_k<>(router_w, {.k = k, .renormalize = true}), std::move(b),
                                                         moe::device::cpu{2});
   const auto x = rng.matrix(T, d);
   moe::row_matrix<float> y(T, d);
@@ -209,7 +222,8 @@ void check_bank_kind(std::uint64_t seed) {
   const auto want = moe_test::plan_reference(layer.plan(), x, [&](index e, const float* xt, double wt, double* yt) {
     std::vector<double> h(static_cast<std::size_t>(f));
     for (index j = 0; j < f; ++j) {
-      double g = 0, u = 0;
+      double g = biases && Gated ? bg[static_cast<std::size_t>(e * f + j)] : 0.0;
+      double u = biases ? bu[static_cast<std::size_t>(e * f + j)] : 0.0;
       for (index c = 0; c < d; ++c) {
         g += static_cast<double>(G(e * f + j, c)) * xt[c];
         u += static_cast<double>(U(e * f + j, c)) * xt[c];
@@ -221,12 +235,12 @@ void check_bank_kind(std::uint64_t seed) {
       }
     }
     for (index c = 0; c < d; ++c) {
-      double o = 0;
+      double o = biases ? bd[static_cast<std::size_t>(e * d + c)] : 0.0;
       for (index j = 0; j < f; ++j) o += static_cast<double>(D(e * d + c, j)) * h[static_cast<std::size_t>(j)];
       yt[c] += wt * o;
     }
   });
-  INFO(F::name << " " << Act::name << (Gated ? " gated" : " not gated"));
+  INFO(F::name << " " << Act::name << (Gated ? " gated" : " not gated") << (biases ? " with biases" : ""));
   CHECK(moe_test::relative_error(y, want) < 3e-2);
 }
 
@@ -237,6 +251,20 @@ TEST_CASE("quantized banks with other activations: GeGLU, gpt-oss clamped SwiGLU
   check_bank_kind<fm::q8_0, moe::act::relu2, false>(34);
   check_bank_kind<fm::q4_0, moe::act::gelu_tanh, false>(35);
   check_bank_kind<fm::q6_k, moe::act::relu, false>(36);
+}
+
+TEST_CASE("quantized banks with per-expert biases (gpt-oss), and bad biases", "[experts][quantized]") {
+  check_bank_kind<fm::mxfp4, moe::act::clamped_swiglu, true>(41, true);
+  check_bank_kind<fm::q8_0, moe::act::relu2, false>(42, true);
+  moe_test::rng rng(43);
+  moe::gated_mlp_experts<fm::q8_0> b(rng.matrix(2 * 32, 32), rng.matrix(2 * 32, 32), rng.matrix(2 * 32, 32));
+  CHECK_THROWS_WITH(b.set_biases({}, std::vector<float>(63), {}), Catch::Contains("parameter 'up_bias.size()' must be equal to 64, got 63"));
+  std::vector<float> nan(64, 0.0f);
+  nan[5] = std::numeric_limits<float>::quiet_NaN();
+  CHECK_THROWS_WITH(b.set_biases(nan, {}, {}), Catch::Contains("parameter 'gate_bias[i]' must be finite"));
+  CHECK_FALSE(b.has_biases());
+  moe::mlp_experts<fm::q8_0> m(rng.matrix(2 * 32, 32), rng.matrix(2 * 32, 32));
+  CHECK_THROWS_WITH(m.set_biases(std::vector<float>(64), {}, {}), Catch::Contains("gate_bias.size()"));
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <span>
+#include <cmath>
 #include <vector>
 
 #include "moe/concepts.hpp"
@@ -142,6 +143,31 @@ class basic_mlp_experts {
     if (m_up.empty()) return 0.0;
     return static_cast<double>((Gated ? m_gate[0].bytes() : 0) + m_up[0].bytes() + m_down[0].bytes());
   }
+  /// Per-expert biases added to the matrix products, as gpt-oss's experts have them:
+  /// `gate_bias, up_bias [E·f]` (gate_bias empty for a non-gated bank) before the activation,
+  /// `down_bias [E·d]` to each expert's output before its combine weight, so that
+  /// `Expert_e(x) = W_down,e act(W_gate,e x + b_gate,e, W_up,e x + b_up,e) + b_down,e`.
+  /// Empty vectors (the default): no bias. Throws moe::error for another size or a non-finite bias.
+  void set_biases(std::vector<float> gate_bias, std::vector<float> up_bias, std::vector<float> down_bias) {
+    constexpr const char* where = "moe::gated_mlp_experts::set_biases";
+    const index E = m_shape.experts, d = m_shape.hidden, f = m_shape.intermediate;
+    const auto check = [&](const std::vector<float>& b, index n, const char* name) {
+      if (b.empty()) return;
+      detail::check_extent(where, detail::concat(name, ".size()"), static_cast<index>(b.size()), n);
+      for (float v : b) {
+        if (!std::isfinite(v)) detail::fail_parameter(error_id::config, where, detail::concat(name, "[i]"), "finite", v);
+      }
+    };
+    if (!Gated && !gate_bias.empty()) detail::fail_parameter(error_id::config, where, "gate_bias.size()", "0 (a non-gated bank)", gate_bias.size());
+    check(gate_bias, E * f, "gate_bias");
+    check(up_bias, E * f, "up_bias");
+    check(down_bias, E * d, "down_bias");
+    m_gate_bias = std::move(gate_bias);
+    m_up_bias = std::move(up_bias);
+    m_down_bias = std::move(down_bias);
+  }
+  [[nodiscard]] bool has_biases() const noexcept { return !m_gate_bias.empty() || !m_up_bias.empty() || !m_down_bias.empty(); }
+
   /// Forces the scalar kernel (tests: the ISAs agree bit for bit).
   void set_force_scalar(bool on) noexcept { m_scalar = on; }
 
@@ -163,6 +189,8 @@ class basic_mlp_experts {
       if constexpr (Gated) kernels::quant::panel(m_gate[e], p, xq, rows, tg, 16, m_scalar);
       kernels::quant::panel(m_up[e], p, xq, rows, tu, 16, m_scalar);
       const index c0 = p * 16, n = std::min<index>(16, f - c0);
+      add_bias(m_gate_bias, e * f + c0, n, tg, rows);
+      add_bias(m_up_bias, e * f + c0, n, tu, rows);
       using batch = xsimd::batch<float>;
       constexpr index L = static_cast<index>(batch::size);
       for (index i = 0; i < rows; ++i) {
@@ -198,6 +226,7 @@ class basic_mlp_experts {
     for (index p = p0; p < p1; ++p) {
       kernels::quant::panel(m_down[e], p, xq, rows, to, 16, m_scalar);
       const index c0 = p * 16, n = std::min<index>(16, d - c0);
+      add_bias(m_down_bias, e * d + c0, n, to, rows);
       for (index i = 0; i < rows; ++i) {
         float* dst = y[i] + c0;
         for (index j = 0; j < n; ++j) dst[j] = std::fma(w[i], to[i * 16 + j], dst[j]);
@@ -209,6 +238,14 @@ class basic_mlp_experts {
   // A row of k values as the panels store it: whole blocks of the format.
   static index padded(index k) noexcept { return formats::blocks_per_row<Format>(k) * Format::block_values; }
 
+  // `out[i*16 + j] += b[at + j]` for the rows of a panel's outputs (a bias, when there is one).
+  static void add_bias(const std::vector<float>& b, index at, index n, float* out, index rows) noexcept {
+    if (b.empty()) return;
+    for (index i = 0; i < rows; ++i) {
+      for (index j = 0; j < n; ++j) out[i * 16 + j] += b[static_cast<std::size_t>(at + j)];
+    }
+  }
+
   // The panel outputs' scratch, after the quantised activations of `rows` rows of k values.
   static float* tail(void* scratch, index rows, index k) noexcept {
     auto* p = static_cast<std::byte*>(scratch) + kernels::quant::activation_bytes(rows, k);
@@ -217,6 +254,7 @@ class basic_mlp_experts {
 
   swiglu_shape m_shape;
   std::vector<kernels::quant::quant_panels<Format>> m_gate, m_up, m_down;
+  std::vector<float> m_gate_bias, m_up_bias, m_down_bias;  // [E·f], [E·f], [E·d] or empty
   bool m_scalar = false;
 };
 
