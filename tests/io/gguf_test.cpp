@@ -12,6 +12,7 @@
 #include <moe/io/gguf.hpp>
 #include <moe/moe.hpp>
 
+#include "../support/bad_files.hpp"
 #include "../support/compare.hpp"
 #include "../support/layers.hpp"
 #include "../support/quantized.hpp"
@@ -97,9 +98,12 @@ std::string small_file() {
   return w.bytes();
 }
 
-void expect_error(const std::string& bytes, const std::string& msg) {
+// A bad file of the corpus tests/data/bad/gguf/ (support/bad_files.hpp): its error from the
+// bytes, and the corpus file that keeps it.
+void expect_error(const std::string& name, const std::string& bytes, const std::string& msg) {
   INFO("expecting: " << msg);
   CHECK_THROWS_WITH(moe::io::gguf_file::from_bytes(as_bytes(bytes)), Catch::Contains(msg));
+  moe_test::check_corpus_file("gguf", name, ".gguf", bytes, msg);
 }
 
 template <class T>
@@ -113,37 +117,37 @@ TEST_CASE("gguf: every check of the reader names the field and the offset", "[io
   const auto parsed = moe::io::gguf_file::from_bytes(as_bytes(good));
   CHECK(parsed.tensors().size() == 2);
   // Offsets in the small file: 0 magic, 4 version, 8 tensor count, 16 kv count, 24 first key.
-  expect_error(good.substr(0, 3), "magic at byte offset 0: needs 4 bytes");
+  expect_error("01_magic_at_byte_offset_0_needs_4", good.substr(0, 3), "magic at byte offset 0: needs 4 bytes");
   {
     auto b = good;
     b[0] = 'X';
-    expect_error(b, "magic at byte offset 0: expected \"GGUF\"");
+    expect_error("02_magic_at_byte_offset_0_expected_gguf", b, "magic at byte offset 0: expected \"GGUF\"");
   }
   {
     auto b = good;
     put<std::uint32_t>(b, 4, 7);
-    expect_error(b, "version at byte offset 4: must be 2 or 3, got 7");
+    expect_error("03_version_must_be_2_or_3", b, "version at byte offset 4: must be 2 or 3, got 7");
   }
   {
     auto b = good;
     put<std::uint64_t>(b, 16, std::uint64_t{1} << 60);  // a kv count no file could hold
-    expect_error(b, "metadata_kv_count at byte offset 16");
+    expect_error("04_metadata_kv_count_at_byte_offset_16", b, "metadata_kv_count at byte offset 16");
   }
   {
     auto b = good;
     put<std::uint64_t>(b, 8, std::uint64_t{1} << 62);  // a tensor count no file could hold
-    expect_error(b, "tensor_count");
+    expect_error("05_tensor_count_beyond_the_file", b, "tensor_count");
   }
   {
     auto b = good;
     put<std::uint64_t>(b, 24, std::uint64_t{1} << 50);  // key length beyond the file
-    expect_error(b, "metadata key at byte offset 24: string of 1125899906842624 bytes, longer than");
+    expect_error("06_key_longer_than_the_file", b, "metadata key at byte offset 24: string of 1125899906842624 bytes, longer than");
   }
   {
     auto b = good;
     // The first value's type follows the key "general.name" (8 + 12 bytes from offset 24).
     put<std::uint32_t>(b, 44, 99);
-    expect_error(b, "metadata 'general.name' at byte offset 44: unknown value type 99");
+    expect_error("07_metadata_general_name_at_byte_offset_44", b, "metadata 'general.name' at byte offset 44: unknown value type 99");
   }
   {  // Arrays: nested, element type unknown, a count beyond the file.
     moe::io::gguf_writer w;
@@ -153,63 +157,63 @@ TEST_CASE("gguf: every check of the reader names the field and the offset", "[io
     const std::size_t type_at = 24 + 8 + 1;
     put<std::uint32_t>(b, type_at, 9);
     put<std::uint32_t>(b, type_at + 4, 9);
-    expect_error(b, "arrays of arrays are not supported");
+    expect_error("08_arrays_of_arrays_are_not_supported", b, "arrays of arrays are not supported");
     put<std::uint32_t>(b, type_at + 4, 77);
-    expect_error(b, "unknown array element type 77");
+    expect_error("09_unknown_array_element_type_77", b, "unknown array element type 77");
     b.append(16, '\0');
     put<std::uint32_t>(b, type_at + 4, 4);
     put<std::uint64_t>(b, type_at + 8, std::uint64_t{1} << 40);
-    expect_error(b, "array of 1099511627776 elements cannot fit");
+    expect_error("10_array_of_1099511627776_elements_cannot_fit", b, "array of 1099511627776 elements cannot fit");
   }
   {
     auto b = good;
     const std::size_t key2 = 24 + 8 + 12 + 4 + 8 + 4;  // second key: "general.alignment"
     put<std::uint32_t>(b, key2 + 8 + 17 + 4, 48);      // alignment 48: not a power of two
-    expect_error(b, "'general.alignment' must be a power of two");
+    expect_error("11_general_alignment_must_be_a_power_of", b, "'general.alignment' must be a power of two");
   }
   // Tensor infos start after the two key/values.
   const std::size_t t0 = 24 + (8 + 12 + 4 + 8 + 4) + (8 + 17 + 4 + 4);
   {
     auto b = good;
     put<std::uint32_t>(b, t0 + 9, 5);  // n_dims of tensor "a"
-    expect_error(b, "tensor 'a' at byte offset " + std::to_string(t0 + 9) + ": n_dims must be in [1, 4], got 5");
+    expect_error("12_n_dims_out_of_range", b, "tensor 'a' at byte offset " + std::to_string(t0 + 9) + ": n_dims must be in [1, 4], got 5");
   }
   {
     auto b = good;
     put<std::uint32_t>(b, t0 + 9 + 4 + 8, 1234);  // type of "a"
-    expect_error(b, "unknown tensor type 1234");
+    expect_error("13_unknown_tensor_type_1234", b, "unknown tensor type 1234");
   }
   {
     auto b = good;
     put<std::uint64_t>(b, t0 + 9 + 4, 60);  // 60 values of F32 fine, but then the byte size differs: next test
     put<std::uint32_t>(b, t0 + 9 + 4 + 8, 8);  // Q8_0 with a row of 60
-    expect_error(b, "row length 60 is not a multiple of the Q8_0 block (32)");
+    expect_error("14_row_length_60_is_not_a_multiple", b, "row length 60 is not a multiple of the Q8_0 block (32)");
   }
   {
     auto b = good;
     put<std::uint64_t>(b, t0 + 9 + 4 + 8 + 4, 16);  // offset of "a" not aligned
-    expect_error(b, "offset 16 is not a multiple of the alignment 32");
+    expect_error("15_offset_16_is_not_a_multiple_of", b, "offset 16 is not a multiple of the alignment 32");
   }
   {
     auto b = good;
     put<std::uint64_t>(b, t0 + 9 + 4, std::uint64_t{1} << 40);  // "a" far larger than the file
-    expect_error(b, "tensor 'a' (offset 0, 4398046511104 bytes) lies outside the data section");
+    expect_error("16_tensor_outside_the_data_section", b, "tensor 'a' (offset 0, 4398046511104 bytes) lies outside the data section");
   }
   {
     auto b = good;
     const std::size_t t1 = t0 + 9 + 4 + 8 + 4 + 8;  // tensor "b"
     put<std::uint64_t>(b, t1 + 9 + 4 + 8 + 4, 0);  // "b" at offset 0: overlaps "a"
-    expect_error(b, "overlap");
+    expect_error("17_tensors_overlap", b, "overlap");
   }
   {
     auto b = good;
     const std::size_t t1 = t0 + 9 + 4 + 8 + 4 + 8;
     b[t1 + 8] = 'a';  // "b" renamed "a"
-    expect_error(b, "duplicate tensor name");
+    expect_error("18_duplicate_tensor_name", b, "duplicate tensor name");
   }
   {
     auto b = good;
-    expect_error(b.substr(0, b.size() - 30), "lies outside the data section");  // truncated inside "b"
+    expect_error("19_truncated_inside_a_tensor", b.substr(0, b.size() - 30), "lies outside the data section");  // truncated inside "b"
   }
   {
     auto b = good;
@@ -221,7 +225,7 @@ TEST_CASE("gguf: every check of the reader names the field and the offset", "[io
     moe::io::gguf_writer w;
     w.add_uint("k", 1);
     w.add_uint("k", 2);
-    expect_error(w.bytes(), "duplicate key");
+    expect_error("20_duplicate_key", w.bytes(), "duplicate key");
   }
   {
     moe::io::gguf_writer w;
@@ -229,7 +233,7 @@ TEST_CASE("gguf: every check of the reader names the field and the offset", "[io
     std::string b = w.bytes();
     put<std::uint32_t>(b, 24 + 9, 7);  // bool
     b[24 + 9 + 4] = 3;
-    expect_error(b, "a bool must be 0 or 1, got 3");
+    expect_error("21_bool_must_be_0_or_1", b, "a bool must be 0 or 1, got 3");
   }
 }
 
