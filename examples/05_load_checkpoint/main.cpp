@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-// Loads a GGUF checkpoint, builds MoE layer N from it (router from `blk.N.ffn_gate_inp`, experts
-// from `blk.N.ffn_{gate,up,down}_exps` in their own quantized format, options from the model's
-// metadata), routes a batch and prints what it did.
+// Loads a GGUF checkpoint with moe::io::checkpoint, builds MoE layer N from it (router from
+// `blk.N.ffn_gate_inp` with load_router, experts from `blk.N.ffn_{gate,up,down}_exps` in their own
+// quantized format with load_quantized_experts, options from the model's metadata), routes a
+// batch and prints what it did.
 //
 //   load_checkpoint [model.gguf [layer]]
 //
@@ -17,8 +18,7 @@
 #include <string>
 #include <vector>
 
-#include <moe/io/gguf.hpp>
-#include <moe/io/model_config.hpp>
+#include <moe/io/checkpoint.hpp>
 #include <moe/moe.hpp>
 
 namespace {
@@ -67,15 +67,10 @@ std::string write_demo_checkpoint() {
 
 // Builds the layer for format F and router R, routes a batch and prints.
 template <class F, class Router>
-void run(const moe::io::gguf_file& file, const moe::model_config& cfg, int layer_index, Router router) {
-  const std::string blk = "blk." + std::to_string(layer_index) + ".";
-  const moe::swiglu_shape shape{cfg.experts, cfg.hidden, cfg.moe_intermediate};
+void run(const moe::io::checkpoint& ckpt, const moe::model_config& cfg, int layer_index, Router router) {
   using bank = moe::gated_mlp_experts<F>;
   const auto t0 = std::chrono::steady_clock::now();
-  moe::layer<Router, bank, moe::device::cpu> layer(
-      std::move(router),
-      bank(file.data(file.tensor(blk + "ffn_gate_exps.weight")), file.data(file.tensor(blk + "ffn_up_exps.weight")),
-           file.data(file.tensor(blk + "ffn_down_exps.weight")), shape));
+  moe::layer<Router, bank, moe::device::cpu> layer(std::move(router), moe::io::load_quantized_experts<F>(ckpt, cfg, layer_index));
   const double load = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("layer %d: %s experts, %.1f MB packed, built in %.1f ms\n", layer_index, std::string(F::name).c_str(),
               layer.experts().bytes_per_expert() * static_cast<double>(cfg.experts) / 1e6, load * 1e3);
@@ -91,29 +86,20 @@ void run(const moe::io::gguf_file& file, const moe::model_config& cfg, int layer
   std::cout << layer.stats();
 }
 
+// The router the model's description asks for, from the layer's router tensors.
 template <class F>
-void run_format(const moe::io::gguf_file& file, const moe::model_config& cfg, int layer_index) {
-  const std::string blk = "blk." + std::to_string(layer_index) + ".";
-  const auto& r = file.tensor(blk + "ffn_gate_inp.weight");
-  if (r.type != 0 || r.bytes != static_cast<std::uint64_t>(cfg.experts * cfg.hidden) * sizeof(float)) {
-    throw std::runtime_error("the router tensor must be F32 of experts x hidden values in this example");
-  }
-  const auto w = moe::map(reinterpret_cast<const float*>(file.data(r).data()), cfg.experts, cfg.hidden);
+void run_format(const moe::io::checkpoint& ckpt, const moe::model_config& cfg, int layer_index) {
+  auto r = moe::io::load_router(ckpt, cfg, layer_index);
   if (cfg.gating == moe::model_gating::sigmoid) {
-    run<F>(file, cfg, layer_index, moe::group_limited<moe::sigmoid_gate>(w, cfg.group_limited()));
+    auto options = cfg.group_limited();
+    options.selection_bias = r.selection_bias;
+    run<F>(ckpt, cfg, layer_index, moe::group_limited<moe::sigmoid_gate>(r.weight, options));
   } else if (cfg.gating == moe::model_gating::topk_then_softmax) {
     auto options = cfg.topk_softmax();
-    if (file.has_tensor(blk + "ffn_gate_inp.bias")) {
-      const auto& bt = file.tensor(blk + "ffn_gate_inp.bias");
-      if (bt.type != 0 || bt.bytes != static_cast<std::uint64_t>(cfg.experts) * sizeof(float)) {
-        throw std::runtime_error("the router bias must be F32 with one value per expert");
-      }
-      options.logit_bias.resize(static_cast<std::size_t>(cfg.experts));
-      std::memcpy(options.logit_bias.data(), file.data(bt).data(), static_cast<std::size_t>(bt.bytes));
-    }
-    run<F>(file, cfg, layer_index, moe::topk_softmax(w, options));
+    options.logit_bias = r.logit_bias;
+    run<F>(ckpt, cfg, layer_index, moe::topk_softmax(r.weight, options));
   } else {
-    run<F>(file, cfg, layer_index, moe::top_k<>(w, cfg.top_k()));
+    run<F>(ckpt, cfg, layer_index, moe::top_k<>(r.weight, cfg.top_k()));
   }
 }
 
@@ -123,24 +109,23 @@ int main(int argc, char** argv) {
   try {
     const std::string path = argc > 1 ? argv[1] : write_demo_checkpoint();
     const int layer_index = argc > 2 ? std::stoi(argv[2]) : 0;
-    const moe::io::gguf_file file(path);
-    const auto cfg = moe::model_config::from_gguf(file);
-    std::printf("%s: %s, GGUF v%u, %zu tensors; %lld layers, d %lld, %lld experts of f %lld, top-%d, %s%s\n", path.c_str(),
-                cfg.model_type.c_str(), file.version(), file.tensors().size(), static_cast<long long>(cfg.layers),
-                static_cast<long long>(cfg.hidden), static_cast<long long>(cfg.experts), static_cast<long long>(cfg.moe_intermediate),
-                cfg.experts_per_token, cfg.gating == moe::model_gating::sigmoid ? "sigmoid" : "softmax",
-                cfg.renormalize ? ", renormalised" : "");
+    const moe::io::checkpoint ckpt(path);
+    const auto cfg = ckpt.config();
+    std::printf("%s: %s, %lld layers, d %lld, %lld experts of f %lld, top-%d, %s%s\n", path.c_str(), cfg.model_type.c_str(),
+                static_cast<long long>(cfg.layers), static_cast<long long>(cfg.hidden), static_cast<long long>(cfg.experts),
+                static_cast<long long>(cfg.moe_intermediate), cfg.experts_per_token,
+                cfg.gating == moe::model_gating::sigmoid ? "sigmoid" : "softmax", cfg.renormalize ? ", renormalised" : "");
     if (!cfg.is_moe_layer(layer_index)) {
       std::printf("layer %d is not a MoE layer\n", layer_index);
       return 1;
     }
-    const auto type = file.tensor("blk." + std::to_string(layer_index) + ".ffn_gate_exps.weight").type;
+    const auto type = ckpt.tensor(moe::io::gguf_tensor_names(layer_index).gate).ggml_type;
     switch (type) {
-      case fm::q8_0::ggml_type: run_format<fm::q8_0>(file, cfg, layer_index); break;
-      case fm::q4_0::ggml_type: run_format<fm::q4_0>(file, cfg, layer_index); break;
-      case fm::q4_k::ggml_type: run_format<fm::q4_k>(file, cfg, layer_index); break;
-      case fm::q6_k::ggml_type: run_format<fm::q6_k>(file, cfg, layer_index); break;
-      case fm::mxfp4::ggml_type: run_format<fm::mxfp4>(file, cfg, layer_index); break;
+      case fm::q8_0::ggml_type: run_format<fm::q8_0>(ckpt, cfg, layer_index); break;
+      case fm::q4_0::ggml_type: run_format<fm::q4_0>(ckpt, cfg, layer_index); break;
+      case fm::q4_k::ggml_type: run_format<fm::q4_k>(ckpt, cfg, layer_index); break;
+      case fm::q6_k::ggml_type: run_format<fm::q6_k>(ckpt, cfg, layer_index); break;
+      case fm::mxfp4::ggml_type: run_format<fm::mxfp4>(ckpt, cfg, layer_index); break;
       default: std::printf("expert tensors of GGML type %u are not a format this example loads\n", type); return 1;
     }
   } catch (const std::exception& e) {

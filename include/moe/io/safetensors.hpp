@@ -244,6 +244,7 @@ class safetensors_index {
     return *m_shards.at(it->second);
   }
   [[nodiscard]] std::size_t size() const noexcept { return m_where.size(); }
+  [[nodiscard]] bool has(std::string_view name) const { return m_where.count(std::string(name)) != 0; }
 
  private:
   std::map<std::string, std::unique_ptr<safetensors_file>> m_shards;

@@ -1,0 +1,602 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: The moe authors
+#pragma once
+
+// A model's MoE layer N straight from its checkpoint (needs nlohmann-json): one tensor lookup over
+// a safetensors file, a sharded safetensors checkpoint or a GGUF file; the names each family gives
+// its router, biases, experts and shared experts (Hugging Face and llama.cpp naming); and loaders
+// that build the router weights and the expert banks from the mapped tensors in place, converting
+// bf16/fp16 only where the bank's type asks for it (docs/architecture.md, "Loading checkpoints").
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "moe/config.hpp"
+#include "moe/core/error.hpp"
+#include "moe/core/views.hpp"
+#include "moe/experts/quantized.hpp"
+#include "moe/experts/shared.hpp"
+#include "moe/experts/source.hpp"
+#include "moe/experts/swiglu.hpp"
+#include "moe/io/gguf.hpp"
+#include "moe/io/model_config.hpp"
+#include "moe/io/safetensors.hpp"
+#include "moe/routing/routers/group_limited.hpp"
+#include "moe/routing/routers/top_k.hpp"
+#include "moe/routing/routers/topk_softmax.hpp"
+
+namespace moe::io {
+
+/// One tensor of a checkpoint: its dtype as the file names it ("F32", "BF16", "Q4_K", ...), its
+/// shape outermost first (a GGUF tensor's dims reversed, so `[E, f, d]` for stacked experts in
+/// both formats) and its bytes in the file's memory.
+struct checkpoint_tensor {
+  std::string name;
+  std::string dtype;
+  std::vector<std::uint64_t> shape;
+  std::span<const std::byte> bytes;
+  std::uint32_t ggml_type = 0;  ///< GGUF's type number (GGUF files only)
+};
+
+/// Tensors by name over a safetensors file, a sharded safetensors checkpoint (its
+/// `model.safetensors.index.json`) or a GGUF file, opened (mapped) once, plus the model's
+/// description: the `config.json` beside a safetensors checkpoint, the metadata of a GGUF file.
+class checkpoint {
+ public:
+  /// Opens `path`: a `.gguf` file; a `.json` index of a sharded checkpoint; a `.safetensors`
+  /// file; or a directory holding `model.safetensors.index.json` or `model.safetensors`.
+  explicit checkpoint(const std::string& path) {
+    namespace fs = std::filesystem;
+    fs::path p(path);
+    if (fs::is_directory(p)) {
+      m_dir = p;
+      if (fs::exists(p / "model.safetensors.index.json")) {
+        p /= "model.safetensors.index.json";
+      } else if (fs::exists(p / "model.safetensors")) {
+        p /= "model.safetensors";
+      } else {
+        moe::detail::throw_error(error_id::input, moe::detail::concat("moe::io::checkpoint: directory '", path,
+                                                                      "' holds neither model.safetensors.index.json nor model.safetensors"));
+      }
+    } else {
+      m_dir = p.parent_path();
+    }
+    const auto ext = p.extension().string();
+    if (ext == ".gguf") {
+      m_gguf = std::make_unique<gguf_file>(p.string());
+    } else if (ext == ".json") {
+      m_index = std::make_unique<safetensors_index>(p.string());
+    } else {
+      m_file = std::make_unique<safetensors_file>(p.string());
+    }
+  }
+
+  [[nodiscard]] bool is_gguf() const noexcept { return m_gguf != nullptr; }
+  [[nodiscard]] const gguf_file* gguf() const noexcept { return m_gguf.get(); }
+
+  [[nodiscard]] bool has(std::string_view name) const {
+    if (m_gguf) return m_gguf->has_tensor(name);
+    if (m_index) return m_index->has(name);
+    return m_file->has(name);
+  }
+
+  /// The tensor `name`; throws moe::error naming it when the checkpoint has none.
+  [[nodiscard]] checkpoint_tensor tensor(std::string_view name) const {
+    checkpoint_tensor t;
+    t.name = std::string(name);
+    if (m_gguf) {
+      const auto& info = m_gguf->tensor(name);
+      const auto* type = find_ggml_type(info.type);
+      t.dtype = type ? type->name : "unknown";
+      t.ggml_type = info.type;
+      t.shape.assign(info.dims.rbegin(), info.dims.rend());
+      t.bytes = m_gguf->data(info);
+      return t;
+    }
+    const safetensors_file& f = m_index ? m_index->shard_of(name) : *m_file;
+    const auto& info = f.tensor(name);
+    t.dtype = info.dtype;
+    t.shape = info.shape;
+    t.bytes = f.data(info);
+    return t;
+  }
+
+  /// The model's MoE description: from_gguf() of a GGUF file, else from_file() of the
+  /// `config.json` in the checkpoint's directory.
+  [[nodiscard]] model_config config() const {
+    if (m_gguf) return model_config::from_gguf(*m_gguf);
+    return model_config::from_file((m_dir / "config.json").string());
+  }
+
+ private:
+  std::filesystem::path m_dir;
+  std::unique_ptr<safetensors_file> m_file;
+  std::unique_ptr<safetensors_index> m_index;
+  std::unique_ptr<gguf_file> m_gguf;
+};
+
+/// How a family stores its routed experts.
+enum class expert_layout : std::uint8_t {
+  separate,           ///< one tensor per expert and matrix (`experts.{e}.gate_proj.weight`, [f, d] / [d, f])
+  stacked,            ///< gate, up `[E, f, d]`, down `[E, d, f]` (GGUF's `ffn_*_exps`)
+  fused_halves,       ///< gate|up `[E, 2f, d]`, gate first; down `[E, d, f]` (Granite's input_linear / output_linear)
+  fused_halves_t,     ///< gate|up `[E, d, 2f]`, gate the first f columns; down `[E, f, d]` (Llama 4)
+  fused_interleaved_t,///< gate|up `[E, d, 2f]`, gate the even columns; down `[E, f, d]`; biases (gpt-oss)
+  dbrx,               ///< gate `w1`, up `v1` `[E·f, d]`; down `w2` `[E·f, d]`, each expert's `[f, d]` input-major
+};
+
+/// The names of one MoE layer's tensors in a checkpoint, as a family writes them. `{e}` in a
+/// name stands for the expert number (expert_layout::separate). Empty: the family has no such
+/// tensor.
+struct moe_tensor_names {
+  std::string router;          ///< `[E, d]`
+  std::string router_bias;     ///< `[E]`, added to the logits (gpt-oss)
+  std::string selection_bias;  ///< `[E]` (DeepSeek-V3's e_score_correction_bias: chooses, does not weigh)
+  expert_layout layout = expert_layout::separate;
+  std::string gate, up, down;  ///< fused layouts: `gate` names the fused gate|up tensor, `up` is empty
+  std::string gate_up_bias;             ///< fused per-expert gate|up bias `[E, 2f]` (gpt-oss, Hugging Face)
+  std::string gate_bias, up_bias;       ///< per-expert biases `[E, f]` (gpt-oss, GGUF)
+  std::string down_bias;                ///< per-expert output bias `[E, d]` (gpt-oss)
+  std::string shared_gate, shared_up, shared_down;  ///< shared experts, together one MLP `[fs, d]` / `[d, fs]`
+  std::string shared_expert_gate;                   ///< `[1, d]` sigmoid gate of the shared experts (Qwen2-MoE)
+};
+
+namespace detail::checkpoint_impl {
+inline std::string expert_name(std::string_view pattern, index e) {
+  std::string s(pattern);
+  const auto at = s.find("{e}");
+  if (at != std::string::npos) s.replace(at, 3, std::to_string(e));
+  return s;
+}
+[[noreturn]] inline void fail(std::string_view what) {
+  moe::detail::throw_error(error_id::input, moe::detail::concat("moe::io::checkpoint: ", what));
+}
+inline std::string shape_string(const std::vector<std::uint64_t>& s) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+inline void expect_shape(const checkpoint_tensor& t, const std::vector<std::uint64_t>& shape) {
+  if (t.shape != shape) {
+    moe::detail::fail_parameter(error_id::shape, "moe::io::checkpoint", moe::detail::concat("tensor '", t.name, "' shape"),
+                                shape_string(shape), shape_string(t.shape));
+  }
+}
+inline element_type dense_type(const checkpoint_tensor& t) {
+  element_type type;
+  if (t.dtype == "F32") {
+    type = element_type::f32;
+  } else if (t.dtype == "BF16") {
+    type = element_type::bf16;
+  } else if (t.dtype == "F16") {
+    type = element_type::f16;
+  } else {
+    moe::detail::fail_parameter(error_id::input, "moe::io::checkpoint", moe::detail::concat("tensor '", t.name, "' dtype"),
+                                "F32, BF16 or F16", t.dtype);
+  }
+  if (reinterpret_cast<std::uintptr_t>(t.bytes.data()) % element_bytes(type) != 0) {
+    fail(moe::detail::concat("tensor '", t.name, "' is not aligned to its ", element_bytes(type), "-byte elements"));
+  }
+  return type;
+}
+inline std::uint64_t u(index v) { return static_cast<std::uint64_t>(v); }
+}  // namespace detail::checkpoint_impl
+
+/// The names of MoE layer `layer`'s tensors in a GGUF file (llama.cpp's: `blk.N.ffn_gate_inp`,
+/// `ffn_{gate,up,down}_exps`, `exp_probs_b`, `ffn_*_shexp`, `ffn_gate_inp_shexp`).
+inline moe_tensor_names gguf_tensor_names(index layer) {
+  const std::string b = "blk." + std::to_string(layer) + ".";
+  moe_tensor_names n;
+  n.router = b + "ffn_gate_inp.weight";
+  n.router_bias = b + "ffn_gate_inp.bias";
+  n.selection_bias = b + "exp_probs_b.bias";
+  n.layout = expert_layout::stacked;
+  n.gate = b + "ffn_gate_exps.weight";
+  n.up = b + "ffn_up_exps.weight";
+  n.down = b + "ffn_down_exps.weight";
+  n.gate_bias = b + "ffn_gate_exps.bias";
+  n.up_bias = b + "ffn_up_exps.bias";
+  n.down_bias = b + "ffn_down_exps.bias";
+  n.shared_gate = b + "ffn_gate_shexp.weight";
+  n.shared_up = b + "ffn_up_shexp.weight";
+  n.shared_down = b + "ffn_down_shexp.weight";
+  n.shared_expert_gate = b + "ffn_gate_inp_shexp.weight";
+  return n;
+}
+
+/// The names of MoE layer `layer`'s tensors in a Hugging Face checkpoint of the family
+/// `model_type`, under `prefix` (the decoder layers' prefix, e.g. "model.layers."; Llama 4's
+/// multimodal checkpoints use "language_model.model.layers.", DBRX "transformer.blocks.").
+/// Names that a family may or may not have (biases, shared experts) are given where the family's
+/// reference code defines them; the loaders use them when the config says they exist. Throws
+/// moe::error for a family whose naming this reader does not know.
+inline moe_tensor_names hf_tensor_names(std::string_view model_type, index layer, std::string_view prefix = "model.layers.") {
+  const std::string b = moe::detail::concat(prefix, layer, ".");
+  const auto in = [&](std::initializer_list<std::string_view> names) {
+    return std::find(names.begin(), names.end(), model_type) != names.end();
+  };
+  moe_tensor_names n;
+  const auto separate = [&](const std::string& block, const char* g, const char* u, const char* d) {
+    n.layout = expert_layout::separate;
+    n.gate = block + "experts.{e}." + g + ".weight";
+    n.up = block + "experts.{e}." + u + ".weight";
+    n.down = block + "experts.{e}." + d + ".weight";
+  };
+  const auto shared = [&](const std::string& block) {
+    n.shared_gate = block + "gate_proj.weight";
+    n.shared_up = block + "up_proj.weight";
+    n.shared_down = block + "down_proj.weight";
+  };
+  if (in({"mixtral", "phimoe", "minimax", "minimax_m2"})) {
+    // MixtralSparseMoeBlock (and PhiMoE, MiniMax): block_sparse_moe.gate, experts.N.w1 (gate), w3 (up), w2 (down).
+    const std::string m = b + "block_sparse_moe.";
+    n.router = m + "gate.weight";
+    n.selection_bias = m + "e_score_correction_bias";  // MiniMax-M2's use_routing_bias
+    separate(m, "w1", "w3", "w2");
+  } else if (in({"qwen2_moe", "qwen3_next"})) {
+    const std::string m = b + "mlp.";
+    n.router = m + "gate.weight";
+    separate(m, "gate_proj", "up_proj", "down_proj");
+    shared(m + "shared_expert.");
+    n.shared_expert_gate = m + "shared_expert_gate.weight";
+  } else if (in({"qwen3_moe", "olmoe"})) {
+    const std::string m = b + "mlp.";
+    n.router = m + "gate.weight";
+    separate(m, "gate_proj", "up_proj", "down_proj");
+  } else if (in({"deepseek_v3", "kimi_k2", "glm4_moe", "dots1", "deepseek_v2"})) {
+    const std::string m = b + "mlp.";
+    n.router = m + "gate.weight";
+    n.selection_bias = m + "gate.e_score_correction_bias";
+    separate(m, "gate_proj", "up_proj", "down_proj");
+    shared(m + "shared_experts.");
+  } else if (in({"ernie4_5_moe"})) {
+    const std::string m = b + "mlp.";
+    n.router = m + "gate.weight";
+    n.selection_bias = m + "moe_statics.e_score_correction_bias";
+    separate(m, "gate_proj", "up_proj", "down_proj");
+    shared(m + "shared_experts.");
+  } else if (in({"hunyuan_v1_moe"})) {
+    const std::string m = b + "mlp.";
+    n.router = m + "gate.wg.weight";
+    separate(m, "gate_proj", "up_proj", "down_proj");
+    shared(m + "shared_mlp.");
+  } else if (in({"longcat_flash"})) {
+    const std::string m = b + "mlp.";
+    n.router = m + "router.classifier.weight";
+    n.selection_bias = m + "router.e_score_correction_bias";
+    separate(m, "gate_proj", "up_proj", "down_proj");
+  } else if (in({"gpt_oss"})) {
+    const std::string m = b + "mlp.";
+    n.router = m + "router.weight";
+    n.router_bias = m + "router.bias";
+    n.layout = expert_layout::fused_interleaved_t;
+    n.gate = m + "experts.gate_up_proj";
+    n.down = m + "experts.down_proj";
+    n.gate_up_bias = m + "experts.gate_up_proj_bias";
+    n.down_bias = m + "experts.down_proj_bias";
+  } else if (in({"llama4", "llama4_text"})) {
+    const std::string m = b + "feed_forward.";
+    n.router = m + "router.weight";
+    n.layout = expert_layout::fused_halves_t;
+    n.gate = m + "experts.gate_up_proj";
+    n.down = m + "experts.down_proj";
+    shared(m + "shared_expert.");
+  } else if (in({"granitemoe", "granitemoeshared"})) {
+    const std::string m = b + "block_sparse_moe.";
+    n.router = m + "router.layer.weight";
+    n.layout = expert_layout::fused_halves;
+    n.gate = m + "input_linear.weight";
+    n.down = m + "output_linear.weight";
+    // GraniteMoeSharedMLP: one fused input_linear [2fs, d] and output_linear [d, fs].
+    n.shared_gate = b + "shared_mlp.input_linear.weight";
+    n.shared_down = b + "shared_mlp.output_linear.weight";
+  } else if (in({"dbrx"})) {
+    const std::string m = b + "ffn.";
+    n.router = m + "router.layer.weight";
+    n.layout = expert_layout::dbrx;
+    n.gate = m + "experts.mlp.w1";
+    n.up = m + "experts.mlp.v1";
+    n.down = m + "experts.mlp.w2";
+  } else {
+    detail::checkpoint_impl::fail(moe::detail::concat("no tensor naming is known for the model family '", model_type, "'"));
+  }
+  return n;
+}
+
+/// The names of MoE layer `layer` in `ckpt`: llama.cpp's for a GGUF file, else the family's
+/// Hugging Face names under the first of the usual prefixes under which the router exists.
+inline moe_tensor_names tensor_names(const checkpoint& ckpt, const model_config& cfg, index layer) {
+  if (ckpt.is_gguf()) return gguf_tensor_names(layer);
+  for (std::string_view prefix : {"model.layers.", "language_model.model.layers.", "model.language_model.layers.", "transformer.blocks."}) {
+    auto n = hf_tensor_names(cfg.model_type, layer, prefix);
+    if (ckpt.has(n.router)) return n;
+  }
+  auto n = hf_tensor_names(cfg.model_type, layer);
+  detail::checkpoint_impl::fail(moe::detail::concat("layer ", layer, " has no router tensor '", n.router,
+                                                    "' (nor under the other known prefixes)"));
+}
+
+/// A dense tensor `[rows × cols]` (a 1-D tensor of `cols` values when rows is 0) as fp32, from
+/// F32, BF16 or F16. Throws moe::error naming the tensor for another dtype or shape.
+inline row_matrix<float> load_matrix(const checkpoint& ckpt, std::string_view name, index rows, index cols) {
+  namespace ci = detail::checkpoint_impl;
+  const auto t = ckpt.tensor(name);
+  if (rows == 0) {
+    // Vectors: [cols], or [1, cols] as some families store them (ERNIE's moe_statics).
+    if (t.shape.size() == 2 && t.shape[0] == 1) {
+      ci::expect_shape(t, {1, ci::u(cols)});
+    } else {
+      ci::expect_shape(t, {ci::u(cols)});
+    }
+  } else {
+    ci::expect_shape(t, {ci::u(rows), ci::u(cols)});
+  }
+  const auto src = weight_source::stacked(ci::dense_type(t), t.bytes.data(), 1, std::max<index>(rows, 1), cols);
+  row_matrix<float> m(std::max<index>(rows, 1), cols);
+  moe::detail::with_source(src, 0, [&](auto at) {
+    for (index r = 0; r < m.rows(); ++r) {
+      for (index c = 0; c < cols; ++c) m(r, c) = static_cast<float>(at(r, c));
+    }
+  });
+  return m;
+}
+
+/// A vector of `n` values as fp32 (see load_matrix()).
+inline std::vector<float> load_vector(const checkpoint& ckpt, std::string_view name, index n) {
+  const auto m = load_matrix(ckpt, name, 0, n);
+  return {m.data(), m.data() + n};
+}
+
+/// The router of a MoE layer: its weight `[E × d]`, the logit bias (gpt-oss) and the selection
+/// bias (DeepSeek-V3-style `e_score_correction_bias`), empty where the model has none.
+struct router_weights {
+  row_matrix<float> weight;
+  std::vector<float> logit_bias;
+  std::vector<float> selection_bias;
+};
+
+/// Reads layer `layer`'s router weights; the biases are read when the config says the model has
+/// them (`router_bias`, `selection_bias`), and their absence is then an error.
+inline router_weights load_router(const checkpoint& ckpt, const model_config& cfg, index layer) {
+  if (!cfg.is_moe_layer(layer)) {
+    moe::detail::fail_parameter(error_id::config, "moe::io::load_router", "layer", "a MoE layer of the model", layer);
+  }
+  const auto names = tensor_names(ckpt, cfg, layer);
+  router_weights r;
+  r.weight = load_matrix(ckpt, names.router, cfg.experts, cfg.hidden);
+  if (cfg.router_bias) r.logit_bias = load_vector(ckpt, names.router_bias, cfg.experts);
+  if (cfg.selection_bias) r.selection_bias = load_vector(ckpt, names.selection_bias, cfg.experts);
+  return r;
+}
+
+/// The router that a model's description asks for, built from its router weights: a preset
+/// as data (E, k and every option from the config, none hard-coded). Calls `f(router)` with
+///   - moe::top_k<softmax_gate> for softmax gating in one group (the selection bias, when the
+///     model has one, chooses and does not weigh);
+///   - moe::group_limited<softmax_gate> (group score `max`, DeepSeek-V2) for softmax in groups;
+///   - moe::group_limited<sigmoid_gate> for sigmoid gating (DeepSeek-V3, Kimi K2, GLM-4.5);
+///   - moe::topk_softmax for top-k-then-softmax gating with the logit bias (gpt-oss);
+/// and returns what f returns, which must be one type for every router.
+template <class F>
+auto with_router(const model_config& cfg, const router_weights& rw, F&& f) -> decltype(f(std::declval<top_k<softmax_gate>>())) {
+  const auto& w = rw.weight;
+  switch (cfg.gating) {
+    case model_gating::sigmoid:
+      return f(group_limited<sigmoid_gate>(w, {.k = cfg.experts_per_token, .n_groups = cfg.n_groups, .topk_groups = cfg.topk_groups,
+                                               .renormalize = cfg.renormalize, .route_scale = cfg.route_scale,
+                                               .selection_bias = rw.selection_bias}));
+    case model_gating::topk_then_softmax:
+      return f(topk_softmax(w, {.k = cfg.experts_per_token, .logit_bias = rw.logit_bias}));
+    case model_gating::softmax:
+    default:
+      if (cfg.n_groups > 1) {
+        return f(group_limited<softmax_gate>(w, {.k = cfg.experts_per_token, .n_groups = cfg.n_groups, .topk_groups = cfg.topk_groups,
+                                                 .score = group_score::max, .renormalize = cfg.renormalize,
+                                                 .route_scale = cfg.route_scale, .selection_bias = rw.selection_bias}));
+      }
+      return f(top_k<softmax_gate>(w, {.k = cfg.experts_per_token, .renormalize = cfg.renormalize, .route_scale = cfg.route_scale,
+                                       .selection_bias = rw.selection_bias}));
+  }
+}
+
+namespace detail::checkpoint_impl {
+/// The three weight sources (gate, up `[f × d]`, down `[d × f]` per expert) of `experts`
+/// experts of width f in the layout of `n`, checked against the tensors' dtypes and shapes.
+struct ffn_sources {
+  weight_source gate, up, down;
+};
+inline ffn_sources dense_sources(const checkpoint& ckpt, const moe_tensor_names& n, index E, index d, index f) {
+  ffn_sources s;
+  const auto stacked_t = [&](const std::string& name, std::vector<std::uint64_t> shape) {
+    auto t = ckpt.tensor(name);
+    expect_shape(t, shape);
+    return t;
+  };
+  switch (n.layout) {
+    case expert_layout::separate: {
+      std::vector<const void*> g, up, dn;
+      element_type tg{}, tu{}, td{};
+      for (index e = 0; e < E; ++e) {
+        const auto a = stacked_t(expert_name(n.gate, e), {u(f), u(d)});
+        const auto b = stacked_t(expert_name(n.up, e), {u(f), u(d)});
+        const auto c = stacked_t(expert_name(n.down, e), {u(d), u(f)});
+        const element_type ta = dense_type(a), tb = dense_type(b), tc = dense_type(c);
+        if (e == 0) {
+          tg = ta, tu = tb, td = tc;
+        } else if (ta != tg || tb != tu || tc != td) {
+          fail(moe::detail::concat("expert ", e, "'s tensors have dtypes ", a.dtype, "/", b.dtype, "/", c.dtype,
+                                   " where expert 0's are ", element_name(tg), "/", element_name(tu), "/", element_name(td)));
+        }
+        g.push_back(a.bytes.data());
+        up.push_back(b.bytes.data());
+        dn.push_back(c.bytes.data());
+      }
+      s.gate = weight_source::separate(tg, std::move(g), f, d);
+      s.up = weight_source::separate(tu, std::move(up), f, d);
+      s.down = weight_source::separate(td, std::move(dn), d, f);
+      return s;
+    }
+    case expert_layout::stacked: {
+      const auto a = stacked_t(n.gate, {u(E), u(f), u(d)});
+      const auto b = stacked_t(n.up, {u(E), u(f), u(d)});
+      const auto c = stacked_t(n.down, {u(E), u(d), u(f)});
+      s.gate = weight_source::stacked(dense_type(a), a.bytes.data(), E, f, d);
+      s.up = weight_source::stacked(dense_type(b), b.bytes.data(), E, f, d);
+      s.down = weight_source::stacked(dense_type(c), c.bytes.data(), E, d, f);
+      return s;
+    }
+    case expert_layout::fused_halves: {
+      const auto a = stacked_t(n.gate, {u(E), u(2 * f), u(d)});
+      const auto c = stacked_t(n.down, {u(E), u(d), u(f)});
+      const element_type ta = dense_type(a);
+      s.gate = weight_source::stacked(ta, a.bytes.data(), E, f, d);
+      s.gate.expert_stride = 2 * f * d;
+      s.up = s.gate;
+      s.up.data = a.bytes.data() + static_cast<std::size_t>(f * d) * element_bytes(ta);
+      s.down = weight_source::stacked(dense_type(c), c.bytes.data(), E, d, f);
+      return s;
+    }
+    case expert_layout::fused_halves_t:
+    case expert_layout::fused_interleaved_t: {
+      const bool inter = n.layout == expert_layout::fused_interleaved_t;
+      const auto a = stacked_t(n.gate, {u(E), u(d), u(2 * f)});
+      const auto c = stacked_t(n.down, {u(E), u(f), u(d)});
+      const element_type ta = dense_type(a);
+      // Element (e, j, kk) of the gate: expert e's row kk (input), column j (halves) or 2j (interleaved).
+      s.gate = {.type = ta, .experts = E, .rows = f, .cols = d, .data = a.bytes.data(), .expert_stride = 2 * f * d,
+                .row_stride = inter ? 2 : 1, .col_stride = 2 * f};
+      s.up = s.gate;
+      s.up.data = a.bytes.data() + static_cast<std::size_t>(inter ? 1 : f) * element_bytes(ta);
+      s.down = weight_source::stacked_transposed(dense_type(c), c.bytes.data(), E, d, f);
+      return s;
+    }
+    case expert_layout::dbrx: {
+      const auto a = stacked_t(n.gate, {u(E * f), u(d)});
+      const auto b = stacked_t(n.up, {u(E * f), u(d)});
+      const auto c = stacked_t(n.down, {u(E * f), u(d)});
+      s.gate = weight_source::stacked(dense_type(a), a.bytes.data(), E, f, d);
+      s.up = weight_source::stacked(dense_type(b), b.bytes.data(), E, f, d);
+      s.down = weight_source::stacked_transposed(dense_type(c), c.bytes.data(), E, d, f);
+      return s;
+    }
+  }
+  fail("unknown expert layout");
+}
+}  // namespace detail::checkpoint_impl
+
+/// The routed experts of MoE layer `layer` as a moe::swiglu_experts<Scalar> (float or bf16),
+/// packed from the checkpoint's tensors in place (F32, BF16 or F16, in the family's layout), on
+/// up to `threads` threads; each expert's file pages are dropped from the process's resident set
+/// once packed (they stay in the page cache), so the load's peak memory is about the packed
+/// bank. The model's experts must be SwiGLU MLPs without biases; gpt-oss's
+/// (clamped SwiGLU with biases) are refused with a moe::error, as are quantized tensors (use
+/// load_quantized_experts()).
+template <class Scalar = float>
+swiglu_experts<Scalar> load_experts(const checkpoint& ckpt, const model_config& cfg, index layer, int threads = 0) {
+  namespace ci = detail::checkpoint_impl;
+  if (!cfg.is_moe_layer(layer)) {
+    moe::detail::fail_parameter(error_id::config, "moe::io::load_experts", "layer", "a MoE layer of the model", layer);
+  }
+  const auto n = tensor_names(ckpt, cfg, layer);
+  if (!n.gate_up_bias.empty()) {
+    ci::fail(moe::detail::concat("the experts of '", cfg.model_type,
+                                 "' have biases and a clamped SwiGLU, which moe::swiglu_experts does not compute"));
+  }
+  auto s = ci::dense_sources(ckpt, n, cfg.experts, cfg.hidden, cfg.moe_intermediate);
+  // The checkpoint's tensors are file mappings: each expert's pages leave the resident set once
+  // packed, so a load holds the packed bank plus about one expert per thread.
+  for (auto* src : {&s.gate, &s.up, &s.down}) src->release_after_packing = true;
+  return swiglu_experts<Scalar>(s.gate, s.up, s.down, threads);
+}
+
+/// The shared experts of MoE layer `layer` (all of them as one SwiGLU MLP of width
+/// `shared_intermediate`, as the families store them), with their sigmoid gate where the model
+/// has one; std::nullopt for a model without shared experts.
+template <class Scalar = float>
+std::optional<shared_experts<swiglu_experts<Scalar>>> load_shared_experts(const checkpoint& ckpt, const model_config& cfg,
+                                                                          index layer, int threads = 0) {
+  namespace ci = detail::checkpoint_impl;
+  if (cfg.shared_experts == 0) return std::nullopt;
+  const auto n = tensor_names(ckpt, cfg, layer);
+  const index d = cfg.hidden, fs = cfg.shared_intermediate;
+  moe_tensor_names one;
+  one.gate = n.shared_gate;
+  one.up = n.shared_up;
+  one.down = n.shared_down;
+  ci::ffn_sources s;
+  if (n.shared_up.empty()) {  // one fused [2fs, d] input matrix (Granite)
+    one.layout = expert_layout::fused_halves;
+    const auto a = ckpt.tensor(one.gate);
+    ci::expect_shape(a, {ci::u(2 * fs), ci::u(d)});
+    const auto c = ckpt.tensor(one.down);
+    ci::expect_shape(c, {ci::u(d), ci::u(fs)});
+    const element_type ta = ci::dense_type(a);
+    s.gate = weight_source::stacked(ta, a.bytes.data(), 1, fs, d);
+    s.up = s.gate;
+    s.up.data = a.bytes.data() + static_cast<std::size_t>(fs * d) * element_bytes(ta);
+    s.down = weight_source::stacked(ci::dense_type(c), c.bytes.data(), 1, d, fs);
+  } else {
+    one.layout = expert_layout::stacked;
+    const auto a = ckpt.tensor(one.gate), b = ckpt.tensor(one.up), c = ckpt.tensor(one.down);
+    ci::expect_shape(a, {ci::u(fs), ci::u(d)});
+    ci::expect_shape(b, {ci::u(fs), ci::u(d)});
+    ci::expect_shape(c, {ci::u(d), ci::u(fs)});
+    s.gate = weight_source::stacked(ci::dense_type(a), a.bytes.data(), 1, fs, d);
+    s.up = weight_source::stacked(ci::dense_type(b), b.bytes.data(), 1, fs, d);
+    s.down = weight_source::stacked(ci::dense_type(c), c.bytes.data(), 1, d, fs);
+  }
+  swiglu_experts<Scalar> bank(s.gate, s.up, s.down, threads);
+  if (!cfg.shared_gate) return shared_experts<swiglu_experts<Scalar>>(std::move(bank));
+  const auto g = load_vector(ckpt, n.shared_expert_gate, d);
+  return shared_experts<swiglu_experts<Scalar>>(std::move(bank), g);
+}
+
+/// The routed experts of MoE layer `layer` of a GGUF file in their own block format F
+/// (moe::gated_mlp_experts<F, Activation>, built from the tensor bytes without re-quantising),
+/// with the per-expert biases `ffn_{gate,up,down}_exps.bias` where the file has them (gpt-oss).
+/// gpt-oss's experts need Activation = moe::act::clamped_swiglu, and other families' must not
+/// use it. Throws moe::error naming the tensor when its GGML type is not F's or a shape differs.
+template <block_format F, class Activation = act::silu>
+gated_mlp_experts<F, Activation> load_quantized_experts(const checkpoint& ckpt, const model_config& cfg, index layer) {
+  namespace ci = detail::checkpoint_impl;
+  constexpr const char* where = "moe::io::load_quantized_experts";
+  if (!ckpt.is_gguf()) ci::fail("quantized experts load from GGUF files");
+  if (!cfg.is_moe_layer(layer)) moe::detail::fail_parameter(error_id::config, where, "layer", "a MoE layer of the model", layer);
+  const bool oss = cfg.model_type == "gpt-oss" || cfg.model_type == "gpt_oss";
+  if (oss != std::is_same_v<Activation, act::clamped_swiglu>) {
+    moe::detail::fail_parameter(error_id::config, where, "Activation", oss ? "act::clamped_swiglu (gpt-oss's experts)" : "not act::clamped_swiglu (gpt-oss's only)",
+                                Activation::name);
+  }
+  const auto n = gguf_tensor_names(layer);
+  const index E = cfg.experts, d = cfg.hidden, f = cfg.moe_intermediate;
+  const auto get = [&](const std::string& name, std::vector<std::uint64_t> shape) {
+    auto t = ckpt.tensor(name);
+    ci::expect_shape(t, shape);
+    if (t.ggml_type != F::ggml_type) {
+      moe::detail::fail_parameter(error_id::input, where, moe::detail::concat("tensor '", name, "' type"), F::name, t.dtype);
+    }
+    return t.bytes;
+  };
+  const auto g = get(n.gate, {ci::u(E), ci::u(f), ci::u(d)});
+  const auto up = get(n.up, {ci::u(E), ci::u(f), ci::u(d)});
+  const auto dn = get(n.down, {ci::u(E), ci::u(d), ci::u(f)});
+  gated_mlp_experts<F, Activation> bank(g, up, dn, swiglu_shape{E, d, f});
+  const auto bias = [&](const std::string& name, index rows, index cols) {
+    if (!ckpt.has(name)) return std::vector<float>{};
+    const auto m = load_matrix(ckpt, name, rows, cols);
+    return std::vector<float>(m.data(), m.data() + m.size());
+  };
+  auto bg = bias(n.gate_bias, E, f), bu = bias(n.up_bias, E, f), bd = bias(n.down_bias, E, d);
+  if (!bg.empty() || !bu.empty() || !bd.empty()) bank.set_biases(std::move(bg), std::move(bu), std::move(bd));
+  return bank;
+}
+
+}  // namespace moe::io
