@@ -52,7 +52,7 @@ enum class model_gating {
   /// (Llama 4: Llama4Router scatters the top-k logits into -inf and takes the sigmoid).
   sigmoid_topk,
   /// Phi-3.5-MoE's SparseMixer-v2 at inference (`sparsemixer` in modeling_phimoe.py), for k = 2:
-  /// pass 1: m = max_e z_e, e1 = argmax (lowest id on ties); mask every e with
+  /// pass 1: m = max_e z_e, e1 = argmax (ties: the lowest id, this library's rule); mask every e with
   /// (m - z_e) / max(|z_e|, m) > 2·jitter_eps to -inf; w1 = softmax over the unmasked z at e1.
   /// Pass 2: z' = z with z'_{e1} = -inf; m' = max z', e2 = argmax z'; mask every e with
   /// (m' - z_e) / max(|z_e|, m') > 2·jitter_eps (z, not z', in the test) and e1; w2 = softmax
