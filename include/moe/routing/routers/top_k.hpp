@@ -177,6 +177,9 @@ class top_k {
 
   /// The router weight, packed for kernels::gemm_rows (`[E × d]` in panels).
   [[nodiscard]] const kernels::packed_weights& packed_weight() const noexcept { return m_weight; }
+  /// The same weight, as the stage protocol names it: logits() is `scale_logits(W x)`, so that
+  /// moe::route_by_stages() computes stage 1 on its threads.
+  [[nodiscard]] const kernels::packed_weights& logits_weight() const noexcept { return m_weight; }
 
   /// Applies the NaN policy to a logits row of length n (token t, for the message); an error
   /// names `where` and `param` (the caller's entry point and its input: 'x' for route(), 'z' for
