@@ -104,6 +104,7 @@ TEST_CASE("route_by_stages: 1, 2 and 3 threads route bit for bit alike", "[routi
       check_bits(route_on(r, x, 0), one);  // 0: the device's threads
     };
     each(moe::null_experts<moe::top_k<>>(w_true, w_null, {.k = 3, .renormalize = true, .temperature = 0.8f}));
+    each(moe::topk_softmax(w, {.k = 4}));
     each(naive_top2(w));
   }
 }
@@ -170,6 +171,19 @@ TEST_CASE("route_by_stages on threads: a NaN error names the lowest bad token", 
   CHECK(one.active_slots(17) == 0);
   check_bits(route_on(lenient, both, 2), one);
   check_bits(route_on(lenient, both, 3), one);
+  // Policies of their own (their NaN option named).
+  const moe::topk_softmax ts(w, {.k = 2});
+  const moe::topk_softmax ts_lenient(w, {.k = 2, .nan = moe::nan_policy::to_neg_inf});
+  for (const int threads : {1, 2, 3}) {
+    INFO("threads " << threads);
+    CHECK_THAT(message(ts, x, threads), Catch::Contains("moe::topk_softmax::route: parameter 'x'") &&
+                                            Catch::Contains("token 17, expert 0"));
+    CHECK_THAT(message(ts, both, threads), Catch::Contains("token 4, expert 0"));
+  }
+  const auto ts_one = route_on(ts_lenient, both, 1);
+  CHECK(ts_one.active_slots(4) == 0);
+  CHECK(ts_one.active_slots(5) == 2);
+  check_bits(route_on(ts_lenient, both, 2), ts_one);
 }
 
 }  // namespace
