@@ -97,6 +97,11 @@ TEST_CASE("route_logits(W x) routes as route(x) bit for bit, temperature include
                                                                            .temperature = tau}),
                          w, x);
     }
+    for (const float cap : {0.5f, 3.0f}) {  // the soft cap applies in route_logits too
+      INFO("softcap " << cap);
+      check_route_logits(moe::top_k<>(w, {.k = 3, .renormalize = true, .temperature = 0.7f, .softcap = cap}), w, x);
+      check_route_logits(moe::top_k<moe::sigmoid_gate>(w, {.k = 2, .softcap = cap}), w, x);
+    }
     check_route_logits(moe::topk_softmax(w, {.k = 3, .logit_bias = std::vector<float>(E, 0.25f)}), w, x);
     check_route_logits(moe::expert_choice(w, {.capacity_factor = 2.0}), w, x);
     check_route_logits(moe::dynmole(w), w, x);

@@ -106,6 +106,7 @@ TEST_CASE("route_by_stages: 1, 2 and 3 threads route bit for bit alike", "[routi
     each(moe::null_experts<moe::top_k<>>(w_true, w_null, {.k = 3, .renormalize = true, .temperature = 0.8f}));
     each(moe::topk_softmax(w, {.k = 4}));
     each(moe::group_limited<>(w, {.k = 3, .n_groups = 4, .topk_groups = 2, .selection_bias = per_expert}));
+    each(moe::top_k<moe::sigmoid_gate>(w, {.k = 2, .softcap = 1.5f}));
     each(naive_top2(w));
   }
 }
