@@ -54,6 +54,7 @@
 #include "moe/routing/routers/prototypical.hpp"
 #include "moe/routing/routers/token_choice.hpp"
 #include "moe/routing/routers/top_k.hpp"
+#include "moe/routing/routers/topk_sigmoid.hpp"
 #include "moe/routing/routers/topk_softmax.hpp"
 #include "moe/routing/wrappers/capacity.hpp"
 #include "moe/routing/wrappers/layer_skip.hpp"

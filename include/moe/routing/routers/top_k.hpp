@@ -79,6 +79,10 @@ inline float softcap(float z, float cap) noexcept {
 /// `gate(z)`, the k best experts per token (ties: lower expert index; -inf logits never
 /// selected), weights from the scores.
 ///
+/// Llama 4's router (transformers' Llama4Router, docs/routing-spec.md §17.4) is
+/// `top_k<sigmoid_gate>` with `{.k = 1, .renormalize = false}`: the sigmoid of the selected
+/// logits, not renormalised (moe::llama4_router_options()).
+///
 /// @tparam Gate moe::softmax_gate (default) or moe::sigmoid_gate.
 ///
 /// Selection runs on the logits when the gate is monotone and there is no selection bias (so
