@@ -52,6 +52,7 @@
 #include "moe/routing/routers/gates.hpp"
 #include "moe/routing/routers/group_limited.hpp"
 #include "moe/routing/routers/prototypical.hpp"
+#include "moe/routing/routers/sparsemixer.hpp"
 #include "moe/routing/routers/token_choice.hpp"
 #include "moe/routing/routers/top_k.hpp"
 #include "moe/routing/routers/topk_sigmoid.hpp"

@@ -106,6 +106,7 @@ TEST_CASE("route_by_stages: 1, 2 and 3 threads route bit for bit alike", "[routi
     each(moe::null_experts<moe::top_k<>>(w_true, w_null, {.k = 3, .renormalize = true, .temperature = 0.8f}));
     each(moe::topk_softmax(w, {.k = 4}));
     each(moe::group_limited<>(w, {.k = 3, .n_groups = 4, .topk_groups = 2, .selection_bias = per_expert}));
+    each(moe::sparsemixer(w, {.k = 2}));
     each(moe::top_k<moe::sigmoid_gate>(w, {.k = 2, .softcap = 1.5f}));
     each(naive_top2(w));
   }
@@ -186,6 +187,12 @@ TEST_CASE("route_by_stages on threads: a NaN error names the lowest bad token", 
   CHECK(ts_one.active_slots(4) == 0);
   CHECK(ts_one.active_slots(5) == 2);
   check_bits(route_on(ts_lenient, both, 2), ts_one);
+  const moe::sparsemixer sm(w);
+  for (const int threads : {1, 2, 3}) {
+    INFO("threads " << threads);
+    CHECK_THAT(message(sm, both, threads), Catch::Contains("moe::sparsemixer::route") &&
+                                               Catch::Contains("token 4, expert 0"));
+  }
 }
 
 }  // namespace
