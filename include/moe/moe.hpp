@@ -60,5 +60,6 @@
 #include "moe/routing/wrappers/capacity.hpp"
 #include "moe/routing/wrappers/layer_skip.hpp"
 #include "moe/routing/wrappers/null_experts.hpp"
+#include "moe/routing/wrappers/rms_scaled.hpp"
 #include "moe/routing/wrappers/similarity_aware.hpp"
 #include "moe/version.hpp"

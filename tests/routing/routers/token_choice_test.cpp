@@ -61,6 +61,7 @@ static_assert(moe::token_choice_policy<naive_top2>);
 static_assert(!moe::detail::token_choice::linear_logits<naive_top2>);
 static_assert(moe::detail::token_choice::linear_logits<moe::top_k<>>);
 static_assert(moe::detail::token_choice::linear_logits<moe::null_experts<moe::top_k<>>>);
+static_assert(moe::detail::token_choice::transformed_input<moe::rms_scaled_router<>>);
 
 moe::routing_plan route_on(const auto& r, const moe::row_matrix<float>& x, int threads) {
   return moe_test::route(r, x, {.threads = threads});
@@ -107,6 +108,8 @@ TEST_CASE("route_by_stages: 1, 2 and 3 threads route bit for bit alike", "[routi
     each(moe::topk_softmax(w, {.k = 4}));
     each(moe::group_limited<>(w, {.k = 3, .n_groups = 4, .topk_groups = 2, .selection_bias = per_expert}));
     each(moe::sparsemixer(w, {.k = 2}));
+    each(moe::rms_scaled_router<>(moe::top_k<>(w, {.k = 4, .renormalize = true}),
+                                  {.input_scale = scale, .per_expert_scale = per_expert}));
     each(moe::top_k<moe::sigmoid_gate>(w, {.k = 2, .softcap = 1.5f}));
     each(naive_top2(w));
   }

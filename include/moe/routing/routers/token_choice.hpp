@@ -28,9 +28,10 @@
 //
 // Two optional stages let moe::route_by_stages() run stage 1 on the threads as well:
 //      logits_weight()                 the packed weight W `[C × d]` when logits() is exactly
-//                                      `scale_logits(W x)` (moe::top_k and what wraps it)
+//                                      `scale_logits(W x)` (moe::top_k, moe::topk_softmax, ...)
 //      input_rows(x, begin, end, out)  the router input of rows [begin, end) of x, when W reads
-//                                      something else than x; it must not throw
+//                                      something else than x (moe::rms_scaled_router); it must
+//                                      not throw
 //
 // Threads (docs/routing-spec.md §17.0): route_by_stages() splits the rows over
 // `route_context::threads` (0: the device's); stages 2-5 run on each thread's share with its
@@ -43,8 +44,8 @@
 // inputs (moe::similarity_aware passes mixed scores to steps 4 and 5). Step 4 is called with the
 // logits as its first argument; a wrapper that selects on scores passes its key row there
 // (a monotone gate selects on that argument). moe::route_by_stages() runs the five stages for a
-// batch, which is all that route() of a per-token policy has to do (moe::null_experts
-// does only that).
+// batch, which is all that route() of a per-token policy has to do (moe::topk_softmax,
+// moe::sparsemixer, moe::null_experts, moe::rms_scaled_router do only that).
 
 #include <algorithm>
 #include <concepts>
