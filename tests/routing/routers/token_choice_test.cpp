@@ -109,6 +109,7 @@ TEST_CASE("route_by_stages: 1, 2 and 3 threads route bit for bit alike", "[routi
     each(moe::group_limited<>(w, {.k = 3, .n_groups = 4, .topk_groups = 2, .selection_bias = per_expert}));
     each(moe::adaptive_k<>(w, {.k_min = 1, .k_max = 4}));
     each(moe::top_p<moe::sigmoid_gate>(w, {.p = 0.5f, .k_max = 5}));
+    each(moe::dynmole(w));
     each(moe::sparsemixer(w, {.k = 2}));
     each(moe::rms_scaled_router<>(moe::top_k<>(w, {.k = 4, .renormalize = true}),
                                   {.input_scale = scale, .per_expert_scale = per_expert}));
