@@ -97,6 +97,13 @@ TEST_CASE("route_logits(W x) routes as route(x) bit for bit, temperature include
                                                                            .temperature = tau}),
                          w, x);
     }
+    for (const float cap : {0.5f, 3.0f}) {  // the soft cap applies in route_logits too
+      INFO("softcap " << cap);
+      check_route_logits(moe::top_k<>(w, {.k = 3, .renormalize = true, .temperature = 0.7f, .softcap = cap}), w, x);
+      check_route_logits(moe::top_k<moe::sigmoid_gate>(w, {.k = 2, .softcap = cap}), w, x);
+    }
+    check_route_logits(moe::topk_softmax(w, {.k = 3, .logit_bias = std::vector<float>(E, 0.25f)}), w, x);
+    check_route_logits(moe::sparsemixer(w, {.k = 2}), w, x);
     check_route_logits(moe::expert_choice(w, {.capacity_factor = 2.0}), w, x);
     check_route_logits(moe::dynmole(w), w, x);
     check_route_logits(moe::blockffn(w), w, x);
@@ -133,6 +140,8 @@ TEST_CASE("NaN in route_logits names 'z' (route names 'x'), with the policy's ow
   names(moe::dynmole(w), "moe::dynmole", "dynmole_options");
   const moe::row_matrix<float> w_true = w.topRows(3), w_null = w.bottomRows(1);
   names(moe::null_experts<moe::top_k<>>(w_true, w_null, {.k = 2}), "moe::null_experts", "top_k_options");
+  names(moe::topk_softmax(w, {.k = 2}), "moe::topk_softmax", "topk_softmax_options");
+  names(moe::sparsemixer(w), "moe::sparsemixer", "sparsemixer_options");
 }
 
 TEST_CASE("options of policies built on top_k are reported with the policy's own name", "[routing][route_logits][error]") {

@@ -11,6 +11,7 @@
 
 #include <moe/routing/routers/top_k.hpp>
 
+#include "../../support/conformance.hpp"
 #include "../../support/naive.hpp"
 #include "../../support/random.hpp"
 #include "../../support/policies.hpp"
@@ -296,6 +297,50 @@ TEST_CASE("top_k: 1, 2 or 3 threads give the same plan, a NaN reports the lowest
       }
     }
   }
+}
+
+TEST_CASE("top_k: soft-capped logits (softcap), golden values", "[routing][top_k][softcap]") {
+  // z <- c · tanh(z / c), c = 2, before the gate (Laguna's LagunaTopKRouter with
+  // moe_router_logit_softcapping: `tanh(logits / sc) * sc`); worked out by hand.
+  const auto z = moe_test::fmatrix({{1, 3, 2, -inf}, {inf, 50, 0, 0}});
+  const moe::top_k<moe::softmax_gate> soft(moe_test::eye(4), {.k = 2, .softcap = 2.0f});
+  const auto p = route_logits(soft, z);
+  // Capped [0.924234, 1.810297, 1.523188, -inf]: softmax [0.190630, 0.462384, 0.346987, 0].
+  check_route(p, 0, {1, 2}, {0.46238358020955195, 0.34698675577464305});
+  // +inf becomes 2 and 50 saturates to 2 in fp32: a tie, to the lower expert; -inf stays -inf.
+  CHECK(p.expert(1, 0) == 0);
+  CHECK(p.expert(1, 1) == 1);
+  CHECK(p.weight(1, 0) == p.weight(1, 1));
+  const moe::top_k<moe::sigmoid_gate> sig(moe_test::eye(4), {.k = 3, .softcap = 2.0f});
+  const auto q = route_logits(sig, z);
+  check_route(q, 0, {1, 2, 0}, {0.8593977060349818, 0.8210074960059999, 0.7159040902975481});
+  CHECK(q.active_slots(0) == 3);  // the -inf logit is not selected
+  // The temperature divides first: z = 4, tau = 2, c = 1 -> tanh(2) = 0.964028, sigmoid of it.
+  const moe::row_matrix<float> one = moe::row_matrix<float>::Constant(1, 1, 4.0f);
+  const moe::row_matrix<float> w1 = moe::row_matrix<float>::Ones(1, 1);
+  const auto t = route_logits(moe::top_k<moe::sigmoid_gate>(w1, {.k = 1, .temperature = 2.0f, .softcap = 1.0f}), one);
+  CHECK(golden(t.weight(0, 0), 1.0 / (1.0 + std::exp(-0.9640275800758169))));
+  // A cap so large that tanh is the identity to fp32 changes nothing in the choice of experts.
+  moe_test::rng rng(2801);
+  const auto w = rng.matrix(10, 12);
+  const auto x = rng.matrix(20, 12);
+  const auto a = route(moe::top_k<>(w, {.k = 3}), x), b = route(moe::top_k<>(w, {.k = 3, .softcap = 1e6f}), x);
+  CHECK(std::equal(a.all_experts().begin(), a.all_experts().end(), b.all_experts().begin()));
+  moe_test::check_router_conformance(moe::top_k<>(w, {.k = 3, .renormalize = true, .softcap = 1.5f}));
+  moe_test::check_router_conformance(moe::top_k<moe::sigmoid_gate>(w, {.k = 2, .selection_bias = std::vector<float>(10, 0.1f),
+                                                                      .softcap = 0.5f}));
+  const auto bad = [&](float c) {
+    try {
+      moe::top_k<> r(w, {.k = 2, .softcap = c});
+      FAIL("expected moe::error for softcap " << c);
+    } catch (const moe::error& e) {
+      CHECK(std::string(e.what()).find("moe::top_k: parameter 'softcap' must be finite and >= 0 (0: no cap)") !=
+            std::string::npos);
+    }
+  };
+  bad(-1.0f);
+  bad(inf);
+  bad(std::numeric_limits<float>::quiet_NaN());
 }
 
 }  // namespace

@@ -19,6 +19,7 @@
 #include "moe/kernels/gating.hpp"
 #include "moe/routing/detail/rows.hpp"
 #include "moe/routing/routers/gates.hpp"
+#include "moe/routing/routers/token_choice.hpp"
 #include "moe/routing/routers/top_k.hpp"
 
 namespace moe {
@@ -153,22 +154,39 @@ class adaptive_k {
     return m_options.k_max;
   }
 
-  /// Routes `x [T × d]` into `plan` (`[T × k_max]` over E experts).
-  void route(const_matrix_map<float> x, const route_context& /*ctx*/, routing_plan& plan, workspace& ws) const {
-    detail::check_extent("moe::adaptive_k::route", "x.cols()", x.cols(), hidden());
-    const index T = x.rows(), E = num_experts();
-    float* z = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * E, 1)));  // [T × E]
-    m_base.logits(x, z, E, ws);
-    route_rows(z, T, plan, ws, "moe::adaptive_k::route", "x");
+  /// Routes `x [T × d]` into `plan` (`[T × k_max]` over E experts), on up to `ctx.threads` threads.
+  void route(const_matrix_map<float> x, const route_context& ctx, routing_plan& plan, workspace& ws) const {
+    route_by_stages(*this, x, ctx, plan, ws, "moe::adaptive_k::route");
   }
 
   /// Routes precomputed raw logits `z = W x [T × E]` (copied; the temperature is applied here,
   /// once, so that route_logits(W x) routes as route(x)).
-  void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws) const {
-    detail::check_extent("moe::adaptive_k::route_logits", "z.cols()", z.cols(), num_experts());
-    float* copy = detail::copy_logits(z, ws);  // [T × E]
-    m_base.scale_logits(copy, z.rows(), num_experts());
-    route_rows(copy, z.rows(), plan, ws, "moe::adaptive_k::route_logits", "z");
+  void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws, const route_context& ctx = {}) const {
+    route_logits_by_stages(*this, z, plan, ws, "moe::adaptive_k::route_logits", ctx);
+  }
+
+  // ---- Stages (moe::token_choice_policy): moe::top_k's (k = k_max), but for selection.
+
+  [[nodiscard]] index columns() const noexcept { return num_experts(); }
+  [[nodiscard]] std::int32_t column_expert(index c) const noexcept { return static_cast<std::int32_t>(c); }
+  void logits(const_matrix_map<float> x, float* z, index ldz, workspace& ws) const { m_base.logits(x, z, ldz, ws); }
+  [[nodiscard]] const kernels::packed_weights& logits_weight() const noexcept { return m_base.logits_weight(); }
+  void scale_logits(float* z, index rows, index ldz) const noexcept { m_base.scale_logits(z, rows, ldz); }
+  /// The NaN policy on one row (token t); an error names `where` and `param`.
+  void prepare_row(float* z, index n, index t, std::string_view where = "moe::adaptive_k::route",
+                   std::string_view param = "x") const {
+    detail::apply_nan_policy(z, n, t, m_options.nan, {.where = where, .param = param, .option = "adaptive_k_options::nan"});
+  }
+  bool gate_row(const float* z, float* s) const noexcept { return m_base.gate_row(z, s); }
+  [[nodiscard]] float row_entropy(const float* s, float* scratch) const noexcept { return m_base.row_entropy(s, scratch); }
+  void weigh_row(const float* s, const std::int32_t* idx, index count, float* w) const noexcept {
+    m_base.weigh_row(s, idx, count, w);
+  }
+  /// The base's best experts, as many as the row's entropy asks for (k_for_entropy of the
+  /// entropy the plan records). `scratch` holds E floats.
+  index select_row(const float* z, const float* s, std::int32_t* idx, float* scratch) const noexcept {
+    const index k = k_for_entropy(m_base.row_entropy(s, scratch));
+    return std::min<index>(m_base.select_row(z, s, idx, scratch), k);
   }
 
   /// Mean k and the number of tokens per k.
@@ -186,29 +204,6 @@ class adaptive_k {
       detail::fail_parameter(error_id::config, where, "high", detail::concat("finite and >= low = ", o.low), o.high);
     }
     return o;
-  }
-
-  void route_rows(float* z, index T, routing_plan& plan, workspace& ws, std::string_view where,
-                  std::string_view param) const {
-    const index E = num_experts(), K = m_options.k_max;
-    plan.reset(T, K, E);
-    if (T == 0) return;
-    float* p = ws.take<float>(static_cast<std::size_t>(E));
-    float* scratch = ws.take<float>(static_cast<std::size_t>(E));
-    auto* idx = ws.take<std::int32_t>(static_cast<std::size_t>(K));
-    float* w = ws.take<float>(static_cast<std::size_t>(K));
-    for (index t = 0; t < T; ++t) {
-      float* zt = z + t * E;
-      detail::apply_nan_policy(zt, E, t, m_options.nan,
-                               {.where = where, .param = param, .option = "adaptive_k_options::nan"});
-      float H = 0.0f;
-      m_base.gate_row(zt, p, &H, scratch);
-      plan.set_entropy(t, H);
-      const index count = std::min<index>(m_base.select_row(zt, p, idx, scratch), k_for_entropy(H));
-      plan.set_top_score(t, count > 0 ? p[idx[0]] : 0.0f);
-      m_base.weigh_row(p, idx, count, w);
-      for (index s = 0; s < count; ++s) plan.set(t, s, idx[s], w[s]);
-    }
   }
 
   adaptive_k_options m_options;
@@ -253,22 +248,46 @@ class top_p {
   [[nodiscard]] index max_slots() const noexcept { return m_options.k_max; }
   [[nodiscard]] const top_p_options& options() const noexcept { return m_options; }
 
-  /// Routes `x [T × d]` into `plan` (`[T × k_max]` over E experts).
-  void route(const_matrix_map<float> x, const route_context& /*ctx*/, routing_plan& plan, workspace& ws) const {
-    detail::check_extent("moe::top_p::route", "x.cols()", x.cols(), hidden());
-    const index T = x.rows(), E = num_experts();
-    float* z = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * E, 1)));  // [T × E]
-    m_base.logits(x, z, E, ws);
-    route_rows(z, T, plan, ws, "moe::top_p::route", "x");
+  /// Routes `x [T × d]` into `plan` (`[T × k_max]` over E experts), on up to `ctx.threads` threads.
+  void route(const_matrix_map<float> x, const route_context& ctx, routing_plan& plan, workspace& ws) const {
+    route_by_stages(*this, x, ctx, plan, ws, "moe::top_p::route");
   }
 
   /// Routes precomputed raw logits `z = W x [T × E]` (copied; the temperature is applied here,
   /// once, so that route_logits(W x) routes as route(x)).
-  void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws) const {
-    detail::check_extent("moe::top_p::route_logits", "z.cols()", z.cols(), num_experts());
-    float* copy = detail::copy_logits(z, ws);  // [T × E]
-    m_base.scale_logits(copy, z.rows(), num_experts());
-    route_rows(copy, z.rows(), plan, ws, "moe::top_p::route_logits", "z");
+  void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws, const route_context& ctx = {}) const {
+    route_logits_by_stages(*this, z, plan, ws, "moe::top_p::route_logits", ctx);
+  }
+
+  // ---- Stages (moe::token_choice_policy): moe::top_k's (k = k_max), but for selection.
+
+  [[nodiscard]] index columns() const noexcept { return num_experts(); }
+  [[nodiscard]] std::int32_t column_expert(index c) const noexcept { return static_cast<std::int32_t>(c); }
+  void logits(const_matrix_map<float> x, float* z, index ldz, workspace& ws) const { m_base.logits(x, z, ldz, ws); }
+  [[nodiscard]] const kernels::packed_weights& logits_weight() const noexcept { return m_base.logits_weight(); }
+  void scale_logits(float* z, index rows, index ldz) const noexcept { m_base.scale_logits(z, rows, ldz); }
+  /// The NaN policy on one row (token t); an error names `where` and `param`.
+  void prepare_row(float* z, index n, index t, std::string_view where = "moe::top_p::route",
+                   std::string_view param = "x") const {
+    detail::apply_nan_policy(z, n, t, m_options.nan, {.where = where, .param = param, .option = "top_p_options::nan"});
+  }
+  bool gate_row(const float* z, float* s) const noexcept { return m_base.gate_row(z, s); }
+  [[nodiscard]] float row_entropy(const float* s, float* scratch) const noexcept { return m_base.row_entropy(s, scratch); }
+  void weigh_row(const float* s, const std::int32_t* idx, index count, float* w) const noexcept {
+    m_base.weigh_row(s, idx, count, w);
+  }
+  /// The base's best experts (up to k_max) until their scores reach `p` times the row's total
+  /// score, at least k_min (as many as there are selectable experts).
+  index select_row(const float* z, const float* s, std::int32_t* idx, float* scratch) const noexcept {
+    const index count = m_base.select_row(z, s, idx, scratch);
+    const float target = m_options.p * kernels::sum(s, num_experts());
+    index kt = 0;
+    float mass = 0.0f;
+    while (kt < count) {
+      mass += s[idx[kt++]];
+      if (mass >= target) break;
+    }
+    return std::min<index>(std::max<index>(kt, m_options.k_min), count);
   }
 
   /// Mean k and the number of tokens per k.
@@ -283,37 +302,6 @@ class top_p {
     return o;
   }
 
-  void route_rows(float* z, index T, routing_plan& plan, workspace& ws, std::string_view where,
-                  std::string_view param) const {
-    const index E = num_experts(), K = m_options.k_max;
-    plan.reset(T, K, E);
-    if (T == 0) return;
-    float* q = ws.take<float>(static_cast<std::size_t>(E));
-    float* scratch = ws.take<float>(static_cast<std::size_t>(E));
-    auto* idx = ws.take<std::int32_t>(static_cast<std::size_t>(K));
-    float* w = ws.take<float>(static_cast<std::size_t>(K));
-    for (index t = 0; t < T; ++t) {
-      float* zt = z + t * E;
-      detail::apply_nan_policy(zt, E, t, m_options.nan,
-                               {.where = where, .param = param, .option = "top_p_options::nan"});
-      float H = 0.0f;
-      m_base.gate_row(zt, q, &H, scratch);
-      plan.set_entropy(t, H);
-      const index count = m_base.select_row(zt, q, idx, scratch);
-      const float target = m_options.p * kernels::sum(q, E);
-      index kt = 0;
-      float mass = 0.0f;
-      while (kt < count) {
-        mass += q[idx[kt++]];
-        if (mass >= target) break;
-      }
-      kt = std::min<index>(std::max<index>(kt, m_options.k_min), count);
-      plan.set_top_score(t, kt > 0 ? q[idx[0]] : 0.0f);
-      m_base.weigh_row(q, idx, kt, w);
-      for (index s = 0; s < kt; ++s) plan.set(t, s, idx[s], w[s]);
-    }
-  }
-
   top_p_options m_options;
   top_k<Gate> m_base;  // k = k_max: logits, NaN policy, gate, selection order and weights
 };
@@ -322,5 +310,7 @@ static_assert(router<adaptive_k<softmax_gate>>);
 static_assert(router<adaptive_k<sigmoid_gate>>);
 static_assert(router<top_p<softmax_gate>>);
 static_assert(router<top_p<sigmoid_gate>>);
+static_assert(token_choice_policy<adaptive_k<softmax_gate>>);
+static_assert(token_choice_policy<top_p<sigmoid_gate>>);
 
 }  // namespace moe

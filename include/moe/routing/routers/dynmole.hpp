@@ -18,6 +18,7 @@
 #include "moe/kernels/gating.hpp"
 #include "moe/kernels/gemm.hpp"
 #include "moe/routing/detail/rows.hpp"
+#include "moe/routing/routers/token_choice.hpp"
 #include "moe/routing/routers/gates.hpp"
 
 namespace moe {
@@ -161,19 +162,52 @@ class dynmole {
   [[nodiscard]] index max_slots() const noexcept { return m_experts; }
   [[nodiscard]] const dynmole_options& options() const noexcept { return m_options; }
 
-  /// Routes `x [T × d]` into `plan` (`[T × E]`).
-  void route(const_matrix_map<float> x, const route_context& /*ctx*/, routing_plan& plan, workspace& ws) const {
-    detail::check_extent("moe::dynmole::route", "x.cols()", x.cols(), m_hidden);
-    const index T = x.rows();
-    float* z = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * m_experts, 1)));  // [T × E]
-    kernels::gemm(x.data(), T, x.outerStride(), m_weight, z, m_experts, ws);
-    route_rows(z, T, plan, ws, "moe::dynmole::route", "x");
+  /// Routes `x [T × d]` into `plan` (`[T × E]`), on up to `ctx.threads` threads.
+  void route(const_matrix_map<float> x, const route_context& ctx, routing_plan& plan, workspace& ws) const {
+    route_by_stages(*this, x, ctx, plan, ws, "moe::dynmole::route");
   }
 
   /// Routes precomputed logits `z = W x [T × E]` (copied).
-  void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws) const {
-    detail::check_extent("moe::dynmole::route_logits", "z.cols()", z.cols(), m_experts);
-    route_rows(detail::copy_logits(z, ws), z.rows(), plan, ws, "moe::dynmole::route_logits", "z");
+  void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws, const route_context& ctx = {}) const {
+    route_logits_by_stages(*this, z, plan, ws, "moe::dynmole::route_logits", ctx);
+  }
+
+  // ---- Stages (moe::token_choice_policy), each on one row of E floats.
+
+  [[nodiscard]] index columns() const noexcept { return m_experts; }
+  [[nodiscard]] std::int32_t column_expert(index c) const noexcept { return static_cast<std::int32_t>(c); }
+  /// Logits `z [T × E] = W x` (one thread).
+  void logits(const_matrix_map<float> x, float* z, index ldz, workspace& ws) const {
+    kernels::gemm(x.data(), x.rows(), x.outerStride(), m_weight, z, ldz, ws);
+  }
+  [[nodiscard]] const kernels::packed_weights& logits_weight() const noexcept { return m_weight; }
+  /// The NaN policy on one row (token t); an error names `where` and `param`.
+  void prepare_row(float* z, index n, index t, std::string_view where = "moe::dynmole::route",
+                   std::string_view param = "x") const {
+    detail::apply_nan_policy(z, n, t, m_options.nan, {.where = where, .param = param, .option = "dynmole_options::nan"});
+  }
+  /// `p = softmax(z)`; false if every logit is -inf (the token routes nowhere).
+  bool gate_row(const float* z, float* p) const noexcept { return kernels::softmax(z, m_experts, p); }
+  [[nodiscard]] float row_entropy(const float* p, float*) const noexcept { return kernels::entropy(p, m_experts); }
+  /// Every expert above -inf, best first, if the token broadcasts (normalised entropy above
+  /// the threshold); else the top-p prefix (ranks whose cumulative probability is <= top_p), at
+  /// least keep_top_k.
+  index select_row(const float* z, const float* p, std::int32_t* idx, float*) const noexcept {
+    const index ranked = kernels::top_k(z, m_experts, m_experts, idx);  // finite logits, best first
+    const bool broadcast = m_options.entropy_threshold < 1.0f && normalised_entropy(p) > m_options.entropy_threshold;
+    if (broadcast || !(m_options.top_p < 1.0f)) return ranked;
+    index below = 0;  // ranks with C_r <= top_p: a prefix, C is nondecreasing
+    float cumulative = 0.0f;
+    while (below < ranked) {
+      cumulative += p[idx[below]];
+      if (!(cumulative <= m_options.top_p)) break;
+      ++below;
+    }
+    return std::max<index>(below, std::min<index>(m_options.keep_top_k, ranked));
+  }
+  /// The probabilities of the kept experts (not renormalised).
+  void weigh_row(const float* p, const std::int32_t* idx, index count, float* w) const noexcept {
+    for (index r = 0; r < count; ++r) w[r] = p[idx[r]];
   }
 
   /// Normalised entropy of one token's probabilities `p [E]` (what the broadcast test uses); 0
@@ -211,41 +245,6 @@ class dynmole {
   }
 
  private:
-  void route_rows(float* z, index T, routing_plan& plan, workspace& ws, std::string_view where,
-                  std::string_view param) const {
-    const index E = m_experts;
-    plan.reset(T, E, E);
-    if (T == 0) return;
-    float* p = ws.take<float>(static_cast<std::size_t>(E));
-    std::int32_t* idx = ws.take<std::int32_t>(static_cast<std::size_t>(E));
-    const bool may_broadcast = m_options.entropy_threshold < 1.0f;
-    for (index t = 0; t < T; ++t) {
-      float* zt = z + t * E;
-      detail::apply_nan_policy(zt, E, t, m_options.nan,
-                               {.where = where, .param = param, .option = "dynmole_options::nan"});
-      if (!kernels::softmax(zt, E, p)) {
-        plan.set_entropy(t, 0.0f);
-        continue;  // all -inf: routes nowhere
-      }
-      plan.set_entropy(t, kernels::entropy(p, E));
-      const index ranked = kernels::top_k(zt, E, E, idx);  // finite logits, best first
-      index keep = ranked;
-      const bool broadcast = may_broadcast && normalised_entropy(p) > m_options.entropy_threshold;
-      if (!broadcast && m_options.top_p < 1.0f) {
-        index below = 0;  // ranks with C_r <= top_p: a prefix, C is nondecreasing
-        float cumulative = 0.0f;
-        while (below < ranked) {
-          cumulative += p[idx[below]];
-          if (!(cumulative <= m_options.top_p)) break;
-          ++below;
-        }
-        keep = std::max<index>(below, std::min<index>(m_options.keep_top_k, ranked));
-      }
-      for (index r = 0; r < keep; ++r) plan.set(t, r, idx[r], p[idx[r]]);
-      plan.set_top_score(t, keep > 0 ? p[idx[0]] : 0.0f);
-    }
-  }
-
   dynmole_options m_options;
   index m_experts;
   index m_hidden;
@@ -254,5 +253,6 @@ class dynmole {
 };
 
 static_assert(router<dynmole>);
+static_assert(token_choice_policy<dynmole>);
 
 }  // namespace moe

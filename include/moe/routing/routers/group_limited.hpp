@@ -21,6 +21,7 @@
 #include "moe/kernels/gating.hpp"
 #include "moe/routing/detail/rows.hpp"
 #include "moe/routing/routers/gates.hpp"
+#include "moe/routing/routers/token_choice.hpp"
 #include "moe/routing/routers/top_k.hpp"
 
 namespace moe {
@@ -174,22 +175,85 @@ class group_limited {
     bias_changed();
   }
 
-  /// Routes `x [T × d]` into `plan` (`[T × k]` over E experts).
-  void route(const_matrix_map<float> x, const route_context& /*ctx*/, routing_plan& plan, workspace& ws) const {
-    detail::check_extent("moe::group_limited::route", "x.cols()", x.cols(), hidden());
-    const index T = x.rows(), E = num_experts();
-    float* z = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * E, 1)));  // [T × E]
-    m_base.logits(x, z, E, ws);
-    route_rows(z, T, plan, ws, "moe::group_limited::route", "x");
+  /// Routes `x [T × d]` into `plan` (`[T × k]` over E experts), on up to `ctx.threads` threads.
+  void route(const_matrix_map<float> x, const route_context& ctx, routing_plan& plan, workspace& ws) const {
+    route_by_stages(*this, x, ctx, plan, ws, "moe::group_limited::route");
   }
 
   /// Routes precomputed raw logits `z = W x [T × E]` (copied; the temperature is applied here,
   /// once, so that route_logits(W x) routes as route(x)).
-  void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws) const {
-    detail::check_extent("moe::group_limited::route_logits", "z.cols()", z.cols(), num_experts());
-    float* copy = detail::copy_logits(z, ws);  // [T × E]
-    m_base.scale_logits(copy, z.rows(), num_experts());
-    route_rows(copy, z.rows(), plan, ws, "moe::group_limited::route_logits", "z");
+  void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws, const route_context& ctx = {}) const {
+    route_logits_by_stages(*this, z, plan, ws, "moe::group_limited::route_logits", ctx);
+  }
+
+  // ---- Stages (moe::token_choice_policy): moe::top_k's, but for selection (groups first).
+
+  [[nodiscard]] index columns() const noexcept { return num_experts(); }
+  [[nodiscard]] std::int32_t column_expert(index c) const noexcept { return static_cast<std::int32_t>(c); }
+  void logits(const_matrix_map<float> x, float* z, index ldz, workspace& ws) const { m_base.logits(x, z, ldz, ws); }
+  [[nodiscard]] const kernels::packed_weights& logits_weight() const noexcept { return m_base.logits_weight(); }
+  void scale_logits(float* z, index rows, index ldz) const noexcept { m_base.scale_logits(z, rows, ldz); }
+  /// The NaN policy on one row (token t); an error names `where` and `param`.
+  void prepare_row(float* z, index n, index t, std::string_view where = "moe::group_limited::route",
+                   std::string_view param = "x") const {
+    detail::apply_nan_policy(z, n, t, m_options.nan, {.where = where, .param = param, .option = "group_limited_options::nan"});
+  }
+  bool gate_row(const float* z, float* s) const noexcept { return m_base.gate_row(z, s); }
+  [[nodiscard]] float row_entropy(const float* s, float* scratch) const noexcept { return m_base.row_entropy(s, scratch); }
+  /// Keeps the topk_groups best groups of the biased scores `s + bias` (the groups with a score
+  /// above -inf first, by score, ties to the lower group; then -inf groups by ascending index),
+  /// then selects k experts in them: on the logits `z` without bias, else on `s + bias` (-inf
+  /// logits never). `scratch` holds E floats.
+  index select_row(const float* z, const float* s, std::int32_t* idx, float* scratch) const noexcept {
+    constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+    const index E = num_experts(), G = m_options.n_groups, g = m_group_size;
+    float* key = scratch;
+    const float* b = m_bias.data();
+    for (index e = 0; e < E; ++e) key[e] = z[e] == neg_inf ? neg_inf : s[e] + b[e];
+    // Drops the groups not kept, in place (their keys become -inf), so that no group-sized
+    // buffer is needed. Kept: the topk_groups best groups whose score is above -inf (ties to the
+    // lower group), then, if too few, the -inf groups by ascending index. Ranked explicitly,
+    // not through a sentinel score such as lowest(), which a finite group score can equal (two
+    // biases of -FLT_MAX/2).
+    const auto value = [&](index grp) { return group_value(key + grp * g, g); };
+    const auto drop = [&](index grp) { std::fill(key + grp * g, key + (grp + 1) * g, neg_inf); };
+    const index keep = m_options.topk_groups;
+    index finite = 0;
+    for (index grp = 0; grp < G; ++grp) finite += value(grp) != neg_inf;
+    if (finite > keep) {
+      for (index n = finite - keep; n > 0; --n) {  // the worst finite group, ties to the higher one
+        index worst = -1;
+        float worst_value = 0.0f;
+        for (index grp = 0; grp < G; ++grp) {
+          const float v = value(grp);
+          if (v != neg_inf && (worst < 0 || v <= worst_value)) {
+            worst = grp;
+            worst_value = v;
+          }
+        }
+        drop(worst);
+      }
+      for (index grp = 0; grp < G; ++grp) {
+        if (value(grp) == neg_inf) drop(grp);
+      }
+    } else {
+      index fill = keep - finite;
+      for (index grp = 0; grp < G; ++grp) {
+        if (value(grp) != neg_inf) continue;
+        if (fill > 0) --fill;
+        else drop(grp);
+      }
+    }
+    if (m_select_on_logits) {  // no bias: select on the logits in the kept groups
+      for (index e = 0; e < E; ++e) {
+        if (key[e] != neg_inf) key[e] = z[e];
+      }
+    }
+    return kernels::top_k(key, E, m_options.k, idx);
+  }
+  /// The base's weights from the unbiased scores (renormalised, route_scale).
+  void weigh_row(const float* s, const std::int32_t* idx, index count, float* w) const noexcept {
+    m_base.weigh_row(s, idx, count, w);
   }
 
  private:
@@ -219,55 +283,6 @@ class group_limited {
     return o;
   }
 
-  // Gate, mask, select and weigh every row of z (modified in place by the NaN policy).
-  void route_rows(float* z, index T, routing_plan& plan, workspace& ws, std::string_view where,
-                  std::string_view param) const {
-    constexpr float neg_inf = -std::numeric_limits<float>::infinity();
-    const index E = num_experts(), G = m_options.n_groups, g = m_group_size, k = m_options.k;
-    plan.reset(T, k, E);
-    if (T == 0) return;
-    float* s = ws.take<float>(static_cast<std::size_t>(E));      // unbiased scores
-    float* key = ws.take<float>(static_cast<std::size_t>(E));    // biased scores, masked
-    float* gkey = ws.take<float>(static_cast<std::size_t>(G));   // group scores
-    auto* gidx = ws.take<std::int32_t>(static_cast<std::size_t>(G));
-    auto* keep = ws.take<std::uint8_t>(static_cast<std::size_t>(G));
-    auto* idx = ws.take<std::int32_t>(static_cast<std::size_t>(k));
-    float* w = ws.take<float>(static_cast<std::size_t>(k));
-    const float* b = m_bias.data();
-    for (index t = 0; t < T; ++t) {
-      float* zt = z + t * E;
-      detail::apply_nan_policy(zt, E, t, m_options.nan,
-                               {.where = where, .param = param, .option = "group_limited_options::nan"});
-      float H = 0.0f;
-      m_base.gate_row(zt, s, &H, key);
-      plan.set_entropy(t, H);
-      for (index e = 0; e < E; ++e) key[e] = zt[e] == neg_inf ? neg_inf : s[e] + b[e];
-      for (index grp = 0; grp < G; ++grp) gkey[grp] = group_value(key + grp * g, g);
-      // The groups with a score above -inf first (top_k never selects -inf), then the -inf
-      // groups in ascending index: ranked explicitly, not through a sentinel score such as
-      // lowest(), which a finite group score can equal (two biases of -FLT_MAX/2).
-      index kept = kernels::top_k(gkey, G, m_options.topk_groups, gidx);
-      for (index grp = 0; grp < G; ++grp) keep[grp] = 0;
-      for (index i = 0; i < kept; ++i) keep[gidx[i]] = 1;
-      for (index grp = 0; grp < G && kept < m_options.topk_groups; ++grp) {
-        if (gkey[grp] == neg_inf) {
-          keep[grp] = 1;
-          ++kept;
-        }
-      }
-      for (index grp = 0; grp < G; ++grp) {
-        for (index e = grp * g; e < (grp + 1) * g; ++e) {
-          if (!keep[grp]) key[e] = neg_inf;          // -inf, not 0.0
-          else if (m_select_on_logits) key[e] = zt[e];  // no bias: select on the logits
-        }
-      }
-      const index count = kernels::top_k(key, E, k, idx);
-      plan.set_top_score(t, count > 0 ? s[idx[0]] : 0.0f);  // unbiased
-      m_base.weigh_row(s, idx, count, w);
-      for (index slot = 0; slot < count; ++slot) plan.set(t, slot, idx[slot], w[slot]);
-    }
-  }
-
   // Score of one group of n biased scores (-inf entries are unselectable experts).
   float group_value(const float* key, index n) const noexcept {
     float first = key[0], second = -std::numeric_limits<float>::infinity();
@@ -292,5 +307,6 @@ class group_limited {
 
 static_assert(router<group_limited<sigmoid_gate>>);
 static_assert(router<group_limited<softmax_gate>>);
+static_assert(token_choice_policy<group_limited<sigmoid_gate>>);
 
 }  // namespace moe

@@ -26,12 +26,26 @@
 // and maps each selected column to its expert with column_expert(c) (moe::no_expert for a
 // column that computes nothing). `scratch` always holds C floats.
 //
+// Two optional stages let moe::route_by_stages() run stage 1 on the threads as well:
+//      logits_weight()                 the packed weight W `[C × d]` when logits() is exactly
+//                                      `scale_logits(W x)` (moe::top_k, moe::topk_softmax, ...)
+//      input_rows(x, begin, end, out)  the router input of rows [begin, end) of x, when W reads
+//                                      something else than x (moe::rms_scaled_router); it must
+//                                      not throw
+//
+// Threads (docs/routing-spec.md §17.0): route_by_stages() splits the rows over
+// `route_context::threads` (0: the device's); stages 2-5 run on each thread's share with its
+// own scratch, so every stage must be callable concurrently on distinct rows (they are const and
+// keep no state). The plan is bitwise the same on any number of threads, and a NaN error names
+// the lowest bad token.
+//
 // A wrapper takes its base as a template parameter and either forwards these stages, changing
 // one (moe::null_experts adds columns and changes step 5), or runs them itself with other
 // inputs (moe::similarity_aware passes mixed scores to steps 4 and 5). Step 4 is called with the
 // logits as its first argument; a wrapper that selects on scores passes its key row there
 // (a monotone gate selects on that argument). moe::route_by_stages() runs the five stages for a
-// batch, which is all that route() of a per-token policy has to do.
+// batch, which is all that route() of a per-token policy has to do (moe::topk_softmax,
+// moe::sparsemixer, moe::null_experts, moe::rms_scaled_router do only that).
 
 #include <algorithm>
 #include <concepts>
@@ -43,11 +57,14 @@
 
 #include "moe/concepts.hpp"
 #include "moe/config.hpp"
+#include "moe/core/context.hpp"
 #include "moe/core/error.hpp"
+#include "moe/core/parallel.hpp"
 #include "moe/plan.hpp"
 #include "moe/core/sequences.hpp"
 #include "moe/core/views.hpp"
 #include "moe/core/workspace.hpp"
+#include "moe/kernels/gemm.hpp"
 #include "moe/routing/detail/rows.hpp"
 #include "moe/routing/routers/top_k.hpp"
 
@@ -92,66 +109,207 @@ void scale(const P& policy, float* z, index rows, index C) {
   if constexpr (requires { policy.scale_logits(z, rows, C); }) policy.scale_logits(z, rows, C);
 }
 
-/// Runs prepare, gate, select and weigh on the rows of `z [T × C]` (modified in place); NaN
-/// errors name `where` and `param`.
+/// A policy whose stage 1 is linear: `logits(x) = scale_logits(W x)` with `W = logits_weight()`
+/// (packed `[columns() × d]`), optionally on the rows that input_rows() makes of x. The engine
+/// then computes the logits on the threads, with the bits of kernels::gemm.
 template <class P>
-void route_rows(const P& policy, float* z, index T, routing_plan& plan, workspace& ws, std::string_view where,
-                std::string_view param) {
+concept linear_logits = requires(const P& p) {
+  { p.logits_weight() } -> std::same_as<const kernels::packed_weights&>;
+};
+
+/// A policy whose router input is not the token state itself: `input_rows(x, begin, end, out)`
+/// writes the router input of the rows `[begin, end)` of x into `out` (row stride hidden(),
+/// noexcept). Only meaningful together with linear_logits.
+template <class P>
+concept transformed_input = requires(const P& p, const_matrix_map<float> x, index i, float* out) {
+  p.input_rows(x, i, i, out);
+};
+
+/// Token count up to which stage 1 splits the weight's panels (not the rows) between threads,
+/// as moe::top_k does.
+inline constexpr index decode_rows = 8;
+
+/// Threads for T rows: `ctx.threads` (0: detail::default_threads()), at most T, at least 1.
+inline int threads_for(const route_context& ctx, index T) noexcept {
+  const int nt = ctx.threads > 0 ? ctx.threads : detail::default_threads();
+  return static_cast<int>(std::max<index>(1, std::min<index>(nt, T)));
+}
+
+/// Per-thread buffers of the row stages: s and scratch [C], idx and w [max(K, 1)].
+struct row_buffers {
+  float* s;
+  float* scratch;
+  std::int32_t* idx;
+  float* w;
+};
+
+/// Stages 2-5 on row t of the logits (`zt`, modified in place), written into the plan's rows
+/// directly (no shared state, so threads may route distinct rows at once). Returns false, having
+/// written nothing, if the NaN stage threw (the caller reports it after the parallel region).
+template <class P>
+bool route_row(const P& policy, float* zt, index t, routing_plan& plan, const row_buffers& b, std::string_view where,
+               std::string_view param) noexcept {
   const index C = policy.columns();
-  const index K = policy.max_slots();
-  float* s = ws.take<float>(static_cast<std::size_t>(C));        // [C]
-  float* scratch = ws.take<float>(static_cast<std::size_t>(C));  // [C]
-  std::int32_t* idx = ws.take<std::int32_t>(static_cast<std::size_t>(std::max<index>(K, 1)));
-  float* w = ws.take<float>(static_cast<std::size_t>(std::max<index>(K, 1)));
-  plan.mark_top_score();  // degenerate tokens keep 0
-  for (index t = 0; t < T; ++t) {
-    float* zt = z + t * C;
+  try {
     prepare(policy, zt, C, t, where, param);
-    if (!policy.gate_row(zt, s)) {
-      plan.set_entropy(t, 0.0f);
-      continue;  // degenerate: routes nowhere
+  } catch (...) {
+    return false;
+  }
+  float* entropy = plan.entropy_data();
+  float* top = plan.top_score_data();
+  if (!policy.gate_row(zt, b.s)) {
+    entropy[t] = 0.0f;
+    top[t] = 0.0f;
+    return true;  // degenerate: routes nowhere
+  }
+  entropy[t] = policy.row_entropy(b.s, b.scratch);
+  const index count = policy.select_row(zt, b.s, b.idx, b.scratch);
+  top[t] = count > 0 ? b.s[b.idx[0]] : 0.0f;  // before weigh_row may overwrite s
+  policy.weigh_row(b.s, b.idx, count, b.w);
+  auto experts = plan.experts(t);
+  auto weights = plan.weights(t);
+  for (index slot = 0; slot < count; ++slot) {
+    const std::int32_t e = policy.column_expert(b.idx[slot]);
+    experts[static_cast<std::size_t>(slot)] = e;
+    weights[static_cast<std::size_t>(slot)] = e == no_expert ? 0.0f : b.w[slot];
+  }
+  return true;
+}
+
+/// Runs `logits(tid, team, barrier)`, which fills (at least) the thread's share of the rows of
+/// `z [T × C]`, then stages 2-5 on each thread's share of the rows, on `nt` threads. A row
+/// whose NaN stage throws stops its thread; after the region, the interrupted shares are routed
+/// again serially from their first bad row, so the error raised is the one of the lowest bad
+/// token, exactly as one thread raises it.
+template <class P, class Logits>
+void route_rows(const P& policy, float* z, index T, int nt, routing_plan& plan, workspace& ws, Logits&& logits,
+                std::string_view where, std::string_view param) {
+  const index C = policy.columns();
+  const index K = std::max<index>(policy.max_slots(), 1);
+  const auto n = static_cast<std::size_t>(nt);
+  float* s = ws.take<float>(n * static_cast<std::size_t>(C));
+  float* scratch = ws.take<float>(n * static_cast<std::size_t>(C));
+  auto* idx = ws.take<std::int32_t>(n * static_cast<std::size_t>(K));
+  float* w = ws.take<float>(n * static_cast<std::size_t>(K));
+  auto* bad = ws.take<index>(n);  // first row whose NaN stage threw, per thread, or -1
+  std::fill(bad, bad + nt, index{-1});
+  int team_size = 1;
+  const auto buffers = [&](int tid) {
+    return row_buffers{s + tid * C, scratch + tid * C, idx + tid * K, w + tid * K};
+  };
+  detail::parallel_region(nt, [&](int tid, int team, auto&& barrier) {
+    if (tid == 0) team_size = team;
+    logits(tid, team, barrier);
+    const row_buffers b = buffers(tid);
+    const auto rows = detail::share_of(T, tid, team);
+    for (index t = rows.begin; t < rows.end; ++t) {
+      if (!route_row(policy, z + t * C, t, plan, b, where, param)) {
+        bad[tid] = t;
+        break;
+      }
     }
-    plan.set_entropy(t, policy.row_entropy(s, scratch));
-    const index count = policy.select_row(zt, s, idx, scratch);
-    plan.set_top_score(t, count > 0 ? s[idx[0]] : 0.0f);  // before weigh_row may overwrite s
-    policy.weigh_row(s, idx, count, w);
-    for (index slot = 0; slot < count; ++slot) {
-      plan.set(t, slot, policy.column_expert(idx[slot]), w[slot]);
+  });
+  plan.mark_entropy();
+  plan.mark_top_score();
+  plan.invalidate();
+  for (int i = 0; i < team_size; ++i) {
+    if (bad[i] < 0) continue;
+    const row_buffers b = buffers(0);
+    for (index t = bad[i]; t < detail::share_of(T, i, team_size).end; ++t) {
+      if (!route_row(policy, z + t * C, t, plan, b, where, param)) {
+        prepare(policy, z + t * C, C, t, where, param);  // throws: the lowest bad token
+      }
     }
   }
+}
+
+/// Stage 1 of a linear_logits policy on thread `tid` of `team`: its share of the router input
+/// (transformed_input), then `W x` for its share of the rows (T > decode_rows) or for its share
+/// of W's panels over every row (T <= decode_rows: one pass over the weights, then a barrier),
+/// then scale_logits() on its rows. The bits do not depend on the split (kernels::gemm_rows).
+template <class P, class Barrier>
+void linear_logits_share(const P& policy, const_matrix_map<float> x, float* in, float* z,
+                         const kernels::gemm_scratch& scratch, int tid, int team, Barrier&& barrier) noexcept {
+  const index T = x.rows(), C = policy.columns(), d = policy.hidden();
+  const kernels::packed_weights& W = policy.logits_weight();
+  const auto rows = detail::share_of(T, tid, team);
+  const float* src = x.data();
+  index ldx = x.outerStride();
+  if constexpr (transformed_input<P>) {
+    policy.input_rows(x, rows.begin, rows.end, in + rows.begin * d);
+    src = in;
+    ldx = d;
+  }
+  if (T <= decode_rows && team > 1) {
+    if constexpr (transformed_input<P>) barrier();  // every row's input before the panels
+    const auto panels = detail::share_of(W.panels, tid, team);
+    kernels::gemm_rows(src, T, ldx, W, panels.begin, panels.end, z, C, scratch);
+    barrier();
+  } else {
+    kernels::gemm_rows(src + rows.begin * ldx, rows.end - rows.begin, ldx, W, 0, W.panels, z + rows.begin * C, C,
+                       scratch);
+  }
+  scale(policy, z + rows.begin * C, rows.end - rows.begin, C);
 }
 
 }  // namespace detail::token_choice
 
 /// Routes `x [T × d]` into `plan` (`[T × max_slots()]` over num_experts() experts) by running
-/// the stages of `policy` on every token; `where` names the caller in error messages.
+/// the stages of `policy` on every token, on up to `ctx.threads` threads (0: all), each routing
+/// a share of the rows: bitwise the same plan as one thread. Stage 1 runs on the threads too
+/// when the policy's logits are linear (detail::token_choice::linear_logits: moe::top_k and the
+/// policies built on it), else once on the calling thread. `where` names the caller in errors.
 template <token_choice_policy P>
-void route_by_stages(const P& policy, const_matrix_map<float> x, routing_plan& plan, workspace& ws,
-                     const char* where = "moe::route_by_stages") {
+void route_by_stages(const P& policy, const_matrix_map<float> x, const route_context& ctx, routing_plan& plan,
+                     workspace& ws, const char* where = "moe::route_by_stages") {
   detail::check_extent(where, "x.cols()", x.cols(), policy.hidden());
   const index T = x.rows();
   const index C = policy.columns();
   plan.reset(T, policy.max_slots(), policy.num_experts());
   if (T == 0) return;
+  const int nt = detail::token_choice::threads_for(ctx, T);
   float* z = ws.take<float>(static_cast<std::size_t>(T * C));  // [T × C]
-  policy.logits(x, z, C, ws);
-  detail::token_choice::route_rows(policy, z, T, plan, ws, where, "x");
+  if constexpr (detail::token_choice::linear_logits<P>) {
+    const index d = policy.hidden();
+    const bool decode = T <= detail::token_choice::decode_rows && nt > 1;
+    float* in = nullptr;  // [T × d] router input, for a transformed_input policy
+    if constexpr (detail::token_choice::transformed_input<P>) in = ws.take<float>(static_cast<std::size_t>(T * d));
+    auto* scratch = ws.take<kernels::gemm_scratch>(static_cast<std::size_t>(nt));
+    for (int i = 0; i < nt; ++i) scratch[i] = kernels::make_gemm_scratch(decode ? T : (T + nt - 1) / nt, d, ws);
+    detail::token_choice::route_rows(policy, z, T, nt, plan, ws, [&](int tid, int team, auto&& barrier) {
+      detail::token_choice::linear_logits_share(policy, x, in, z, scratch[tid], tid, team, barrier);
+    }, where, "x");
+  } else {
+    policy.logits(x, z, C, ws);
+    detail::token_choice::route_rows(policy, z, T, nt, plan, ws, [](int, int, auto&&) {}, where, "x");
+  }
+}
+
+/// route_by_stages() with a default context (all threads).
+template <token_choice_policy P>
+void route_by_stages(const P& policy, const_matrix_map<float> x, routing_plan& plan, workspace& ws,
+                     const char* where = "moe::route_by_stages") {
+  route_by_stages(policy, x, route_context{}, plan, ws, where);
 }
 
 /// Like route_by_stages() from precomputed raw logits `z = W x [T × columns()]` (copied): the
 /// linear map is skipped, the policy's scale_logits() stage (its temperature) is applied once,
-/// so that this routes `W x` as route_by_stages() routes x.
+/// so that this routes `W x` as route_by_stages() routes x; on up to `ctx.threads` threads.
 template <token_choice_policy P>
 void route_logits_by_stages(const P& policy, const_matrix_map<float> z, routing_plan& plan, workspace& ws,
-                            const char* where = "moe::route_logits_by_stages") {
+                            const char* where = "moe::route_logits_by_stages", const route_context& ctx = {}) {
   const index C = policy.columns();
   detail::check_extent(where, "z.cols()", z.cols(), C);
   const index T = z.rows();
   plan.reset(T, policy.max_slots(), policy.num_experts());
   if (T == 0) return;
-  float* copy = detail::copy_logits(z, ws);  // [T × C]
-  detail::token_choice::scale(policy, copy, T, C);
-  detail::token_choice::route_rows(policy, copy, T, plan, ws, where, "z");
+  float* copy = ws.take<float>(static_cast<std::size_t>(T * C));  // [T × C]
+  detail::token_choice::route_rows(policy, copy, T, detail::token_choice::threads_for(ctx, T), plan, ws,
+                                   [&](int tid, int team, auto&&) {
+    const auto rows = detail::share_of(T, tid, team);
+    detail::copy_rows(z, rows.begin, rows.end, copy);
+    detail::token_choice::scale(policy, copy + rows.begin * C, rows.end - rows.begin, C);
+  }, where, "z");
 }
 
 namespace detail::token_choice {

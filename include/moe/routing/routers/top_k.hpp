@@ -39,6 +39,10 @@ struct top_k_options {
   std::vector<float> selection_bias = {};
   /// NaN logits: an error (default) or mapped to -inf.
   nan_policy nan = nan_policy::error;
+  /// Soft cap `c` of the logits (> 0), or 0 for none: after the temperature, every logit becomes
+  /// `c · tanh(z / c)`, in (-c, c) (docs/routing-spec.md §17.3). Selection and weights then use the
+  /// capped logits; a +inf logit becomes c, a -inf logit stays -inf (never selected).
+  float softcap = 0.0f;
 };
 
 namespace detail {
@@ -55,10 +59,29 @@ inline void check_gate_options(std::string_view where, index experts, index hidd
   }
 }
 
+/// The check of a soft cap option: finite and >= 0 (0: none).
+inline void check_softcap(std::string_view where, float softcap) {
+  if (!(softcap >= 0.0f) || !std::isfinite(softcap)) {
+    fail_parameter(error_id::config, where, "softcap", "finite and >= 0 (0: no cap)", softcap);
+  }
+}
+
+/// `cap · tanh(z / cap)` for cap > 0: NaN stays NaN (for the NaN policy), -inf stays -inf (a
+/// masked expert stays masked), +inf becomes cap.
+inline float softcap(float z, float cap) noexcept {
+  if (z == -std::numeric_limits<float>::infinity() || std::isnan(z)) return z;
+  return std::tanh(z / cap) * cap;
+}
+
 }  // namespace detail
 
-/// Token-choice top-k router: logits `z = W x / temperature`, scores `gate(z)`, the k best experts
-/// per token (ties: lower expert index; -inf logits never selected), weights from the scores.
+/// Token-choice top-k router: logits `z = W x / temperature` (soft-capped with `softcap`), scores
+/// `gate(z)`, the k best experts per token (ties: lower expert index; -inf logits never
+/// selected), weights from the scores.
+///
+/// Llama 4's router (transformers' Llama4Router, docs/routing-spec.md §17.4) is
+/// `top_k<sigmoid_gate>` with `{.k = 1, .renormalize = false}`: the sigmoid of the selected
+/// logits, not renormalised (moe::llama4_router_options()).
 ///
 /// @tparam Gate moe::softmax_gate (default) or moe::sigmoid_gate.
 ///
@@ -79,6 +102,7 @@ class top_k {
     constexpr const char* where = "moe::top_k";
     detail::check_gate_options(where, m_experts, m_hidden, m_options.route_scale, m_options.temperature);
     detail::check_range<index>(where, "k", m_options.k, 1, m_experts);
+    detail::check_softcap(where, m_options.softcap);
     if (!m_options.selection_bias.empty()) {
       detail::check_extent(where, "selection_bias.size()",
                            static_cast<index>(m_options.selection_bias.size()), m_experts);
@@ -166,17 +190,28 @@ class top_k {
   }
 
   /// What logits() applies after the linear map: divides `rows` rows of E raw logits (row stride
-  /// ldz) by the temperature, in place (nothing at temperature 1). route_logits() of this policy
-  /// and of the policies built on it apply it exactly once to the caller's raw logits.
+  /// ldz) by the temperature, then applies the soft cap, in place (nothing at temperature 1
+  /// without a cap). route_logits() of this policy and of the policies built on it apply it
+  /// exactly once to the caller's raw logits.
   void scale_logits(float* z, index rows, index ldz) const noexcept {
-    if (m_options.temperature == 1.0f) return;
-    for (index t = 0; t < rows; ++t) {
-      for (index e = 0; e < m_experts; ++e) z[t * ldz + e] /= m_options.temperature;
+    const float tau = m_options.temperature, cap = m_options.softcap;
+    if (tau != 1.0f) {
+      for (index t = 0; t < rows; ++t) {
+        for (index e = 0; e < m_experts; ++e) z[t * ldz + e] /= tau;
+      }
+    }
+    if (cap > 0.0f) {
+      for (index t = 0; t < rows; ++t) {
+        for (index e = 0; e < m_experts; ++e) z[t * ldz + e] = detail::softcap(z[t * ldz + e], cap);
+      }
     }
   }
 
   /// The router weight, packed for kernels::gemm_rows (`[E × d]` in panels).
   [[nodiscard]] const kernels::packed_weights& packed_weight() const noexcept { return m_weight; }
+  /// The same weight, as the stage protocol names it: logits() is `scale_logits(W x)`, so that
+  /// moe::route_by_stages() computes stage 1 on its threads.
+  [[nodiscard]] const kernels::packed_weights& logits_weight() const noexcept { return m_weight; }
 
   /// Applies the NaN policy to a logits row of length n (token t, for the message); an error
   /// names `where` and `param` (the caller's entry point and its input: 'x' for route(), 'z' for

@@ -14,7 +14,7 @@
 
 namespace moe {
 
-/// Identity ("zero-computation") experts, LongCat-Flash's (docs/routing-spec.md §17.1): the base
+/// Identity ("zero-computation") experts, LongCat-Flash's (docs/routing-spec.md §18.1): the base
 /// router scores `E + m` experts, the last `m` of which are identities; a token that chooses one
 /// adds `w · x_t` to its output instead of an expert's, and the slot takes no expert time. The
 /// base's weights are kept as they are (normalisation, route_scale and selection bias included:

@@ -95,15 +95,16 @@ class null_experts {
   [[nodiscard]] index num_null_experts() const noexcept { return m_nulls; }
   [[nodiscard]] const Base& base() const noexcept { return m_base; }
 
-  /// Routes `x [T × d]` into `plan` (`[T × k]` over the E true experts).
-  void route(const_matrix_map<float> x, const route_context& /*ctx*/, routing_plan& plan, workspace& ws) const {
-    route_by_stages(*this, x, plan, ws, "moe::null_experts::route");
+  /// Routes `x [T × d]` into `plan` (`[T × k]` over the E true experts), on up to
+  /// `ctx.threads` threads.
+  void route(const_matrix_map<float> x, const route_context& ctx, routing_plan& plan, workspace& ws) const {
+    route_by_stages(*this, x, ctx, plan, ws, "moe::null_experts::route");
   }
 
   /// Routes precomputed raw logits `z [T × (E + m)]` (true experts first; copied; the base's
   /// temperature is applied once, as route() applies it).
-  void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws) const {
-    route_logits_by_stages(*this, z, plan, ws, "moe::null_experts::route_logits");
+  void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws, const route_context& ctx = {}) const {
+    route_logits_by_stages(*this, z, plan, ws, "moe::null_experts::route_logits", ctx);
   }
 
   /// Mean true experts per token and the FLOPs saved against plain top-k with the same k.
@@ -130,6 +131,18 @@ class null_experts {
   [[nodiscard]] index columns() const noexcept { return m_base.columns(); }
   /// The base's logits `z [T × (E + m)]`.
   void logits(const_matrix_map<float> x, float* z, index ldz, workspace& ws) const { m_base.logits(x, z, ldz, ws); }
+  /// The base's packed weight `[(E + m) × d]`, when its logits are linear (threaded stage 1).
+  [[nodiscard]] const kernels::packed_weights& logits_weight() const noexcept
+    requires detail::token_choice::linear_logits<Base>
+  {
+    return m_base.logits_weight();
+  }
+  /// The base's router input, when it has one.
+  void input_rows(const_matrix_map<float> x, index begin, index end, float* out) const noexcept
+    requires detail::token_choice::transformed_input<Base>
+  {
+    m_base.input_rows(x, begin, end, out);
+  }
   /// The base's temperature (scale_logits) on raw logits, if the base has one.
   void scale_logits(float* z, index rows, index ldz) const { detail::token_choice::scale(m_base, z, rows, ldz); }
   /// The base's NaN policy.

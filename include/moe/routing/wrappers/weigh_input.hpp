@@ -13,7 +13,7 @@
 
 namespace moe {
 
-/// Combine weights on the experts' input (Llama 4, docs/routing-spec.md §17.2): the plan of the
+/// Combine weights on the experts' input (Llama 4, docs/routing-spec.md §18.2): the plan of the
 /// base router is marked routing_plan::input_weighted(), so that a slot contributes
 /// `Expert_e(w · x_t)` instead of `w · Expert_e(x_t)` on every device. Llama 4 pairs it with
 /// the sigmoid of the top-1 logit; any router can be wrapped.
