@@ -68,6 +68,10 @@ class aligned_buffer {
   explicit aligned_buffer(std::size_t n) : m_data(detail::huge_allocate(n * sizeof(T))), m_size(n) {
     if (n) std::memset(m_data.get(), 0, n * sizeof(T));
   }
+  /// Allocates `n` values left uninitialised (the caller writes every one: packing a checkpoint
+  /// without a zeroing pass over memory it overwrites).
+  struct uninitialized_t {};
+  aligned_buffer(std::size_t n, uninitialized_t) : m_data(detail::huge_allocate(n * sizeof(T))), m_size(n) {}
   aligned_buffer(aligned_buffer&&) noexcept = default;
   aligned_buffer& operator=(aligned_buffer&&) noexcept = default;
   aligned_buffer(const aligned_buffer& other) : aligned_buffer(other.m_size) {

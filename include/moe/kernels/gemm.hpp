@@ -123,9 +123,10 @@ constexpr index panel_offset(index kk, index j, index width) noexcept {
 }
 }  // namespace detail
 
-/// Zeroed panels for an `n × k` matrix (n outputs, k inputs) in panels of `width` outputs of W,
-/// to be filled by fill_panels() (the two steps of pack_panels_from(), apart so that the
-/// allocation can happen on one thread and the filling on many).
+/// Panels for an `n × k` matrix (n outputs, k inputs) in panels of `width` outputs of W, left
+/// uninitialised for fill_panels(), which writes every value, padding included (the two steps of
+/// pack_panels_from(), apart so that the allocation happens on one thread and the filling, which
+/// first touches the memory, on many).
 template <class W = float>
 packed_matrix<W> allocate_panels(index n, index k, index width) {
   packed_matrix<W> out;
@@ -133,21 +134,45 @@ packed_matrix<W> allocate_panels(index n, index k, index width) {
   out.k = k;
   out.width = width;
   out.panels = (n + width - 1) / width;
-  out.data = aligned_buffer<W>(static_cast<std::size_t>(out.panels * padded_k<W>(k) * width));
+  out.data = aligned_buffer<W>(static_cast<std::size_t>(out.panels * padded_k<W>(k) * width), typename aligned_buffer<W>::uninitialized_t{});
   return out;
 }
 
+namespace detail {
+/// Inputs per block of a panel fill: the block's panel rows (kb × width values) stay in L1 while
+/// the `width` source rows are read kb values at a time.
+inline constexpr index fill_block = 16;
+
+/// Fills panel p of `out` (outputs `p*width + j` for j < width; zero where `j >= jn` or the input
+/// is past k) with `at(j, kk)` (`j` relative to the panel), k blocked so the writes stay in cache.
+template <class W, class At>
+MOE_FORCEINLINE void fill_panel(packed_matrix<W>& out, index p, index jn, At&& at) noexcept {
+  const index k = out.k, kp = padded_k<W>(k), width = out.width;
+  W* dst = out.data.data() + p * kp * width;
+  // Output-major within a block: each panel row (width values) is written whole, from `width`
+  // source rows whose lines stay in L1 for fill_block inputs.
+  for (index k0 = 0; k0 < kp; k0 += fill_block) {
+    const index k1 = std::min(k0 + fill_block, kp), kv = std::min(k1, k);
+    for (index kk = k0; kk < k1; ++kk) {
+      if (kk < kv) {
+        for (index j = 0; j < jn; ++j) dst[panel_offset<W>(kk, j, width)] = convert<W>(at(j, kk));
+        for (index j = jn; j < width; ++j) dst[panel_offset<W>(kk, j, width)] = W{};
+      } else {
+        for (index j = 0; j < width; ++j) dst[panel_offset<W>(kk, j, width)] = W{};
+      }
+    }
+  }
+}
+}  // namespace detail
+
 /// Fills panels from allocate_panels(out.n, k, width) with the matrix whose element (j, kk)
-/// (output j, input kk) is `at(j, kk)`, a float or a moe::bf16. The panel memory is written in
-/// output order, each source row read once.
+/// (output j, input kk) is `at(j, kk)`, a float or a moe::bf16; the padding is zero.
 template <class W, class At>
 void fill_panels(packed_matrix<W>& out, At&& at) noexcept {
-  const index n = out.n, k = out.k, width = out.width;
+  const index n = out.n, width = out.width;
   for (index p = 0; p < out.panels; ++p) {
-    W* dst = out.data.data() + p * padded_k<W>(k) * width;
-    for (index j = 0; j < width && p * width + j < n; ++j) {
-      for (index kk = 0; kk < k; ++kk) dst[detail::panel_offset<W>(kk, j, width)] = detail::convert<W>(at(p * width + j, kk));
-    }
+    const index j0 = p * width;
+    detail::fill_panel(out, p, std::min(width, n - j0), [&](index j, index kk) { return at(j0 + j, kk); });
   }
 }
 
@@ -165,7 +190,7 @@ packed_matrix<W> pack_panels(const Src* w, index n, index k, index ldw, index wi
   return pack_panels_from<W>(n, k, width, [w, ldw](index j, index kk) { return w[j * ldw + kk]; });
 }
 
-/// Zeroed shared panels for two `n × k` matrices (see fill_panels_interleaved()); `out.n` is `2 * n`.
+/// Shared panels for two `n × k` matrices, uninitialised (see fill_panels_interleaved()); `out.n` is `2 * n`.
 template <class W = float>
 packed_matrix<W> allocate_panels_interleaved(index n, index k, index width) {
   const index h = width / 2;
@@ -174,24 +199,24 @@ packed_matrix<W> allocate_panels_interleaved(index n, index k, index width) {
   out.k = k;
   out.width = width;
   out.panels = (n + h - 1) / h;
-  out.data = aligned_buffer<W>(static_cast<std::size_t>(out.panels * padded_k<W>(k) * width));
+  out.data = aligned_buffer<W>(static_cast<std::size_t>(out.panels * padded_k<W>(k) * width), typename aligned_buffer<W>::uninitialized_t{});
   return out;
 }
 
 /// Fills shared panels from allocate_panels_interleaved() with two `n × k` matrices given by
 /// element functions `at_a(j, kk)`, `at_b(j, kk)`: the first half of panel `p` holds outputs
-/// `p*h .. p*h+h-1` of `a`, the second half the same outputs of `b` (`h = width / 2`).
+/// `p*h .. p*h+h-1` of `a`, the second half the same outputs of `b` (`h = width / 2`); the
+/// padding is zero.
 template <class W, class AtA, class AtB>
 void fill_panels_interleaved(packed_matrix<W>& out, AtA&& at_a, AtB&& at_b) noexcept {
-  const index h = out.width / 2, n = out.n / 2, k = out.k, width = out.width;
+  const index h = out.width / 2, n = out.n / 2;
   for (index p = 0; p < out.panels; ++p) {
-    W* dst = out.data.data() + p * padded_k<W>(k) * width;
-    for (index j = 0; j < h && p * h + j < n; ++j) {
-      for (index kk = 0; kk < k; ++kk) {
-        dst[detail::panel_offset<W>(kk, j, width)] = detail::convert<W>(at_a(p * h + j, kk));
-        dst[detail::panel_offset<W>(kk, h + j, width)] = detail::convert<W>(at_b(p * h + j, kk));
-      }
-    }
+    const index j0 = p * h, jn = std::min(h, n - j0);
+    // Panel column j: output j of a for j < h, output j - h of b above; past n on either side: zero.
+    detail::fill_panel(out, p, out.width, [&](index j, index kk) -> W {
+      if (j < h) return j < jn ? detail::convert<W>(at_a(j0 + j, kk)) : W{};
+      return j - h < jn ? detail::convert<W>(at_b(j0 + j - h, kk)) : W{};
+    });
   }
 }
 
