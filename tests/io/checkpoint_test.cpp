@@ -565,4 +565,70 @@ TEST_CASE("checkpoint: a gpt-oss GGUF layer loads with its router bias, expert b
   fs::remove_all(dir);
 }
 
+TEST_CASE("checkpoint: with_router covers Llama 4, Phi-3.5-MoE, Granite, LongCat-Flash and refuses what it cannot route",
+          "[io][checkpoint][presets]") {
+  moe_test::rng rng(61);
+  const auto x = rng.matrix(11, d);
+  const index Z = 3;
+  const auto w = rng.matrix(E, d), wz = rng.matrix(E + Z, d);
+  std::vector<float> bz;
+  for (index i = 0; i < E + Z; ++i) bz.push_back(rng.uniform(-0.1f, 0.1f));
+  const auto kind = [&](const moe::model_config& cfg, const mio::router_weights& rw) {
+    return mio::with_router(cfg, rw, [&](const auto& r) -> std::string {
+      using R = std::remove_cvref_t<decltype(r)>;
+      moe::routing_plan plan;
+      moe::workspace ws;
+      r.route(moe::view(x), {}, plan, ws);
+      CHECK(plan.num_experts() == E);
+      if constexpr (std::is_same_v<R, moe::weigh_input<moe::topk_sigmoid>>) {
+        CHECK(plan.input_weighted());
+        CHECK(plan.weight(0, 0) > 0.0f);
+        return "weigh_input<topk_sigmoid>";
+      } else if constexpr (std::is_same_v<R, moe::sparsemixer>) {
+        return "sparsemixer";
+      } else if constexpr (std::is_same_v<R, moe::topk_softmax>) {
+        return "topk_softmax";
+      } else if constexpr (std::is_same_v<R, moe::identity_experts<moe::top_k<moe::softmax_gate>>>) {
+        // The same plan as the wrapper built by hand over E + Z columns.
+        const moe::identity_experts<moe::top_k<>> want(moe::top_k<>(wz, {.k = cfg.experts_per_token, .route_scale = cfg.route_scale, .selection_bias = bz}), Z);
+        moe::routing_plan p2;
+        want.route(moe::view(x), {}, p2, ws);
+        for (index t = 0; t < x.rows(); ++t) CHECK(plan.identity_weight(t) == p2.identity_weight(t));
+        return "identity_experts<top_k>";
+      } else {
+        return "other";
+      }
+    });
+  };
+  mio::router_weights rw;
+  rw.weight = w;
+  auto llama4 = test_config("llama4_text");
+  llama4.gating = moe::model_gating::sigmoid_topk;
+  llama4.weight_on_input = true;
+  llama4.experts_per_token = 1;
+  CHECK(kind(llama4, rw) == "weigh_input<topk_sigmoid>");
+  auto phi = test_config("phimoe");
+  phi.gating = moe::model_gating::sparsemixer;
+  phi.jitter_eps = 0.01f;
+  CHECK(kind(phi, rw) == "sparsemixer");
+  auto granite = test_config("granitemoe");
+  granite.gating = moe::model_gating::topk_then_softmax;
+  CHECK(kind(granite, rw) == "topk_softmax");
+  auto longcat = test_config("longcat_flash");
+  longcat.identity_experts = Z;
+  longcat.selection_bias = true;
+  longcat.route_scale = 6.0f;
+  mio::router_weights rz;
+  rz.weight = wz;
+  rz.selection_bias = bz;
+  CHECK(kind(longcat, rz) == "identity_experts<top_k>");
+  auto dbrx = test_config("dbrx");
+  dbrx.renormalize = true;
+  dbrx.renormalize_p = 2.0f;
+  CHECK_THROWS_WITH(kind(dbrx, rw), Catch::Contains("parameter 'cfg.renormalize_p' must be 1 (division by the sum), got 2"));
+  auto hunyuan = test_config("hunyuan_v1_moe");
+  hunyuan.layer_shapes = {{}, {}};
+  CHECK_THROWS_WITH(kind(hunyuan, rw), Catch::Contains("cfg.layer(l)"));
+}
+
 }  // namespace

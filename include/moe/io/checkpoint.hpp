@@ -31,7 +31,11 @@
 #include "moe/io/safetensors.hpp"
 #include "moe/routing/routers/group_limited.hpp"
 #include "moe/routing/routers/top_k.hpp"
+#include "moe/routing/routers/sparsemixer.hpp"
+#include "moe/routing/routers/topk_sigmoid.hpp"
 #include "moe/routing/routers/topk_softmax.hpp"
+#include "moe/routing/wrappers/identity_experts.hpp"
+#include "moe/routing/wrappers/weigh_input.hpp"
 
 namespace moe::io {
 
@@ -363,47 +367,87 @@ struct router_weights {
   std::vector<float> selection_bias;
 };
 
-/// Reads layer `layer`'s router weights; the biases are read when the config says the model has
-/// them (`router_bias`, `selection_bias`), and their absence is then an error.
+/// Reads layer `layer`'s router weights (`[E + identity_experts, d]`: LongCat-Flash's router also
+/// scores its identity experts); the biases are read when the config says the model has them
+/// (`router_bias`, `selection_bias`), and their absence is then an error. Per-layer counts
+/// (Hunyuan) are the layer's.
 inline router_weights load_router(const checkpoint& ckpt, const model_config& cfg, index layer) {
   if (!cfg.is_moe_layer(layer)) {
     moe::detail::fail_parameter(error_id::config, "moe::io::load_router", "layer", "a MoE layer of the model", layer);
   }
-  const auto names = tensor_names(ckpt, cfg, layer);
+  const auto c = cfg.layer(layer);
+  const auto names = tensor_names(ckpt, c, layer);
+  const index columns = c.experts + c.identity_experts;  // LongCat's router also scores its identity experts
   router_weights r;
-  r.weight = load_matrix(ckpt, names.router, cfg.experts, cfg.hidden);
-  if (cfg.router_bias) r.logit_bias = load_vector(ckpt, names.router_bias, cfg.experts);
-  if (cfg.selection_bias) r.selection_bias = load_vector(ckpt, names.selection_bias, cfg.experts);
+  r.weight = load_matrix(ckpt, names.router, columns, c.hidden);
+  if (c.router_bias) r.logit_bias = load_vector(ckpt, names.router_bias, columns);
+  if (c.selection_bias) r.selection_bias = load_vector(ckpt, names.selection_bias, columns);
   return r;
 }
 
 /// The router that a model's description asks for, built from its router weights: a preset
 /// as data (E, k and every option from the config, none hard-coded). Calls `f(router)` with
 ///   - moe::top_k<softmax_gate> for softmax gating in one group (the selection bias, when the
-///     model has one, chooses and does not weigh);
+///     model has one, chooses and does not weigh: ERNIE 4.5, LongCat-Flash);
 ///   - moe::group_limited<softmax_gate> (group score `max`, DeepSeek-V2) for softmax in groups;
-///   - moe::group_limited<sigmoid_gate> for sigmoid gating (DeepSeek-V3, Kimi K2, GLM-4.5);
-///   - moe::topk_softmax for top-k-then-softmax gating with the logit bias (gpt-oss);
-/// and returns what f returns, which must be one type for every router.
+///   - moe::group_limited<sigmoid_gate> for sigmoid gating (DeepSeek-V3, Kimi K2, GLM-4.5,
+///     dots.llm1, MiniMax-M2);
+///   - moe::topk_softmax for top-k-then-softmax gating, with the logit bias (gpt-oss, Granite);
+///   - moe::topk_sigmoid (Llama 4) and moe::sparsemixer (Phi-3.5-MoE);
+/// wrapped in moe::weigh_input when the weights go on the expert input (Llama 4) and in
+/// moe::identity_experts when the model has identity experts (LongCat-Flash: the router weight
+/// and selection bias then cover `E + identity_experts` columns). Returns what f returns, which
+/// must be one type for every router. Throws moe::error for what no router here computes (a
+/// p-norm other than the sum, a floor on the sum of non-softmax weights) and for a model whose
+/// counts differ per layer (pass `cfg.layer(l)`).
 template <class F>
 auto with_router(const model_config& cfg, const router_weights& rw, F&& f) -> decltype(f(std::declval<top_k<softmax_gate>>())) {
+  constexpr const char* where = "moe::io::with_router";
+  if (!cfg.layer_shapes.empty()) {
+    moe::detail::fail_parameter(error_id::config, where, "cfg", "one layer's description (cfg.layer(l): the counts differ per layer)",
+                                "the whole model's");
+  }
+  if (cfg.renormalize && cfg.renormalize_p != 1.0f) {
+    moe::detail::fail_parameter(error_id::config, where, "cfg.renormalize_p", "1 (division by the sum)", cfg.renormalize_p);
+  }
+  if (cfg.renormalize && cfg.renormalize_min > 0.0f && cfg.gating != model_gating::softmax) {
+    moe::detail::fail_parameter(error_id::config, where, "cfg.renormalize_min", "0 for non-softmax gating", cfg.renormalize_min);
+  }
+  // (Softmax weights of k >= 1 experts sum to at least 1/E, above every floor the families set.)
   const auto& w = rw.weight;
+  const int k = cfg.experts_per_token;
+  // The base router, then the wrappers the description asks for.
+  const auto finish = [&](auto base) {
+    if (cfg.identity_experts > 0) {
+      if (cfg.weight_on_input) {
+        moe::detail::fail_parameter(error_id::config, where, "cfg", "identity experts or weights on the input", "both");
+      }
+      return f(identity_experts<decltype(base)>(std::move(base), cfg.identity_experts));
+    }
+    if (cfg.weight_on_input) return f(weigh_input<decltype(base)>(std::move(base)));
+    return f(std::move(base));
+  };
   switch (cfg.gating) {
     case model_gating::sigmoid:
-      return f(group_limited<sigmoid_gate>(w, {.k = cfg.experts_per_token, .n_groups = cfg.n_groups, .topk_groups = cfg.topk_groups,
-                                               .renormalize = cfg.renormalize, .route_scale = cfg.route_scale,
-                                               .selection_bias = rw.selection_bias}));
+      return finish(group_limited<sigmoid_gate>(w, {.k = k, .n_groups = cfg.n_groups, .topk_groups = cfg.topk_groups,
+                                                    .renormalize = cfg.renormalize, .route_scale = cfg.route_scale,
+                                                    .selection_bias = rw.selection_bias}));
     case model_gating::topk_then_softmax:
-      return f(topk_softmax(w, {.k = cfg.experts_per_token, .logit_bias = rw.logit_bias}));
+      return finish(topk_softmax(w, {.k = k, .logit_bias = rw.logit_bias}));
+    case model_gating::sigmoid_topk:
+      return finish(topk_sigmoid(w, {.k = k, .renormalize = cfg.renormalize, .route_scale = cfg.route_scale,
+                                     .selection_bias = rw.selection_bias}));
+    case model_gating::sparsemixer:
+      return finish(sparsemixer(w, {.k = k, .jitter_eps = cfg.jitter_eps}));
     case model_gating::softmax:
     default:
       if (cfg.n_groups > 1) {
-        return f(group_limited<softmax_gate>(w, {.k = cfg.experts_per_token, .n_groups = cfg.n_groups, .topk_groups = cfg.topk_groups,
-                                                 .score = group_score::max, .renormalize = cfg.renormalize,
-                                                 .route_scale = cfg.route_scale, .selection_bias = rw.selection_bias}));
+        return finish(group_limited<softmax_gate>(w, {.k = k, .n_groups = cfg.n_groups, .topk_groups = cfg.topk_groups,
+                                                      .score = group_score::max, .renormalize = cfg.renormalize,
+                                                      .route_scale = cfg.route_scale, .selection_bias = rw.selection_bias}));
       }
-      return f(top_k<softmax_gate>(w, {.k = cfg.experts_per_token, .renormalize = cfg.renormalize, .route_scale = cfg.route_scale,
-                                       .selection_bias = rw.selection_bias}));
+      return finish(top_k<softmax_gate>(w, {.k = k, .renormalize = cfg.renormalize, .route_scale = cfg.route_scale,
+                                            .selection_bias = rw.selection_bias}));
   }
 }
 
@@ -510,7 +554,8 @@ swiglu_experts<Scalar> load_experts(const checkpoint& ckpt, const model_config& 
     ci::fail(moe::detail::concat("the experts of '", cfg.model_type,
                                  "' have biases and a clamped SwiGLU, which moe::swiglu_experts does not compute"));
   }
-  auto s = ci::dense_sources(ckpt, n, cfg.experts, cfg.hidden, cfg.moe_intermediate);
+  const auto c = cfg.layer(layer);
+  auto s = ci::dense_sources(ckpt, n, c.experts, c.hidden, c.moe_intermediate);
   // The checkpoint's tensors are file mappings: each expert's pages leave the resident set once
   // packed, so a load holds the packed bank plus about one expert per thread.
   for (auto* src : {&s.gate, &s.up, &s.down}) src->release_after_packing = true;
@@ -524,9 +569,10 @@ template <class Scalar = float>
 std::optional<shared_experts<swiglu_experts<Scalar>>> load_shared_experts(const checkpoint& ckpt, const model_config& cfg,
                                                                           index layer, int threads = 0) {
   namespace ci = detail::checkpoint_impl;
-  if (cfg.shared_experts == 0) return std::nullopt;
-  const auto n = tensor_names(ckpt, cfg, layer);
-  const index d = cfg.hidden, fs = cfg.shared_intermediate;
+  const auto c = cfg.layer(layer);
+  if (c.shared_experts == 0) return std::nullopt;
+  const auto n = tensor_names(ckpt, c, layer);
+  const index d = c.hidden, fs = c.shared_intermediate;
   moe_tensor_names one;
   one.gate = n.shared_gate;
   one.up = n.shared_up;
@@ -554,7 +600,7 @@ std::optional<shared_experts<swiglu_experts<Scalar>>> load_shared_experts(const 
     s.down = weight_source::stacked(ci::dense_type(c), c.bytes.data(), 1, d, fs);
   }
   swiglu_experts<Scalar> bank(s.gate, s.up, s.down, threads);
-  if (!cfg.shared_gate) return shared_experts<swiglu_experts<Scalar>>(std::move(bank));
+  if (!c.shared_gate) return shared_experts<swiglu_experts<Scalar>>(std::move(bank));
   const auto g = load_vector(ckpt, n.shared_expert_gate, d);
   return shared_experts<swiglu_experts<Scalar>>(std::move(bank), g);
 }
@@ -576,7 +622,8 @@ gated_mlp_experts<F, Activation> load_quantized_experts(const checkpoint& ckpt, 
                                 Activation::name);
   }
   const auto n = gguf_tensor_names(layer);
-  const index E = cfg.experts, d = cfg.hidden, f = cfg.moe_intermediate;
+  const auto c = cfg.layer(layer);
+  const index E = c.experts, d = c.hidden, f = c.moe_intermediate;
   const auto get = [&](const std::string& name, std::vector<std::uint64_t> shape) {
     auto t = ckpt.tensor(name);
     ci::expect_shape(t, shape);
