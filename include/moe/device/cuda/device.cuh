@@ -2,7 +2,7 @@
 // SPDX-FileCopyrightText: The moe authors
 #pragma once
 
-// moe::device::cuda and its expert bank moe::cuda_swiglu_experts<T> (docs/architecture.md §5.5).
+// moe::device::cuda and its expert bank moe::cuda_swiglu_experts<T> (docs/architecture.md §5.4).
 //
 //   route_logits(policy, z, experts, plan)  fused routing kernel (routing_math.hpp) + counting
 //                                           sort on the GPU, into a cuda_plan (device memory)

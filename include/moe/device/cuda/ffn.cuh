@@ -2,7 +2,7 @@
 // SPDX-FileCopyrightText: The moe authors
 #pragma once
 
-// The expert side of moe::device::cuda (docs/architecture.md §5.5): gather of token rows in
+// The expert side of moe::device::cuda (docs/architecture.md §5.4): gather of token rows in
 // expert-major order into fixed-size row tiles, the expert GEMMs (cuBLAS, one batched call per
 // projection over the tiles: bf16 / fp16 inputs with fp32 accumulation, or fp32), the gated
 // activations (SwiGLU and the others) and the weighted combine in a fixed order.
@@ -20,6 +20,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 

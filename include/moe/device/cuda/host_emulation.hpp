@@ -2,7 +2,7 @@
 // SPDX-FileCopyrightText: The moe authors
 #pragma once
 
-// The CUDA routing and sorting kernels run on the host (docs/architecture.md §5.5): the same
+// The CUDA routing and sorting kernels run on the host (docs/architecture.md §5.4): the same
 // functions of routing_math.hpp over the same grid/block index math, the lanes of a row one after
 // the other. This is how every build tests the kernels' logic without a GPU
 // (tests/device/cuda_logic_test.cpp compares it with the CPU routers bit for bit). It is also

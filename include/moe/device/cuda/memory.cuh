@@ -2,7 +2,7 @@
 // SPDX-FileCopyrightText: The moe authors
 #pragma once
 
-// Device memory of moe::device::cuda (docs/architecture.md §5.5): the memory space, an owning
+// Device memory of moe::device::cuda (docs/architecture.md §5.4): the memory space, an owning
 // buffer (cudaMalloc / cudaFree, RAII) and non-owning views that carry the memory space, so that
 // moe::accessible_from<host device, view> is false at compile time.
 //

@@ -3,7 +3,7 @@
 #pragma once
 
 // The per-token routing math of the token-choice policies, written once for the host and for
-// CUDA (docs/architecture.md §5.5). Plain C++20: it compiles with any host compiler, and with nvcc
+// CUDA (docs/architecture.md §5.4). Plain C++20: it compiles with any host compiler, and with nvcc
 // every function is `__host__ __device__` (MOE_HOST_DEVICE). The CUDA routing kernel
 // (routing.cuh) runs these functions on the GPU; host_emulation (host_emulation.hpp) runs the same
 // functions over the same grid/block index math on the CPU, so that the kernels' logic is tested
@@ -34,14 +34,16 @@
 // canonical functions of kernels/math.hpp (xsimd is not usable in device code), and
 // tests/device/cuda_logic_test.cpp checks that they give the same bits.
 
+#include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 
+/// `__host__ __device__` under nvcc, nothing for a host compiler.
 #if defined(__CUDACC__)
 #define MOE_HOST_DEVICE __host__ __device__
 #else
 #define MOE_HOST_DEVICE
-#include <cmath>
 #endif
 
 namespace moe::kernels::cuda {
