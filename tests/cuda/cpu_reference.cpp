@@ -5,11 +5,18 @@
 #include <vector>
 
 #include <moe/device/cpu.hpp>
+#include <moe/device/cuda/memory.cuh>  // host code only: the memory space and buffers
+#include <moe/device/serial.hpp>
 #include <moe/device/cuda/host_emulation.hpp>
 #include <moe/experts/swiglu.hpp>
 #include <moe/routing/routers/group_limited.hpp>
 #include <moe/routing/routers/top_k.hpp>
 #include <moe/routing/wrappers/null_experts.hpp>
+
+// Host devices cannot read device memory: the layer refuses such views at compile time.
+static_assert(!moe::accessible_from<moe::device::cpu, moe::cuda_memory>);
+static_assert(!moe::accessible_from<moe::device::serial, moe::memory_space_of_t<moe::cuda_matrix_view<float>>>);
+static_assert(!moe::accessible_from<moe::device::cpu, moe::memory_space_of_t<moe::cuda_buffer<float>>>);
 
 namespace moe_cuda_test {
 namespace {

@@ -34,6 +34,7 @@ static_assert(!moe::accessible_from<moe::device::cuda, moe::host_memory>);
 static_assert(moe::accessible_from<moe::device::cuda, moe::memory_space_of_t<moe::cuda_matrix_view<float>>>);
 static_assert(std::is_same_v<moe::memory_space_of_t<moe::cuda_buffer<float>>, moe::cuda_memory>);
 static_assert(moe::device_for<moe::device::cuda, moe::cuda_swiglu_experts<__nv_bfloat16>>);
+// (That host devices cannot read cuda_memory is asserted in cpu_reference.cpp, a host-compiler TU.)
 
 constexpr int skip_code = 77;
 std::FILE* g_summary = nullptr;
@@ -174,6 +175,22 @@ void test_layer(const char* type, double nmse_limit) {
   const double nmse = den > 0 ? num / den : num;
   report(nmse <= nmse_limit, std::string("layer NMSE vs CPU layer, ") + type,
          "T 2048, E 64, k 8, d 256, f 128: NMSE " + std::to_string(nmse) + " (limit " + std::to_string(nmse_limit) + ")");
+  // moe::device_for's run() from the host plan (the CPU router's slots, its expert-major view
+  // uploaded): the same entries, so the same bits as dispatch() from the GPU plan.
+  {
+    moe::routing_plan hp;
+    hp.reset(Tn, K, E);
+    for (std::int64_t t = 0; t < Tn; ++t) {
+      for (int s = 0; s < K; ++s) hp.set(t, s, ref_e[static_cast<std::size_t>(t * K + s)], ref_w[static_cast<std::size_t>(t * K + s)]);
+    }
+    hp.build_expert_major();
+    const moe::layer_pass<moe::cuda_swiglu_experts<T>> pass{
+        &hp, moe::const_matrix_map<float>(dx.data(), Tn, d, Eigen::OuterStride<>(d)), &bank};
+    dev.run(pass, moe::matrix_map<float>(dy2.data(), Tn, d, Eigen::OuterStride<>(d)), ws);
+    dy2.download(y2.data(), Tn * d);
+    report(std::memcmp(y.data(), y2.data(), y.size() * sizeof(float)) == 0, std::string("run() from a host plan = dispatch(), ") + type,
+           "same bits");
+  }
   // Deterministic: the same call again gives the same bits.
   dev.dispatch(plan, {dx.data(), Tn, d, d}, bank, {dy2.data(), Tn, d, d}, ws);
   dy2.download(y2.data(), Tn * d);

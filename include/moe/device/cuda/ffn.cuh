@@ -127,24 +127,6 @@ __global__ void activation_kernel(const float* h, std::int64_t rows, int f, acti
   }
 }
 
-/// y[t][c] = Σ_{s < K} w[t, s] · out[row(t, s)][c] in slot order (fused steps), over the slots
-/// with a row (row < 0: nothing); y overwritten.
-__global__ static void combine_kernel(const float* out, const std::int64_t* slot_row, const float* w, std::int64_t T, int K,
-                                      int d, float* y, std::int64_t ld_y) {
-  const std::int64_t n = T * d;
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t t = i / d;
-    const int c = static_cast<int>(i % d);
-    float acc = 0.0f;
-    for (int s = 0; s < K; ++s) {
-      const std::int64_t r = slot_row[t * K + s];
-      if (r >= 0) acc = fmadd(w[t * K + s], out[r * d + c], acc);
-    }
-    y[t * ld_y + c] = acc;
-  }
-}
-
 /// Grid of a grid-stride elementwise kernel over n elements.
 inline unsigned elementwise_blocks(std::int64_t n) noexcept {
   const std::int64_t b = (n + 255) / 256;

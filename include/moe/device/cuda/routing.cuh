@@ -65,8 +65,7 @@ static __global__ void sort_count_kernel(std::int64_t tiles, std::int64_t tile, 
   if (bad >= 0) atomicMin(bad_slot, static_cast<unsigned long long>(bad));
 }
 
-static __global__ void sort_scan_kernel(std::int64_t tiles, int E, std::int32_t* counts, std::int64_t* totals,
-                                 std::int64_t* offsets) {
+static __global__ void sort_scan_kernel(std::int64_t tiles, int E, std::int32_t* counts, std::int64_t* totals) {
   const int e = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
   if (e < E) sort_scan_expert(e, tiles, E, counts, totals);
 }
@@ -114,7 +113,7 @@ inline cudaError_t launch_sort(const std::int32_t* experts, const float* weights
   const unsigned tb = 128;
   sort_count_kernel<<<static_cast<unsigned>((tiles + tb - 1) / tb), tb, 0, stream>>>(tiles, tile, experts, weights, slots,
                                                                                     E, s.counts, s.bad_slot);
-  sort_scan_kernel<<<static_cast<unsigned>((E + tb - 1) / tb), tb, 0, stream>>>(tiles, E, s.counts, s.totals, offsets);
+  sort_scan_kernel<<<static_cast<unsigned>((E + tb - 1) / tb), tb, 0, stream>>>(tiles, E, s.counts, s.totals);
   sort_offsets_kernel<<<1, 1, 0, stream>>>(E, s.totals, offsets);
   sort_place_kernel<<<static_cast<unsigned>((tiles + tb - 1) / tb), tb, 0, stream>>>(tiles, tile, experts, weights, slots,
                                                                                     K, E, s.counts, offsets, entries);
