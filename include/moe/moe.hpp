@@ -16,6 +16,7 @@
 #include "moe/core/workspace.hpp"
 #include "moe/device/cpu.hpp"
 #include "moe/device/serial.hpp"
+#include "moe/experts/lora.hpp"
 #include "moe/experts/mixed.hpp"
 #include "moe/experts/quantized.hpp"
 #include "moe/experts/shared.hpp"
