@@ -32,8 +32,8 @@
 #include <cstdint>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <map>
-#include <optional>
 #include <regex>
 #include <string>
 #include <string_view>
