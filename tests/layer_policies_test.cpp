@@ -234,6 +234,14 @@ TEMPLATE_LIST_TEST_CASE("layer with identity experts (LongCat-Flash): chosen ide
   CHECK(layer.plan().num_experts() == E);
   CHECK(layer.plan().identity_weight(0) > 0.0f);
   CHECK(layer.plan().active_slots(0) == 1);  // two of its three slots are identities
+  // A whole-batch base (capacity that drops nothing: the largest load): the same output, and on
+  // mpi each rank's slice of the plan keeps its identity weights.
+  using whole = moe::identity_experts<moe::capacity<moe::top_k<>>>;
+  auto wl = make_layer<TestType>(whole(moe::capacity<moe::top_k<>>(moe::top_k<>(w, {.k = k, .route_scale = scale}), {.drop_tokens = false}), m),
+                                 experts);
+  moe::row_matrix<float> yw(T, d);
+  wl.forward(x, yw);
+  CHECK(moe_test::relative_error(yw, want) < 1e-5);
 }
 
 TEMPLATE_LIST_TEST_CASE("layer with weights on the expert input (Llama 4): Expert(w x), combined with weight 1",
@@ -263,6 +271,14 @@ TEMPLATE_LIST_TEST_CASE("layer with weights on the expert input (Llama 4): Exper
       }
     }
     CHECK(moe_test::relative_error(y, want) < 1e-5);
+    // A whole-batch base: the flag survives mpi's slicing of the plan.
+    using whole = moe::weigh_input<moe::capacity<moe::top_k<moe::sigmoid_gate>>>;
+    auto wl = make_layer<TestType>(whole(moe::capacity<moe::top_k<moe::sigmoid_gate>>(moe::top_k<moe::sigmoid_gate>(w, {.k = k}),
+                                                                                      {.drop_tokens = false})),
+                                   experts);
+    moe::row_matrix<float> yw(T, d);
+    wl.forward(x, yw);
+    CHECK(moe_test::relative_error(yw, want) < 1e-5);
     // Not the output-weighted layer: the experts are nonlinear in their input.
     auto plain = make_layer<TestType>(moe::top_k<moe::sigmoid_gate>(w, {.k = k}), experts);
     moe::row_matrix<float> yo(T, d);

@@ -6,6 +6,7 @@
 // compute bitwise what the same weights give when built from the matrices; errors name the tensor.
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -560,6 +561,7 @@ TEST_CASE("checkpoint: a gpt-oss GGUF layer loads with its router bias, expert b
     });
   };
   CHECK(moe_test::bitwise_equal(run(std::move(got_bank)), run(std::move(want_bank))));
+  CHECK_THROWS_WITH(mio::load_experts(ckpt, cfg, moe_layer), Catch::Contains("have biases and a clamped SwiGLU"));
   CHECK_THROWS_WITH((mio::load_quantized_experts<fm::mxfp4>(ckpt, cfg, moe_layer)),
                     Catch::Contains("parameter 'Activation' must be act::clamped_swiglu (gpt-oss's experts), got silu"));
   fs::remove_all(dir);
@@ -626,6 +628,32 @@ TEST_CASE("checkpoint: with_router covers Llama 4, Phi-3.5-MoE, Granite, LongCat
   dbrx.renormalize = true;
   dbrx.renormalize_p = 2.0f;
   CHECK_THROWS_WITH(kind(dbrx, rw), Catch::Contains("parameter 'cfg.renormalize_p' must be 1 (division by the sum), got 2"));
+  // A logit bias on a router that does not add one is refused, not dropped.
+  auto biased = rw;
+  biased.logit_bias.assign(static_cast<std::size_t>(E), 0.5f);
+  CHECK_THROWS_WITH(kind(phi, biased), Catch::Contains("parameter 'rw.logit_bias' must be empty for this gating"));
+  // ERNIE 4.5's floor on the renormalisation sum reaches top_k: a selection bias that picks
+  // experts of tiny probability gives weights p / floor instead of p / sum.
+  auto ernie = test_config("ernie4_5_moe");
+  ernie.renormalize = true;
+  ernie.renormalize_min = 0.5f;  // large, so that it binds here
+  ernie.selection_bias = true;
+  mio::router_weights re;
+  re.weight = moe::row_matrix<float>::Zero(E, d);
+  re.weight(0, 0) = 30.0f;  // expert 0 takes almost all the probability of a token with x_0 = 1
+  re.selection_bias.assign(static_cast<std::size_t>(E), 0.0f);
+  re.selection_bias[0] = -10.0f;  // ... but the bias chooses two others
+  moe::row_matrix<float> xe = moe::row_matrix<float>::Zero(1, d);
+  xe(0, 0) = 1.0f;
+  mio::with_router(ernie, re, [&](const auto& r) {
+    moe::routing_plan plan;
+    moe::workspace ws;
+    r.route(moe::view(xe), {}, plan, ws);
+    CHECK(plan.expert(0, 0) != 0);
+    const double p_other = 1.0 / (std::exp(30.0) + (E - 1));  // each of the other experts
+    CHECK(plan.weight(0, 0) == Approx(p_other / 0.5).epsilon(1e-4));
+    return 0;
+  });
   auto hunyuan = test_config("hunyuan_v1_moe");
   hunyuan.layer_shapes = {{}, {}};
   CHECK_THROWS_WITH(kind(hunyuan, rw), Catch::Contains("cfg.layer(l)"));

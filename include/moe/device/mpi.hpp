@@ -711,7 +711,9 @@ class mpi {
       if (g.has_output_scale()) out.set_output_scale(t, g.output_scale(begin + t));
       if (g.has_entropy()) out.set_entropy(t, g.entropy(begin + t));
       if (g.has_top_score()) out.set_top_score(t, g.top_score(begin + t));
+      if (g.has_identity()) out.add_identity(t, g.identity_weight(begin + t));
     }
+    out.set_input_weighted(g.input_weighted());
     out.add_dropped(g.dropped());
   }
 

@@ -275,6 +275,7 @@ inline moe_tensor_names hf_tensor_names(std::string_view model_type, index layer
   } else if (in({"longcat_flash"})) {
     const std::string m = b + "mlp.";
     n.router = m + "router.classifier.weight";
+    n.router_bias = m + "router.classifier.bias";  // LongcatFlashTopkRouter's classifier, when router_bias
     n.selection_bias = m + "router.e_score_correction_bias";
     separate(m, "gate_proj", "up_proj", "down_proj");
   } else if (in({"gpt_oss"})) {
@@ -397,9 +398,10 @@ inline router_weights load_router(const checkpoint& ckpt, const model_config& cf
 /// wrapped in moe::weigh_input when the weights go on the expert input (Llama 4) and in
 /// moe::identity_experts when the model has identity experts (LongCat-Flash: the router weight
 /// and selection bias then cover `E + identity_experts` columns). Returns what f returns, which
-/// must be one type for every router. Throws moe::error for what no router here computes (a
-/// p-norm other than the sum, a floor on the sum of non-softmax weights) and for a model whose
-/// counts differ per layer (pass `cfg.layer(l)`).
+/// must be one type for every router. A floor on the renormalisation sum (ERNIE 4.5, Hunyuan) is
+/// top_k_options::renormalize_floor. Throws moe::error for what no router here computes (a
+/// p-norm other than the sum, a floor with sigmoid or grouped gating, a logit bias on a router
+/// that does not add one) and for a model whose counts differ per layer (pass `cfg.layer(l)`).
 template <class F>
 auto with_router(const model_config& cfg, const router_weights& rw, F&& f) -> decltype(f(std::declval<top_k<softmax_gate>>())) {
   constexpr const char* where = "moe::io::with_router";
@@ -413,7 +415,14 @@ auto with_router(const model_config& cfg, const router_weights& rw, F&& f) -> de
   if (cfg.renormalize && cfg.renormalize_min > 0.0f && cfg.gating != model_gating::softmax) {
     moe::detail::fail_parameter(error_id::config, where, "cfg.renormalize_min", "0 for non-softmax gating", cfg.renormalize_min);
   }
-  // (Softmax weights of k >= 1 experts sum to at least 1/E, above every floor the families set.)
+  if (cfg.renormalize && cfg.renormalize_min > 0.0f && cfg.n_groups > 1) {
+    moe::detail::fail_parameter(error_id::config, where, "cfg.renormalize_min", "0 for group-limited routing", cfg.renormalize_min);
+  }
+  // A router logit bias (added to the logits before the gate) only topk_softmax takes.
+  if (!rw.logit_bias.empty() && cfg.gating != model_gating::topk_then_softmax) {
+    moe::detail::fail_parameter(error_id::config, where, "rw.logit_bias", "empty for this gating (only top-k-then-softmax adds a logit bias)",
+                                rw.logit_bias.size());
+  }
   const auto& w = rw.weight;
   const int k = cfg.experts_per_token;
   // The base router, then the wrappers the description asks for.
@@ -435,8 +444,8 @@ auto with_router(const model_config& cfg, const router_weights& rw, F&& f) -> de
     case model_gating::topk_then_softmax:
       return finish(topk_softmax(w, {.k = k, .logit_bias = rw.logit_bias}));
     case model_gating::sigmoid_topk:
-      return finish(topk_sigmoid(w, {.k = k, .renormalize = cfg.renormalize, .route_scale = cfg.route_scale,
-                                     .selection_bias = rw.selection_bias}));
+      return finish(topk_sigmoid(w, {.k = k, .renormalize = cfg.renormalize, .renormalize_floor = cfg.renormalize_min,
+                                     .route_scale = cfg.route_scale, .selection_bias = rw.selection_bias}));
     case model_gating::sparsemixer:
       return finish(sparsemixer(w, {.k = k, .jitter_eps = cfg.jitter_eps}));
     case model_gating::softmax:
@@ -446,8 +455,8 @@ auto with_router(const model_config& cfg, const router_weights& rw, F&& f) -> de
                                                       .score = group_score::max, .renormalize = cfg.renormalize,
                                                       .route_scale = cfg.route_scale, .selection_bias = rw.selection_bias}));
       }
-      return finish(top_k<softmax_gate>(w, {.k = k, .renormalize = cfg.renormalize, .route_scale = cfg.route_scale,
-                                            .selection_bias = rw.selection_bias}));
+      return finish(top_k<softmax_gate>(w, {.k = k, .renormalize = cfg.renormalize, .renormalize_floor = cfg.renormalize_min,
+                                            .route_scale = cfg.route_scale, .selection_bias = rw.selection_bias}));
   }
 }
 
@@ -550,7 +559,7 @@ swiglu_experts<Scalar> load_experts(const checkpoint& ckpt, const model_config& 
     moe::detail::fail_parameter(error_id::config, "moe::io::load_experts", "layer", "a MoE layer of the model", layer);
   }
   const auto n = tensor_names(ckpt, cfg, layer);
-  if (!n.gate_up_bias.empty()) {
+  if (!n.gate_up_bias.empty() || cfg.model_type == "gpt-oss" || cfg.model_type == "gpt_oss") {
     ci::fail(moe::detail::concat("the experts of '", cfg.model_type,
                                  "' have biases and a clamped SwiGLU, which moe::swiglu_experts does not compute"));
   }
@@ -641,6 +650,11 @@ gated_mlp_experts<F, Activation> load_quantized_experts(const checkpoint& ckpt, 
     const auto m = load_matrix(ckpt, name, rows, cols);
     return std::vector<float>(m.data(), m.data() + m.size());
   };
+  if (oss) {  // gpt-oss's experts always have their three biases
+    for (const auto* name : {&n.gate_bias, &n.up_bias, &n.down_bias}) {
+      if (!ckpt.has(*name)) ci::fail(moe::detail::concat("gpt-oss layer ", layer, " has no expert bias tensor '", *name, "'"));
+    }
+  }
   auto bg = bias(n.gate_bias, E, f), bu = bias(n.up_bias, E, f), bd = bias(n.down_bias, E, d);
   if (!bg.empty() || !bu.empty() || !bd.empty()) bank.set_biases(std::move(bg), std::move(bu), std::move(bd));
   return bank;

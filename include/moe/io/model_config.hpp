@@ -99,8 +99,10 @@ struct model_config {
   /// weights are >= 0 (softmax, sigmoid), so |w| = w and p = 1 is exactly the sum of the weights.
   float renormalize_p = 1.0f;
   /// With `renormalize`: the divisor is max(norm, renormalize_min) (ERNIE 4.5 moe_norm_min,
-  /// HunYuan's torch.finfo(float32).eps); 0: none. After a softmax over E experts the top-k sum is
-  /// >= 1/E, so for E <= 2^20 neither family's floor ever binds.
+  /// HunYuan's torch.finfo(float32).eps); 0: none. Without a selection bias the top-k of a softmax
+  /// over E experts sum to >= 1/E and neither family's floor binds; with one (ERNIE's
+  /// moe_use_aux_free) the chosen experts may have tiny probabilities, and the floor then matters
+  /// (moe::io::with_router passes it as top_k_options::renormalize_floor).
   float renormalize_min = 0.0f;
   /// SparseMixer's ε (`model_gating::sparsemixer`; Phi-3.5 router_jitter_noise). Used at inference.
   float jitter_eps = 0.0f;

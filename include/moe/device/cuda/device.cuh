@@ -322,9 +322,10 @@ class cuda {
     if (!plan.has_expert_major()) {
       detail::throw_error(error_id::plan, detail::concat(where, ": parameter 'plan' must have its expert-major view built"));
     }
-    if (pass.shared || pass.mask || plan.has_output_scale()) {
-      detail::throw_error(error_id::config, detail::concat(where, ": shared experts, token masks and output scales are "
-                                                                  "not supported on moe::device::cuda yet"));
+    if (pass.shared || pass.mask || plan.has_output_scale() || plan.has_identity() || plan.input_weighted()) {
+      detail::throw_error(error_id::config, detail::concat(where, ": shared experts, token masks, output scales, identity "
+                                                                  "experts and input-weighted plans are not supported on "
+                                                                  "moe::device::cuda yet"));
     }
     detail::check_extent(where, "plan.num_experts()", plan.num_experts(), pass.experts->num_experts());
     ws.reserve(workspace_bytes(pass));

@@ -30,6 +30,10 @@ struct top_k_options {
   /// Divide the selected scores by their sum (Mixtral, Qwen `norm_topk_prob`). If that sum is
   /// <= 0 (every selected sigmoid score underflowed), the weights are 0, never NaN.
   bool renormalize = false;
+  /// With `renormalize`: the divisor is `max(sum, renormalize_floor)` (ERNIE 4.5's moe_norm_min
+  /// 1e-12, Hunyuan's FLT_EPSILON; finite, >= 0; 0 = the plain sum). It binds only when the
+  /// selected scores sum below it, e.g. when a selection bias chose experts of tiny probability.
+  float renormalize_floor = 0.0f;
   /// Multiplies every combine weight after renormalisation (DeepSeek-V3: 2.5).
   float route_scale = 1.0f;
   /// Logits are divided by this before the gate (> 0).
@@ -103,6 +107,9 @@ class top_k {
     detail::check_gate_options(where, m_experts, m_hidden, m_options.route_scale, m_options.temperature);
     detail::check_range<index>(where, "k", m_options.k, 1, m_experts);
     detail::check_softcap(where, m_options.softcap);
+    if (!(m_options.renormalize_floor >= 0.0f) || !std::isfinite(m_options.renormalize_floor)) {
+      detail::fail_parameter(error_id::config, where, "renormalize_floor", "finite and >= 0", m_options.renormalize_floor);
+    }
     if (!m_options.selection_bias.empty()) {
       detail::check_extent(where, "selection_bias.size()",
                            static_cast<index>(m_options.selection_bias.size()), m_experts);
@@ -244,6 +251,14 @@ class top_k {
   /// renormalised (zero-denominator rule) if asked, then scaled by route_scale.
   void weigh_row(const float* p, const std::int32_t* idx, index count, float* w) const noexcept {
     for (index s = 0; s < count; ++s) w[s] = p[idx[s]];
+    if (m_options.renormalize && m_options.renormalize_floor > 0.0f) {
+      // The same sum as renormalize_scale's; below the floor, divide by the floor instead.
+      const float total = kernels::sum(w, count);
+      if (total < m_options.renormalize_floor) {
+        for (index s = 0; s < count; ++s) w[s] = w[s] / m_options.renormalize_floor * m_options.route_scale;
+        return;
+      }
+    }
     kernels::renormalize_scale(w, count, m_options.renormalize, m_options.route_scale);
   }
 
