@@ -271,6 +271,30 @@ TEST_CASE("checkpoint: each Hugging Face family's naming loads back bitwise", "[
         CHECK(moe_test::bitwise_equal(forward(r.weight, mio::load_experts(ckpt, cfg, moe_layer), x, &*shared),
                                       forward(lw.router, bank(lw.gate, lw.up, lw.down), x, &ref_shared)));
       }
+      // In place, where the family's rows are contiguous: the bits of an in-place bank over the
+      // same arrays; input-major layouts are refused.
+      using L = mio::expert_layout;
+      using mapped = moe::mapped_swiglu_experts;
+      const auto src = [](const moe::row_matrix<float>& m, index experts, index r, index c) {
+        return moe::weight_source::stacked(moe::element_type::f32, m.data(), experts, r, c);
+      };
+      if (names.layout == L::separate || names.layout == L::stacked || names.layout == L::fused_halves) {
+        const mapped direct(src(lw.gate, E, f, d), src(lw.up, E, f, d), src(lw.down, E, d, f));
+        const auto in_place = forward(r.weight, mio::map_experts(ckpt, cfg, moe_layer), x);
+        CHECK(moe_test::bitwise_equal(in_place, forward(lw.router, direct, x)));
+        CHECK((in_place - expect).norm() <= 1e-5 * expect.norm());
+        CHECK(moe_test::bitwise_equal(forward(r.weight, mio::map_experts(ckpt, cfg, moe_layer, {.populate = false}), x), in_place));
+        const auto mshared = mio::map_shared_experts(ckpt, cfg, moe_layer);
+        CHECK(mshared.has_value() == (cfg.shared_experts > 0));
+        if (mshared) {
+          const mapped sdirect(src(lw.sgate, 1, fs_, d), src(lw.sup, 1, fs_, d), src(lw.sdown, 1, d, fs_));
+          const auto ref = cfg.shared_gate ? moe::shared_experts<mapped>(sdirect, lw.shared_gate) : moe::shared_experts<mapped>(sdirect);
+          CHECK(moe_test::bitwise_equal(forward(r.weight, mio::map_experts(ckpt, cfg, moe_layer), x, &*mshared),
+                                        forward(lw.router, direct, x, &ref)));
+        }
+      } else {
+        CHECK_THROWS_WITH(mio::map_experts(ckpt, cfg, moe_layer), Catch::Contains("input-major"));
+      }
       fs::remove_all(dir);
     }
   }
@@ -296,6 +320,20 @@ TEST_CASE("checkpoint: BF16 and F16 tensors load as bf16 or fp32 banks", "[io][c
                                     forward(r.weight, moe::swiglu_experts<float>(g, u, dn), x)));
       CHECK(moe_test::bitwise_equal(forward(r.weight, mio::load_experts<moe::bf16>(ckpt, cfg, moe_layer), x),
                                     forward(r.weight, moe::swiglu_experts<moe::bf16>(g, u, dn), x)));
+      // In place: the file's half-precision rows widened exactly, so the bits of fp32 rows of the
+      // same values; the bank keeps the file mapped after the checkpoint object is gone.
+      const auto src = [](const moe::row_matrix<float>& m, index experts, index r, index c) {
+        return moe::weight_source::stacked(moe::element_type::f32, m.data(), experts, r, c);
+      };
+      const moe::mapped_swiglu_experts direct(src(g, E, f, d), src(u, E, f, d), src(dn, E, d, f));
+      const auto want = forward(r.weight, direct, x);
+      CHECK(moe_test::bitwise_equal(forward(r.weight, mio::map_experts(ckpt, cfg, moe_layer), x), want));
+      auto orphan = [&] {
+        const mio::checkpoint own((dir / "model.safetensors").string());
+        return mio::map_experts(own, cfg, moe_layer, {.populate = true, .threads = 2});
+      }();
+      CHECK(orphan.weight_type() == t);
+      CHECK(moe_test::bitwise_equal(forward(r.weight, std::move(orphan), x), want));
       fs::remove_all(dir);
     }
   }
@@ -356,6 +394,11 @@ TEST_CASE("checkpoint: a sharded checkpoint and a GGUF file load through the sam
                                       expect));
         CHECK_THROWS_WITH(mio::load_quantized_experts<moe::formats::q8_0>(ckpt, cfg, moe_layer),
                           Catch::Contains("'blk.1.ffn_gate_exps.weight' type") && Catch::Contains("Q8_0"));
+        // In place from the GGUF file's stacked rows.
+        const moe::mapped_swiglu_experts direct(moe::weight_source::stacked(moe::element_type::f32, lw.gate.data(), E, f, d),
+                                                moe::weight_source::stacked(moe::element_type::f32, lw.up.data(), E, f, d),
+                                                moe::weight_source::stacked(moe::element_type::f32, lw.down.data(), E, d, f));
+        CHECK(moe_test::bitwise_equal(forward(lw.router, mio::map_experts(ckpt, cfg, moe_layer), x), forward(lw.router, direct, x)));
       }
     }
     // Q8_0 experts at d = f = 32 (whole blocks).
@@ -386,6 +429,8 @@ TEST_CASE("checkpoint: a sharded checkpoint and a GGUF file load through the sam
                                   forward(router, qbank(gb, ub, db, moe::swiglu_shape{E, dq, fq}), xq)));
     CHECK_THROWS_WITH(mio::load_experts(ckpt, cfg, moe_layer),
                       Catch::Contains("'blk.1.ffn_gate_exps.weight' dtype") && Catch::Contains("F32, BF16 or F16") && Catch::Contains("Q8_0"));
+    CHECK_THROWS_WITH(mio::map_experts(ckpt, cfg, moe_layer),
+                      Catch::Contains("'blk.1.ffn_gate_exps.weight' dtype") && Catch::Contains("Q8_0"));
     fs::remove_all(dir);
   }
 }

@@ -21,7 +21,9 @@
 
 #include "moe/config.hpp"
 #include "moe/core/error.hpp"
+#include "moe/core/parallel.hpp"
 #include "moe/core/views.hpp"
+#include "moe/experts/mapped.hpp"
 #include "moe/experts/quantized.hpp"
 #include "moe/experts/shared.hpp"
 #include "moe/experts/source.hpp"
@@ -75,12 +77,24 @@ class checkpoint {
     }
     const auto ext = p.extension().string();
     if (ext == ".gguf") {
-      m_gguf = std::make_unique<gguf_file>(p.string());
+      m_gguf = std::make_shared<gguf_file>(p.string());
     } else if (ext == ".json") {
-      m_index = std::make_unique<safetensors_index>(p.string());
+      m_index = std::make_shared<safetensors_index>(p.string());
     } else {
-      m_file = std::make_unique<safetensors_file>(p.string());
+      m_file = std::make_shared<safetensors_file>(p.string());
     }
+  }
+
+  /// Shared ownership of the checkpoint's mapped files: the tensors' bytes stay valid while the
+  /// returned pointer (or a copy) lives, after the checkpoint itself is gone. Banks that compute
+  /// from the file in place (map_experts()) hold one.
+  [[nodiscard]] std::shared_ptr<const void> keep_alive() const {
+    struct files {
+      std::shared_ptr<const safetensors_file> file;
+      std::shared_ptr<const safetensors_index> index;
+      std::shared_ptr<const gguf_file> gguf;
+    };
+    return std::make_shared<const files>(files{m_file, m_index, m_gguf});
   }
 
   [[nodiscard]] bool is_gguf() const noexcept { return m_gguf != nullptr; }
@@ -122,9 +136,9 @@ class checkpoint {
 
  private:
   std::filesystem::path m_dir;
-  std::unique_ptr<safetensors_file> m_file;
-  std::unique_ptr<safetensors_index> m_index;
-  std::unique_ptr<gguf_file> m_gguf;
+  std::shared_ptr<safetensors_file> m_file;
+  std::shared_ptr<safetensors_index> m_index;
+  std::shared_ptr<gguf_file> m_gguf;
 };
 
 /// How a family stores its routed experts.
@@ -571,6 +585,73 @@ swiglu_experts<Scalar> load_experts(const checkpoint& ckpt, const model_config& 
   return swiglu_experts<Scalar>(s.gate, s.up, s.down, threads);
 }
 
+namespace detail::checkpoint_impl {
+/// The sources of the shared experts of a layer `c` (all of them as one MLP of width
+/// `shared_intermediate`): separate gate, up and down, or Granite's fused `[2fs, d]` input matrix.
+inline ffn_sources shared_sources(const checkpoint& ckpt, const moe_tensor_names& n, const model_config& c) {
+  const index d = c.hidden, fs = c.shared_intermediate;
+  ffn_sources s;
+  const auto dn = ckpt.tensor(n.shared_down);
+  expect_shape(dn, {u(d), u(fs)});
+  s.down = weight_source::stacked(dense_type(dn), dn.bytes.data(), 1, d, fs);
+  if (n.shared_up.empty()) {  // one fused [2fs, d] input matrix (Granite)
+    const auto a = ckpt.tensor(n.shared_gate);
+    expect_shape(a, {u(2 * fs), u(d)});
+    const element_type ta = dense_type(a);
+    s.gate = weight_source::stacked(ta, a.bytes.data(), 1, fs, d);
+    s.up = s.gate;
+    s.up.data = a.bytes.data() + static_cast<std::size_t>(fs * d) * element_bytes(ta);
+  } else {
+    const auto a = ckpt.tensor(n.shared_gate), b = ckpt.tensor(n.shared_up);
+    expect_shape(a, {u(fs), u(d)});
+    expect_shape(b, {u(fs), u(d)});
+    s.gate = weight_source::stacked(dense_type(a), a.bytes.data(), 1, fs, d);
+    s.up = weight_source::stacked(dense_type(b), b.bytes.data(), 1, fs, d);
+  }
+  return s;
+}
+
+/// Faults the pages of every expert of `s` into the process's page tables (madvise
+/// MADV_POPULATE_READ; where the kernel lacks it, a read of one byte per page), experts split
+/// between up to `threads` threads. Pages not in the page cache are read from the file.
+inline void populate(const weight_source& s, int threads) {
+#if defined(__unix__) || defined(__APPLE__)
+  static const auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
+  const index E = s.experts;
+  const int nt = static_cast<int>(std::clamp<index>(threads > 0 ? threads : moe::detail::default_threads(), 1, std::max<index>(E, 1)));
+  moe::detail::parallel_region(nt, [&](int tid, int team, auto&&) {
+    for (index e = E * tid / team; e < E * (tid + 1) / team; ++e) {
+      const auto begin = reinterpret_cast<std::uintptr_t>(s.base(e)) / page * page;
+      const auto end = reinterpret_cast<std::uintptr_t>(s.base(e)) + s.expert_extent();
+      if (end <= begin) continue;
+#if defined(__linux__)
+#ifndef MADV_POPULATE_READ
+      constexpr int MADV_POPULATE_READ = 22;  // Linux 5.14
+#endif
+      if (madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ) == 0) continue;
+#endif
+      unsigned char sink = 0;
+      for (std::uintptr_t a = begin; a < end; a += page) sink ^= *reinterpret_cast<const volatile unsigned char*>(a);
+      (void)sink;
+    }
+  });
+#else
+  (void)s;
+  (void)threads;
+#endif
+}
+
+/// Refuses sources that the in-place bank cannot read (rows not contiguous), naming the family.
+inline void expect_rows_in_place(const model_config& cfg, const ffn_sources& s) {
+  for (const auto* src : {&s.gate, &s.up, &s.down}) {
+    if (src->col_stride != 1) {
+      fail(moe::detail::concat("the experts of '", cfg.model_type,
+                               "' are stored input-major, which cannot be computed in place; use load_experts() to pack them"));
+    }
+  }
+}
+}  // namespace detail::checkpoint_impl
+
 /// The shared experts of MoE layer `layer` (all of them as one SwiGLU MLP of width
 /// `shared_intermediate`, as the families store them), with their sigmoid gate where the model
 /// has one; std::nullopt for a model without shared experts.
@@ -581,37 +662,63 @@ std::optional<shared_experts<swiglu_experts<Scalar>>> load_shared_experts(const 
   const auto c = cfg.layer(layer);
   if (c.shared_experts == 0) return std::nullopt;
   const auto n = tensor_names(ckpt, c, layer);
-  const index d = c.hidden, fs = c.shared_intermediate;
-  moe_tensor_names one;
-  one.gate = n.shared_gate;
-  one.up = n.shared_up;
-  one.down = n.shared_down;
-  ci::ffn_sources s;
-  if (n.shared_up.empty()) {  // one fused [2fs, d] input matrix (Granite)
-    one.layout = expert_layout::fused_halves;
-    const auto a = ckpt.tensor(one.gate);
-    ci::expect_shape(a, {ci::u(2 * fs), ci::u(d)});
-    const auto c = ckpt.tensor(one.down);
-    ci::expect_shape(c, {ci::u(d), ci::u(fs)});
-    const element_type ta = ci::dense_type(a);
-    s.gate = weight_source::stacked(ta, a.bytes.data(), 1, fs, d);
-    s.up = s.gate;
-    s.up.data = a.bytes.data() + static_cast<std::size_t>(fs * d) * element_bytes(ta);
-    s.down = weight_source::stacked(ci::dense_type(c), c.bytes.data(), 1, d, fs);
-  } else {
-    one.layout = expert_layout::stacked;
-    const auto a = ckpt.tensor(one.gate), b = ckpt.tensor(one.up), c = ckpt.tensor(one.down);
-    ci::expect_shape(a, {ci::u(fs), ci::u(d)});
-    ci::expect_shape(b, {ci::u(fs), ci::u(d)});
-    ci::expect_shape(c, {ci::u(d), ci::u(fs)});
-    s.gate = weight_source::stacked(ci::dense_type(a), a.bytes.data(), 1, fs, d);
-    s.up = weight_source::stacked(ci::dense_type(b), b.bytes.data(), 1, fs, d);
-    s.down = weight_source::stacked(ci::dense_type(c), c.bytes.data(), 1, d, fs);
-  }
+  const auto s = ci::shared_sources(ckpt, n, c);
   swiglu_experts<Scalar> bank(s.gate, s.up, s.down, threads);
   if (!c.shared_gate) return shared_experts<swiglu_experts<Scalar>>(std::move(bank));
-  const auto g = load_vector(ckpt, n.shared_expert_gate, d);
-  return shared_experts<swiglu_experts<Scalar>>(std::move(bank), g);
+  return shared_experts<swiglu_experts<Scalar>>(std::move(bank), load_vector(ckpt, n.shared_expert_gate, c.hidden));
+}
+
+/// How map_experts() and map_shared_experts() prepare a bank.
+struct map_options {
+  /// Fault the experts' pages into the process now, on `threads` threads (from the page cache,
+  /// or from the file where they are not cached), so that the first pass reads them at memory
+  /// speed; false: on first use.
+  bool populate = true;
+  int threads = 0;  ///< 0: all
+};
+
+/// The routed experts of MoE layer `layer` computed in place from the checkpoint's tensors
+/// (moe::mapped_swiglu_experts: F32, BF16 or F16, nothing packed or copied; the bank keeps the
+/// checkpoint's files mapped). The layout must have contiguous rows (`[out × in]` tensors: the
+/// Hugging Face families with separate or stacked experts, Granite, GGUF); input-major layouts
+/// (Llama 4, DBRX's w2, gpt-oss) and quantized tensors are refused with a moe::error (use
+/// load_experts() or load_quantized_experts()), as are experts with biases.
+inline mapped_swiglu_experts map_experts(const checkpoint& ckpt, const model_config& cfg, index layer, const map_options& opt = {}) {
+  namespace ci = detail::checkpoint_impl;
+  if (!cfg.is_moe_layer(layer)) {
+    moe::detail::fail_parameter(error_id::config, "moe::io::map_experts", "layer", "a MoE layer of the model", layer);
+  }
+  const auto n = tensor_names(ckpt, cfg, layer);
+  if (!n.gate_up_bias.empty() || cfg.model_type == "gpt-oss" || cfg.model_type == "gpt_oss") {
+    ci::fail(moe::detail::concat("the experts of '", cfg.model_type,
+                                 "' have biases and a clamped SwiGLU, which moe::mapped_swiglu_experts does not compute"));
+  }
+  const auto c = cfg.layer(layer);
+  const auto s = ci::dense_sources(ckpt, n, c.experts, c.hidden, c.moe_intermediate);
+  ci::expect_rows_in_place(cfg, s);
+  mapped_swiglu_experts bank(s.gate, s.up, s.down, ckpt.keep_alive());
+  if (opt.populate) {
+    for (const auto* src : {&s.gate, &s.up, &s.down}) ci::populate(*src, opt.threads);
+  }
+  return bank;
+}
+
+/// The shared experts of MoE layer `layer` in place (as load_shared_experts(), over
+/// moe::mapped_swiglu_experts), for a layer whose routed experts come from map_experts().
+inline std::optional<shared_experts<mapped_swiglu_experts>> map_shared_experts(const checkpoint& ckpt, const model_config& cfg,
+                                                                               index layer, const map_options& opt = {}) {
+  namespace ci = detail::checkpoint_impl;
+  const auto c = cfg.layer(layer);
+  if (c.shared_experts == 0) return std::nullopt;
+  const auto n = tensor_names(ckpt, c, layer);
+  const auto s = ci::shared_sources(ckpt, n, c);
+  ci::expect_rows_in_place(cfg, s);
+  mapped_swiglu_experts bank(s.gate, s.up, s.down, ckpt.keep_alive());
+  if (opt.populate) {
+    for (const auto* src : {&s.gate, &s.up, &s.down}) ci::populate(*src, opt.threads);
+  }
+  if (!c.shared_gate) return shared_experts<mapped_swiglu_experts>(std::move(bank));
+  return shared_experts<mapped_swiglu_experts>(std::move(bank), load_vector(ckpt, n.shared_expert_gate, c.hidden));
 }
 
 /// The routed experts of MoE layer `layer` of a GGUF file in their own block format F
