@@ -235,6 +235,7 @@ TEST_CASE("gguf: every check of the reader names the field and the offset", "[io
     b[24 + 9 + 4] = 3;
     expect_error("21_bool_must_be_0_or_1", b, "a bool must be 0 or 1, got 3");
   }
+  moe_test::check_corpus_complete("gguf");
 }
 
 TEST_CASE("gguf: a file that does not exist is an error naming it", "[io][gguf][error]") {

@@ -135,6 +135,7 @@ TEST_CASE("safetensors: every check of the reader", "[io][safetensors][error]") 
   const auto f = moe::io::safetensors_file::from_bytes(as_bytes(file_of(two, 32)));
   CHECK_THROWS_WITH(f.matrix("b"), Catch::Contains("parameter 'b dtype' must be F32, got BF16"));
   CHECK_THROWS_WITH(f.matrix("c"), Catch::Contains("no tensor named 'c'"));
+  moe_test::check_corpus_complete("safetensors");
 }
 
 }  // namespace

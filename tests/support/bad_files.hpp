@@ -14,6 +14,8 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
+#include <set>
 #include <string>
 
 namespace moe_test {
@@ -27,12 +29,19 @@ inline std::string read_file(const std::filesystem::path& p) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
+/// The names check_corpus_file() has seen, per reader.
+inline std::set<std::string>& corpus_names(const std::string& reader) {
+  static std::map<std::string, std::set<std::string>> names;
+  return names[reader];
+}
+
 /// Checks that the corpus file `<reader>/<name><ext>` holds `bytes` and its `.expect` file
 /// `message` (or writes both when MOE_WRITE_BAD_CORPUS is set).
 inline void check_corpus_file(const std::string& reader, const std::string& name, const std::string& ext,
                               const std::string& bytes, const std::string& message) {
   const auto dir = bad_corpus_dir(reader);
   const auto file = dir / (name + ext), expect = dir / (name + ".expect");
+  corpus_names(reader).insert(name);
   if (std::getenv("MOE_WRITE_BAD_CORPUS")) {
     std::filesystem::create_directories(dir);
     std::ofstream(file, std::ios::binary) << bytes;
@@ -42,6 +51,25 @@ inline void check_corpus_file(const std::string& reader, const std::string& name
   INFO("corpus file " << file.string());
   CHECK(read_file(file) == bytes);
   CHECK(read_file(expect) == message);
+}
+
+/// After a reader's test has built its whole corpus: the corpus directory holds exactly the
+/// files it built (a file that no test generates any more is stale: an error, or removed when
+/// MOE_WRITE_BAD_CORPUS is set).
+inline void check_corpus_complete(const std::string& reader) {
+  const auto dir = bad_corpus_dir(reader);
+  const auto& built = corpus_names(reader);
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    const auto stem = entry.path().stem().string();
+    if (built.count(stem)) continue;
+    if (std::getenv("MOE_WRITE_BAD_CORPUS")) {
+      std::filesystem::remove(entry.path());
+      continue;
+    }
+    INFO("stale corpus file " << entry.path().string() << ": no test builds it");
+    CHECK(built.count(stem) == 1);
+  }
+  CHECK(!built.empty());
 }
 
 }  // namespace moe_test

@@ -134,7 +134,7 @@ class mapped_experts {
     // Two intermediate columns at a time: four weight rows (gate and up of each).
     for (; c + 2 <= c1; c += 2) {
       const std::byte* w[4] = {row(m_gate, e, c), row(m_up, e, c), row(m_gate, e, c + 1), row(m_up, e, c + 1)};
-      kernels::for_row_blocks(rows, [&](index r, auto mr) {
+      kernels::for_row_blocks<kernels::dot_rows<arch>>(rows, [&](index r, auto mr) {
         constexpr int MR = decltype(mr)::value;
         float o[MR][4];
         kernels::dot_tile<arch, W, MR, 4>(x + r, w, d, o);
@@ -147,7 +147,7 @@ class mapped_experts {
     }
     if (c < c1) {
       const std::byte* w[2] = {row(m_gate, e, c), row(m_up, e, c)};
-      kernels::for_row_blocks(rows, [&](index r, auto mr) {
+      kernels::for_row_blocks<kernels::dot_rows<arch>>(rows, [&](index r, auto mr) {
         constexpr int MR = decltype(mr)::value;
         float o[MR][2];
         kernels::dot_tile<arch, W, MR, 2>(x + r, w, d, o);
@@ -163,7 +163,7 @@ class mapped_experts {
     const auto columns = [&]<int NR>(index c) {
       const std::byte* w[NR];
       for (int j = 0; j < NR; ++j) w[j] = row(m_down, e, c + j);
-      kernels::for_row_blocks(rows, [&](index r, auto mr) {
+      kernels::for_row_blocks<kernels::dot_rows<arch>>(rows, [&](index r, auto mr) {
         constexpr int MR = decltype(mr)::value;
         float o[MR][NR];
         kernels::dot_tile<arch, W, MR, NR>(act + r, w, f, o);

@@ -125,17 +125,33 @@ MOE_FORCEINLINE void dot_tile(const float* const* MOE_RESTRICT x, const std::byt
   }
 }
 
-/// Calls `tile(integral_constant<MR>)` for consecutive row blocks of `rows` (blocks of 4, then
-/// the rest as one block of 1 to 3), with the block's first row.
-template <class F>
+/// Input rows per dot-product tile on architecture A: 4 where it has 32 vector registers
+/// (AVX-512: 16 accumulators of a 4 × 4 tile, 4 weights and an input fit), 2 elsewhere (16
+/// registers: a 2 × 4 tile).
+template <class A>
+inline constexpr int dot_rows = [] {
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_base_of_v<xsimd::avx512f, A>) return 4;
+#endif
+  return 2;
+}();
+
+/// Calls `tile(r, integral_constant<MR>)` for consecutive row blocks of `rows`: blocks of
+/// `MaxRows`, then the rest as one smaller block, with the block's first row.
+template <int MaxRows, class F>
 MOE_FORCEINLINE void for_row_blocks(index rows, F&& tile) {
+  static_assert(MaxRows >= 1 && MaxRows <= 4);
   index r = 0;
-  for (; r + 4 <= rows; r += 4) tile(r, std::integral_constant<int, 4>{});
-  switch (rows - r) {
-    case 3: tile(r, std::integral_constant<int, 3>{}); break;
-    case 2: tile(r, std::integral_constant<int, 2>{}); break;
-    case 1: tile(r, std::integral_constant<int, 1>{}); break;
-    default: break;
+  for (; r + MaxRows <= rows; r += MaxRows) tile(r, std::integral_constant<int, MaxRows>{});
+  const index rest = rows - r;
+  if constexpr (MaxRows > 3) {
+    if (rest == 3) tile(r, std::integral_constant<int, 3>{});
+  }
+  if constexpr (MaxRows > 2) {
+    if (rest == 2) tile(r, std::integral_constant<int, 2>{});
+  }
+  if constexpr (MaxRows > 1) {
+    if (rest == 1) tile(r, std::integral_constant<int, 1>{});
   }
 }
 
