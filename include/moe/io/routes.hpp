@@ -160,10 +160,11 @@ inline route_recording read_routes(const safetensors_file& f, index experts = 0)
 
   route_recording r(T, L, k, with_weights);
   const auto id_bytes = f.data(ids);
-  std::memcpy(r.ids().data(), id_bytes.data(), id_bytes.size());  // little-endian, as safetensors stores it
+  // Little-endian, as safetensors stores it; no copy of an empty tensor (its data may be null).
+  if (!id_bytes.empty()) std::memcpy(r.ids().data(), id_bytes.data(), id_bytes.size());
   if (with_weights) {
     const auto w_bytes = f.data(f.tensor(routes_weights_tensor));
-    std::memcpy(r.weights().data(), w_bytes.data(), w_bytes.size());
+    if (!w_bytes.empty()) std::memcpy(r.weights().data(), w_bytes.data(), w_bytes.size());
   }
   r.check_ids(moe::detail::concat(ri::where, ": ", routes_ids_tensor), E > 0 ? E : route_recording::max_experts);
   const auto all = r.ids();

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // Tests of include/moe/routing/wrappers/forced_routes.hpp (docs/routing-spec.md §19): replaying a
-// capture reproduces the captured layer outputs bitwise, over the devices of support/devices.hpp;
+// capture reproduces the captured layer outputs bitwise, over the devices of support/devices.hpp
+// (serial and cpu here; mpi under mpirun in moe_mpi_tests, which compiles this file too: every
+// rank records and replays its own rows);
 // the live weight rule under changed router weights; every check of the constructor and route().
 #include <catch2/catch.hpp>
 
@@ -18,6 +20,7 @@
 #include <moe/routing/wrappers/capacity.hpp>
 #include <moe/routing/wrappers/forced_routes.hpp>
 #include <moe/routing/wrappers/null_experts.hpp>
+#include <moe/routing/wrappers/rms_scaled.hpp>
 
 #include "../../support/compare.hpp"
 #include "../../support/devices.hpp"
@@ -103,6 +106,23 @@ TEMPLATE_LIST_TEST_CASE("forced_routes: replaying a group_limited capture (DeepS
     check_replay<TestType>(moe::group_limited<>(router_w, o),
                            moe::top_k<moe::sigmoid_gate>(router_w, {.k = 4, .renormalize = true, .route_scale = 2.5f}),
                            w, x);
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("forced_routes: replaying an rms_scaled_router capture (Gemma 4: transformed input, per-expert scales) reproduces the layer outputs bitwise",
+                        "[routing][forced_routes][replay]", moe_test::devices) {
+  moe_test::rng rng(1907);
+  const index E = 8, d = 24, f = 16;
+  const auto w = moe_test::random_swiglu(rng, E, d, f);
+  const auto router_w = rng.matrix(E, d);
+  moe::rms_scaled_options o;
+  for (index i = 0; i < d; ++i) o.input_scale.push_back(rng.uniform(0.5f, 1.5f));
+  for (index e = 0; e < E; ++e) o.per_expert_scale.push_back(rng.uniform(0.5f, 2.0f));
+  using gemma = moe::rms_scaled_router<moe::top_k<>>;
+  for (const index T : {4, 50}) {
+    const auto x = rng.matrix(T, d);
+    check_replay<TestType>(gemma(moe::top_k<>(router_w, {.k = 2, .renormalize = true}), o),
+                           gemma(moe::top_k<>(router_w, {.k = 2, .renormalize = true}), o), w, x);
   }
 }
 
@@ -259,7 +279,7 @@ TEST_CASE("forced_routes: the checks of the constructor and of route name the pa
   nan_x(4, 0) = std::numeric_limits<float>::quiet_NaN();
   CHECK_THROWS_WITH(moe_test::route(r, nan_x, {.threads = 2}),
                     Contains("moe::forced_routes::route: parameter 'x' gives a NaN router logit (token 3"));
-  static_assert(moe::needs_whole_batch<moe::forced_routes<>>());
+  static_assert(!moe::needs_whole_batch<moe::forced_routes<>>());  // each process replays its own rows
 }
 
 }  // namespace

@@ -62,8 +62,9 @@ struct forced_routes_options {
 /// still computed for the plan's entropy and top-1 scores.
 ///
 /// Token t of the batch is token t of the recording, so the batch must have exactly
-/// `num_tokens()` rows and the policy needs the whole batch (a device that splits the batch over
-/// processes gathers it). The base must score its experts as its columns (no null or identity
+/// `num_tokens()` rows. The policy routes the rows it is given (it does not ask for the whole
+/// batch): on moe::device::mpi each rank routes its own rows, so each rank replays the recording
+/// of its own plans (the plan its layer.plan() holds). The base must score its experts as its columns (no null or identity
 /// columns: `columns() == num_experts()`), route `max_slots() == k` slots, and have the
 /// recording's expert count when the recording knows it.
 ///
@@ -79,8 +80,9 @@ class forced_routes {
  public:
   using router_type = forced_routes;
   using base_type = Base;
-  /// Token t is row t of the recorded batch: the route of a token depends on its position.
-  static constexpr bool needs_whole_batch = true;
+  /// Routes the rows it is given (token t = row t of the recorded batch, which on a device that
+  /// splits the batch over processes is the process's own batch).
+  static constexpr bool needs_whole_batch = false;
 
   /// Replays layer `layer` of `recording` (its ids, and weights if asked, are copied) over the
   /// base's logits. Throws moe::error if the layer is out of range or was never recorded, the
