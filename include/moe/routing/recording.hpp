@@ -62,12 +62,15 @@ class route_recording {
     m_recorded.assign(static_cast<std::size_t>(layers), std::uint8_t{0});
   }
 
+  /// Tokens of the recorded forward.
   [[nodiscard]] index num_tokens() const noexcept { return m_tokens; }
+  /// Layers the recording has room for (recorded or not).
   [[nodiscard]] index num_layers() const noexcept { return m_layers; }
   /// Slots per token and layer.
   [[nodiscard]] index k() const noexcept { return m_k; }
   /// The expert count E of the recorded plans, or 0 if unknown.
   [[nodiscard]] index num_experts() const noexcept { return m_experts; }
+  /// Whether the recording keeps the combine weights.
   [[nodiscard]] bool has_weights() const noexcept { return m_has_weights; }
   /// Whether layer l was recorded (record() or set_recorded()).
   [[nodiscard]] bool recorded(index l) const noexcept {
