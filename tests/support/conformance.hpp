@@ -10,7 +10,7 @@
 //   3. the expert-major view holds exactly the slots of nonzero weight, each under its expert
 //      with its weight, tokens ascending;
 //   4. routing is deterministic: the same batch routes to the same bits with a fresh or a reused
-//      plan and workspace, and on 1 or 2 threads;
+//      plan and workspace, and on 1, 2 or 3 threads (slots, weights, entropies and top-1 scores);
 //   5. a per-token router (needs_whole_batch() false) is batch invariant: a token alone, or in
 //      the batch reversed, gets the same slots bit for bit;
 //   6. a batch of the wrong width throws moe::error naming 'x.cols()'; a NaN token state
@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <functional>
 #include <limits>
@@ -90,6 +91,19 @@ inline bool same_plan(const moe::routing_plan& a, const moe::routing_plan& b) {
   return a.dropped() == b.dropped();
 }
 
+/// The entropies and top-1 scores the plans record are bitwise the same.
+inline bool same_records(const moe::routing_plan& a, const moe::routing_plan& b) {
+  if (a.num_tokens() != b.num_tokens() || a.has_entropy() != b.has_entropy() ||
+      a.has_top_score() != b.has_top_score()) {
+    return false;
+  }
+  for (moe::index t = 0; t < a.num_tokens(); ++t) {
+    const float ha = a.entropy(t), hb = b.entropy(t), sa = a.top_score(t), sb = b.top_score(t);
+    if (std::memcmp(&ha, &hb, sizeof ha) != 0 || std::memcmp(&sa, &sb, sizeof sa) != 0) return false;
+  }
+  return true;
+}
+
 /// Property 2 and 3 on one plan.
 template <class R>
 void check_plan(const R& r, moe::routing_plan& plan, moe::index T) {
@@ -155,7 +169,8 @@ void check_router_conformance(const R& r, const context_fn& context = {}, moe::i
   // 2, 3. The plan of the whole batch.
   auto plan = detail::route_rows(r, X, all, context, 1);
   detail::check_plan(r, plan, T);
-  // 4. Determinism: reused plan and workspace (after a batch of another size), and 2 threads.
+  // 4. Determinism: reused plan and workspace (after a batch of another size), and 2 and 3
+  // threads.
   {
     moe::routing_plan reused;
     moe::workspace ws;
@@ -163,7 +178,12 @@ void check_router_conformance(const R& r, const context_fn& context = {}, moe::i
     detail::route_rows(r, X, some, context, 1, &reused, &ws);
     detail::route_rows(r, X, all, context, 1, &reused, &ws);
     CHECK(detail::same_plan(reused, plan));
-    CHECK(detail::same_plan(detail::route_rows(r, X, all, context, 2), plan));
+    for (const int threads : {2, 3}) {
+      INFO(threads << " threads");
+      const auto threaded = detail::route_rows(r, X, all, context, threads);
+      CHECK(detail::same_plan(threaded, plan));
+      CHECK(detail::same_records(threaded, plan));
+    }
   }
   // 5. Batch invariance of per-token routers.
   if constexpr (!moe::needs_whole_batch<R>()) {

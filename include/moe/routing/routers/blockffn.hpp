@@ -90,8 +90,13 @@ inline double chunk_sparsity(const routing_plan& plan, index chunk_length, std::
 /// varies in [0, E] (max_slots() = E); a token whose scores are all <= 0 uses no expert (its MoE
 /// output is 0). The RMSNorm runs in double (no overflow of a²). `+inf` scores: the limit of the
 /// RMSNorm, `â = sqrt(E / n_inf)` on the n_inf infinite entries, 0 elsewhere. The plan records
-/// the Shannon entropy of `â / Σ â`. Losses: moe::chunk_sparsification_loss and
-/// moe::activation_locality_loss (losses/blockffn.hpp). Batch invariant.
+/// the Shannon entropy of `â / Σ â` and, as its top-1 score, `â` of the first expert (before the
+/// gain, as moe::rms_scaled_router's per-expert scale). Losses: moe::chunk_sparsification_loss
+/// and moe::activation_locality_loss (losses/blockffn.hpp). Batch invariant.
+///
+/// A token-choice policy of the stage engine (routing/routers/token_choice.hpp): route() and
+/// route_logits() run on up to `route_context::threads` threads, bitwise the same plan as one
+/// thread (docs/routing-spec.md §17.0).
 class blockffn {
  public:
   using router_type = blockffn;
@@ -130,19 +135,14 @@ class blockffn {
   [[nodiscard]] index max_slots() const noexcept { return m_experts; }
   [[nodiscard]] const blockffn_options& options() const noexcept { return m_options; }
 
-  /// Routes `x [T × d]` into `plan` (`[T × E]`).
-  void route(const_matrix_map<float> x, const route_context& /*ctx*/, routing_plan& plan, workspace& ws) const {
-    detail::check_extent("moe::blockffn::route", "x.cols()", x.cols(), m_hidden);
-    const index T = x.rows();
-    float* r = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * m_experts, 1)));  // [T × E]
-    kernels::gemm(x.data(), T, x.outerStride(), m_weight, r, m_experts, ws);
-    route_rows(r, T, plan, ws, "moe::blockffn::route", "x");
+  /// Routes `x [T × d]` into `plan` (`[T × E]`), on up to `ctx.threads` threads.
+  void route(const_matrix_map<float> x, const route_context& ctx, routing_plan& plan, workspace& ws) const {
+    route_by_stages(*this, x, ctx, plan, ws, "moe::blockffn::route");
   }
 
-  /// Routes precomputed raw scores `z = W_r x [T × E]` (copied).
-  void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws) const {
-    detail::check_extent("moe::blockffn::route_logits", "z.cols()", z.cols(), m_experts);
-    route_rows(detail::copy_logits(z, ws), z.rows(), plan, ws, "moe::blockffn::route_logits", "z");
+  /// Routes precomputed raw scores `z = W_r x [T × E]` (copied), on up to `ctx.threads` threads.
+  void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws, const route_context& ctx = {}) const {
+    route_logits_by_stages(*this, z, plan, ws, "moe::blockffn::route_logits", ctx);
   }
 
   /// Token-level and chunk-level sparsity (chunks of options().chunk_length consecutive tokens,
@@ -161,55 +161,78 @@ class blockffn {
     return s;
   }
 
- private:
-  void route_rows(float* r, index T, routing_plan& plan, workspace& ws, std::string_view where,
-                  std::string_view param) const {
-    const index E = m_experts;
-    plan.reset(T, E, E);
-    if (T == 0) return;
+  // ---- Stages (moe::token_choice_policy), each on one row of E floats.
+
+  [[nodiscard]] index columns() const noexcept { return m_experts; }
+  [[nodiscard]] std::int32_t column_expert(index c) const noexcept { return static_cast<std::int32_t>(c); }
+  /// Raw scores `r [T × E] = W_r x` (one thread).
+  void logits(const_matrix_map<float> x, float* z, index ldz, workspace& ws) const {
+    kernels::gemm(x.data(), x.rows(), x.outerStride(), m_weight, z, ldz, ws);
+  }
+  [[nodiscard]] const kernels::packed_weights& logits_weight() const noexcept { return m_weight; }
+  /// The NaN policy on one row (token t); an error names `where` and `param`.
+  void prepare_row(float* r, index n, index t, std::string_view where = "moe::blockffn::route",
+                   std::string_view param = "x") const {
+    detail::apply_nan_policy(r, n, t, m_options.nan,
+                             {.where = where,
+                              .param = param,
+                              .option = "blockffn_options::nan",
+                              .value = "router score",
+                              .expected = "finite or ±inf scores"});
+  }
+  /// `â = RMSNorm(ReLU(r))` before the gain (its limit `sqrt(E / n_inf)` on the n_inf `+inf`
+  /// scores when there are any); false if no score is > 0 (the token uses no expert).
+  bool gate_row(const float* r, float* a_hat) const noexcept {
     constexpr float inf = std::numeric_limits<float>::infinity();
-    float* key = ws.take<float>(static_cast<std::size_t>(E));
-    float* a_hat = ws.take<float>(static_cast<std::size_t>(E));
-    std::int32_t* idx = ws.take<std::int32_t>(static_cast<std::size_t>(E));
-    for (index t = 0; t < T; ++t) {
-      float* rt = r + t * E;
-      detail::apply_nan_policy(rt, E, t, m_options.nan,
-                               {.where = where,
-                                .param = param,
-                                .option = "blockffn_options::nan",
-                                .value = "router score",
-                                .expected = "finite or ±inf scores"});
-      index n_inf = 0;
-      double sq = 0;
-      for (index e = 0; e < E; ++e) {
-        key[e] = rt[e] > 0.0f ? rt[e] : -inf;
-        n_inf += rt[e] == inf;
-        if (rt[e] > 0.0f) sq += static_cast<double>(rt[e]) * rt[e];
-      }
-      const index count = kernels::top_k(key, E, E, idx);  // active experts, best first
-      if (count == 0) {
-        plan.set_entropy(t, 0.0f);
-        continue;  // every score <= 0: no expert
-      }
-      if (n_inf > 0) {
-        const float share = static_cast<float>(std::sqrt(static_cast<double>(E) / static_cast<double>(n_inf)));
-        for (index e = 0; e < E; ++e) a_hat[e] = rt[e] == inf ? share : 0.0f;
-      } else {
-        const double rho = std::sqrt(sq / static_cast<double>(E) + static_cast<double>(m_options.eps));
-        for (index e = 0; e < E; ++e) a_hat[e] = rt[e] > 0.0f ? static_cast<float>(rt[e] / rho) : 0.0f;
-      }
-      index written = 0;
-      for (index s = 0; s < count; ++s) {
-        const auto e = idx[s];
-        if (n_inf > 0 && rt[e] != inf) continue;  // finite scores vanish next to +inf ones
-        plan.set(t, written++, e, a_hat[e] * m_options.gain[static_cast<std::size_t>(e)]);
-      }
-      const float total = kernels::sum(a_hat, E);
-      for (index e = 0; e < E; ++e) key[e] = a_hat[e] / total;
-      plan.set_entropy(t, kernels::entropy(key, E));
+    const index E = m_experts;
+    index n_inf = 0, active = 0;
+    double sq = 0;
+    for (index e = 0; e < E; ++e) {
+      n_inf += r[e] == inf;
+      active += r[e] > 0.0f;
+      if (r[e] > 0.0f) sq += static_cast<double>(r[e]) * r[e];
     }
+    if (active == 0) return false;
+    if (n_inf > 0) {
+      const float share = static_cast<float>(std::sqrt(static_cast<double>(E) / static_cast<double>(n_inf)));
+      for (index e = 0; e < E; ++e) a_hat[e] = r[e] == inf ? share : 0.0f;
+    } else {
+      const double rho = std::sqrt(sq / static_cast<double>(E) + static_cast<double>(m_options.eps));
+      for (index e = 0; e < E; ++e) a_hat[e] = r[e] > 0.0f ? static_cast<float>(r[e] / rho) : 0.0f;
+    }
+    return true;
+  }
+  /// Shannon entropy of `â / Σ â` (`scratch`: E floats).
+  [[nodiscard]] float row_entropy(const float* a_hat, float* scratch) const noexcept {
+    const index E = m_experts;
+    const float total = kernels::sum(a_hat, E);
+    for (index e = 0; e < E; ++e) scratch[e] = a_hat[e] / total;
+    return kernels::entropy(scratch, E);
+  }
+  /// The experts with `r > 0`, in descending order of r (ties: lower index); only the `+inf`
+  /// ones when there are any (finite scores vanish next to them). `scratch`: E floats.
+  index select_row(const float* r, const float*, std::int32_t* idx, float* scratch) const noexcept {
+    constexpr float inf = std::numeric_limits<float>::infinity();
+    const index E = m_experts;
+    bool any_inf = false;
+    for (index e = 0; e < E; ++e) {
+      scratch[e] = r[e] > 0.0f ? r[e] : -inf;
+      any_inf = any_inf || r[e] == inf;
+    }
+    const index count = kernels::top_k(scratch, E, E, idx);  // active experts, best first
+    if (!any_inf) return count;
+    index kept = 0;
+    for (index s = 0; s < count; ++s) {
+      if (r[idx[s]] == inf) idx[kept++] = idx[s];
+    }
+    return kept;
+  }
+  /// The gate `â_e · gamma_e` of each selected expert.
+  void weigh_row(const float* a_hat, const std::int32_t* idx, index count, float* w) const noexcept {
+    for (index s = 0; s < count; ++s) w[s] = a_hat[idx[s]] * m_options.gain[static_cast<std::size_t>(idx[s])];
   }
 
+ private:
   blockffn_options m_options;
   index m_experts;
   index m_hidden;
@@ -217,5 +240,6 @@ class blockffn {
 };
 
 static_assert(router<blockffn>);
+static_assert(token_choice_policy<blockffn>);
 
 }  // namespace moe

@@ -19,6 +19,8 @@
 #include "moe/kernels/gating.hpp"
 #include "moe/routing/detail/rows.hpp"
 #include "moe/routing/routers/gates.hpp"
+#include "moe/core/parallel.hpp"
+#include "moe/routing/routers/token_choice.hpp"
 #include "moe/routing/routers/top_k.hpp"
 
 namespace moe {
@@ -68,7 +70,10 @@ struct expert_choice_stats {
 /// ascending expert index, and the expert-major view lists each expert's tokens in token order.
 ///
 /// Expert choice is non-causal (an expert's choice depends on every token of the call), so it
-/// belongs in full-sequence calls (prefill, encoders, diffusion). A call with `k_c = 0` (`T < E/c`,
+/// belongs in full-sequence calls (prefill, encoders, diffusion). It runs on up to
+/// `route_context::threads` threads: the logits, NaN policy and softmax over tokens, each
+/// expert's choice over experts (columns of S); bitwise the same plan as one thread, an error
+/// naming the lowest bad token (docs/routing-spec.md §17.0). A call with `k_c = 0` (`T < E/c`,
 /// a decode step) is rejected with moe::error unless `small_batch` says otherwise:
 /// `route_nowhere` accepts it (nobody routed), `token_choice` routes that call by softmax top-
 /// `fallback_k` (gates = softmax probabilities, renormalised if `fallback_renormalize`). The
@@ -102,19 +107,26 @@ class expert_choice {
     return std::clamp<index>(std::max(c, m_options.min_capacity), 0, T);
   }
 
-  /// Routes `x [T × d]` into `plan` (`[T × E]` slots over E experts).
-  void route(const_matrix_map<float> x, const route_context& /*ctx*/, routing_plan& plan, workspace& ws) const {
+  /// Routes `x [T × d]` into `plan` (`[T × E]` slots over E experts), on up to `ctx.threads`
+  /// threads.
+  void route(const_matrix_map<float> x, const route_context& ctx, routing_plan& plan, workspace& ws) const {
     detail::check_extent("moe::expert_choice::route", "x.cols()", x.cols(), hidden());
     const index T = x.rows(), E = num_experts();
+    const int nt = detail::token_choice::threads_for(ctx, T);
     float* z = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * E, 1)));  // [T × E]
-    m_base.logits(x, z, E, ws);
-    route_rows(z, T, plan, ws, "moe::expert_choice::route", "x");
+    route_rows(z, T, ctx, plan, ws, detail::token_choice::logits_stage(m_base, x, z, nt, ws),
+               "moe::expert_choice::route", "x");
   }
 
-  /// Routes precomputed logits `z = W x [T × E]` (copied).
-  void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws) const {
+  /// Routes precomputed logits `z = W x [T × E]` (copied), on up to `ctx.threads` threads.
+  void route_logits(const_matrix_map<float> z, routing_plan& plan, workspace& ws, const route_context& ctx = {}) const {
     detail::check_extent("moe::expert_choice::route_logits", "z.cols()", z.cols(), num_experts());
-    route_rows(detail::copy_logits(z, ws), z.rows(), plan, ws, "moe::expert_choice::route_logits", "z");
+    const index T = z.rows();
+    float* copy = ws.take<float>(static_cast<std::size_t>(std::max<index>(T * num_experts(), 1)));  // [T × E]
+    route_rows(copy, T, ctx, plan, ws, [&](int tid, int team, auto&&) noexcept {
+      const auto rows = detail::share_of(T, tid, team);
+      detail::copy_rows(z, rows.begin, rows.end, copy);
+    }, "moe::expert_choice::route_logits", "z");
   }
 
   /// k_c, unchosen tokens and the largest number of experts per token of a plan.
@@ -141,8 +153,14 @@ class expert_choice {
     return o;
   }
 
-  // `param` names the input ("x" or "z") in errors.
-  void route_rows(float* z, index T, routing_plan& plan, workspace& ws, const char* where, const char* param) const {
+  // Three phases, each on the threads: `logits` (a stage of parallel_rows() that fills the
+  // thread's rows of z), then the NaN policy and softmax of each token (rows); then either the
+  // token-choice fallback (rows) or each expert's top-k_c over its column of S (experts, whose
+  // chosen tokens are written into the plan afterwards in expert order, so that every token's
+  // slots list its experts ascending). `param` names the input ("x" or "z") in errors.
+  template <class Logits>
+  void route_rows(float* z, index T, const route_context& ctx, routing_plan& plan, workspace& ws, Logits&& logits,
+                  const char* where, const char* param) const {
     constexpr float neg_inf = -std::numeric_limits<float>::infinity();
     const index E = num_experts();
     plan.reset(T, E, E);
@@ -157,35 +175,59 @@ class expert_choice {
                                             "expert_choice_options::small_batch to token_choice or route_nowhere)"),
                              T);
     }
+    const int nt = detail::token_choice::threads_for(ctx, T);       // over tokens
+    const int nt_experts = detail::token_choice::threads_for(ctx, E);  // over experts
+    const index lane = std::max(T, E);
     float* S = ws.take<float>(static_cast<std::size_t>(T * E));  // [T × E] token-wise softmax
-    float* scratch = ws.take<float>(static_cast<std::size_t>(std::max(T, E)));
-    for (index t = 0; t < T; ++t) {
+    float* scratch = ws.take<float>(static_cast<std::size_t>(std::max(nt, nt_experts) * lane));  // per thread
+    float* entropy = plan.entropy_data();
+    const auto gate = [&](index t, float* s) {  // throws the NaN error of token t
       float* zt = z + t * E;
       detail::apply_nan_policy(zt, E, t, m_options.nan,
                                {.where = where, .param = param, .option = "expert_choice_options::nan"});
-      float H = 0.0f;
-      m_base.gate_row(zt, S + t * E, &H, scratch);
-      plan.set_entropy(t, H);
-    }
+      m_base.gate_row(zt, S + t * E, entropy + t, s);
+    };
+    detail::token_choice::parallel_rows(T, nt, ws, logits, [&](int tid, index t) noexcept {
+      try {
+        gate(t, scratch + tid * lane);
+      } catch (...) {
+        return false;
+      }
+      return true;
+    }, [&](index t) { gate(t, scratch); });
+    plan.mark_entropy();
     if (kc == 0) {
       if (m_options.small_batch != expert_choice_fallback::token_choice) return;  // route nowhere
       const index k = m_options.fallback_k;
-      auto* idx = ws.take<std::int32_t>(static_cast<std::size_t>(k));
-      float* w = ws.take<float>(static_cast<std::size_t>(k));
-      for (index t = 0; t < T; ++t) {
-        const index count = m_base.select_row(z + t * E, S + t * E, idx, scratch);
-        m_base.weigh_row(S + t * E, idx, count, w);
-        for (index s = 0; s < count; ++s) plan.set(t, s, idx[s], w[s]);
-      }
+      auto* idx = ws.take<std::int32_t>(static_cast<std::size_t>(nt * k));
+      float* w = ws.take<float>(static_cast<std::size_t>(nt * k));
+      detail::parallel_region(nt, [&](int tid, int team, auto&&) {
+        std::int32_t* ti = idx + tid * k;
+        float* tw = w + tid * k;
+        const auto rows = detail::share_of(T, tid, team);
+        for (index t = rows.begin; t < rows.end; ++t) {
+          const index count = m_base.select_row(z + t * E, S + t * E, ti, scratch + tid * lane);
+          m_base.weigh_row(S + t * E, ti, count, tw);
+          for (index s = 0; s < count; ++s) detail::token_choice::write_slot(plan, t, s, ti[s], tw[s]);
+        }
+      });
+      plan.invalidate();
       return;
     }
-    auto* idx = ws.take<std::int32_t>(static_cast<std::size_t>(kc));
+    auto* chosen = ws.take<std::int32_t>(static_cast<std::size_t>(E * kc));  // [E × k_c] tokens per expert
+    auto* count = ws.take<index>(static_cast<std::size_t>(E));
+    detail::parallel_region(nt_experts, [&](int tid, int team, auto&&) {
+      float* key = scratch + tid * lane;
+      const auto experts = detail::share_of(E, tid, team);
+      for (index e = experts.begin; e < experts.end; ++e) {
+        for (index t = 0; t < T; ++t) key[t] = z[t * E + e] == neg_inf ? neg_inf : S[t * E + e];
+        count[e] = kernels::top_k(key, T, kc, chosen + e * kc);
+      }
+    });
     auto* next = ws.take_zeroed<std::int32_t>(static_cast<std::size_t>(T));  // next free slot per token
     for (index e = 0; e < E; ++e) {
-      for (index t = 0; t < T; ++t) scratch[t] = z[t * E + e] == neg_inf ? neg_inf : S[t * E + e];
-      const index count = kernels::top_k(scratch, T, kc, idx);
-      for (index i = 0; i < count; ++i) {
-        const index t = idx[i];
+      for (index i = 0; i < count[e]; ++i) {
+        const index t = chosen[e * kc + i];
         plan.set(t, next[t]++, static_cast<std::int32_t>(e), S[t * E + e]);
       }
     }

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <span>
 #include <utility>
 #include <vector>
 
@@ -21,6 +22,7 @@
 #include "moe/kernels/math.hpp"
 #include "moe/routing/detail/rows.hpp"
 #include "moe/routing/routers/gates.hpp"
+#include "moe/routing/routers/token_choice.hpp"
 
 namespace moe {
 
@@ -70,7 +72,8 @@ struct prototypical_stats {
 ///
 /// Batch invariant. A zero token (or zero prototype) has cosine 0: ties go to the lowest index.
 /// The plan records an entropy only with the softmax activation (of the softmax gates; 0 for
-/// unconditional tokens).
+/// unconditional tokens). route() runs on up to `route_context::threads` threads, bitwise the
+/// same plan as one thread; an error names the lowest bad token (docs/routing-spec.md §17.0).
 class prototypical {
  public:
   using router_type = prototypical;
@@ -126,7 +129,9 @@ class prototypical {
   /// The prototypes `[N_E × d]`.
   [[nodiscard]] const row_matrix<float>& prototypes() const noexcept { return m_prototypes; }
 
-  /// Routes `x [T × d]`; `ctx.conditional` (`[T]` or empty) marks the unconditional tokens.
+  /// Routes `x [T × d]`; `ctx.conditional` (`[T]` or empty) marks the unconditional tokens. On up
+  /// to `ctx.threads` threads, each computing the dot products of its share of the tokens (of the
+  /// prototypes' panels in a decode step, as the stage engine does) and routing them.
   void route(const_matrix_map<float> x, const route_context& ctx, routing_plan& plan, workspace& ws) const {
     constexpr const char* where = "moe::prototypical::route";
     detail::check_extent(where, "x.cols()", x.cols(), m_hidden);
@@ -137,43 +142,27 @@ class prototypical {
     if (T == 0) return;
     const index N = m_routed;
     const index K = m_options.k;
-    float* z = ws.take<float>(static_cast<std::size_t>(T * N));  // [T × N_E] dots, then scaled cosines
-    float* g = ws.take<float>(static_cast<std::size_t>(N));      // [N_E] gates
-    std::int32_t* idx = ws.take<std::int32_t>(static_cast<std::size_t>(K));
-    kernels::gemm(x.data(), T, x.outerStride(), m_packed, z, N, ws);
-    const bool softmax = m_options.activation == prototype_activation::softmax;
-    for (index t = 0; t < T; ++t) {
-      if (!cond.empty() && cond[static_cast<std::size_t>(t)] == 0) {
-        route_unconditional(t, plan);
-        if (softmax) plan.set_entropy(t, 0.0f);
-        continue;
+    const int nt = detail::token_choice::threads_for(ctx, T);
+    const auto n = static_cast<std::size_t>(nt);
+    float* z = ws.take<float>(static_cast<std::size_t>(T * N));  // [T × N_E] dots
+    float* cos = ws.take<float>(n * static_cast<std::size_t>(N));  // per thread: [N_E] scaled cosines
+    float* g = ws.take<float>(n * static_cast<std::size_t>(N));    // per thread: [N_E] gates
+    auto* idx = ws.take<std::int32_t>(n * static_cast<std::size_t>(K));
+    const auto buffers = [&](int tid) { return row_buffers{cos + tid * N, g + tid * N, idx + tid * K}; };
+    detail::token_choice::parallel_rows(T, nt, ws, detail::token_choice::logits_stage(*this, x, z, nt, ws),
+                                        [&](int tid, index t) noexcept {
+      try {
+        route_token(x, cond, z, t, buffers(tid), plan);
+      } catch (...) {
+        return false;
       }
-      float* zt = z + t * N;
-      double sq = 0;
-      for (index i = 0; i < m_hidden; ++i) sq += static_cast<double>(x(t, i)) * x(t, i);
-      const double nx = std::max(std::sqrt(sq), static_cast<double>(m_options.eps));
-      for (index j = 0; j < N; ++j) {
-        zt[j] = static_cast<float>(m_options.alpha * (zt[j] / (nx * m_norm[static_cast<std::size_t>(j)])));
-      }
-      // The NaN policy (NaN cosines come from NaN or infinite token states).
-      detail::apply_nan_policy(zt, N, t, m_options.nan,
-                               {.where = where,
-                                .param = "x",
-                                .option = "prototypical_options::nan",
-                                .value = "cosine",
-                                .expected = "finite token states"});
-      const index count = kernels::top_k(zt, N, K, idx);
-      switch (m_options.activation) {
-        case prototype_activation::identity: std::copy(zt, zt + N, g); break;
-        case prototype_activation::sigmoid: kernels::sigmoid(zt, N, g); break;
-        case prototype_activation::softmax:
-          kernels::softmax(zt, N, g);
-          plan.set_entropy(t, kernels::entropy(g, N));
-          break;
-      }
-      for (index s = 0; s < count; ++s) plan.set(t, s, idx[s], g[idx[s]]);
-      plan.set_top_score(t, count > 0 ? g[idx[0]] : 0.0f);
+      return true;
+    }, [&](index t) { route_token(x, cond, z, t, buffers(0), plan); });
+    if (m_options.activation == prototype_activation::softmax) plan.mark_entropy();
+    if (cond.empty() || std::any_of(cond.begin(), cond.end(), [](std::uint8_t c) { return c != 0; })) {
+      plan.mark_top_score();  // some token was routed by the prototypes
     }
+    plan.invalidate();
   }
 
   /// Counts of conditional and unconditional tokens and the routed gates of a plan.
@@ -200,7 +189,63 @@ class prototypical {
     return s;
   }
 
+  // ---- Stage 1, as the stage engine (routing/routers/token_choice.hpp) computes it.
+
+  /// N_E: one dot product per routed expert.
+  [[nodiscard]] index columns() const noexcept { return m_routed; }
+  /// The prototypes, packed: stage 1 is `z = P x`, the cosines follow per token.
+  [[nodiscard]] const kernels::packed_weights& logits_weight() const noexcept { return m_packed; }
+  /// Dot products `z [T × N_E] = P x` (one thread).
+  void logits(const_matrix_map<float> x, float* z, index ldz, workspace& ws) const {
+    kernels::gemm(x.data(), x.rows(), x.outerStride(), m_packed, z, ldz, ws);
+  }
+
  private:
+  /// Per-thread buffers of route_token(): scaled cosines and gates [N_E], selection [k].
+  struct row_buffers {
+    float* cos;
+    float* g;
+    std::int32_t* idx;
+  };
+
+  // Routes token t from its dot products `z[t]` (left as they are) into its own row of the plan
+  // (bulk entropy and top-score arrays, no shared state); throws the token's error.
+  void route_token(const_matrix_map<float> x, std::span<const std::uint8_t> cond, const float* z, index t,
+                   const row_buffers& b, routing_plan& plan) const {
+    const index N = m_routed;
+    const bool softmax = m_options.activation == prototype_activation::softmax;
+    if (!cond.empty() && cond[static_cast<std::size_t>(t)] == 0) {
+      route_unconditional(t, plan);
+      if (softmax) plan.entropy_data()[t] = 0.0f;
+      return;
+    }
+    const float* zt = z + t * N;
+    double sq = 0;
+    for (index i = 0; i < m_hidden; ++i) sq += static_cast<double>(x(t, i)) * x(t, i);
+    const double nx = std::max(std::sqrt(sq), static_cast<double>(m_options.eps));
+    for (index j = 0; j < N; ++j) {
+      b.cos[j] = static_cast<float>(m_options.alpha * (zt[j] / (nx * m_norm[static_cast<std::size_t>(j)])));
+    }
+    // The NaN policy (NaN cosines come from NaN or infinite token states).
+    detail::apply_nan_policy(b.cos, N, t, m_options.nan,
+                             {.where = "moe::prototypical::route",
+                              .param = "x",
+                              .option = "prototypical_options::nan",
+                              .value = "cosine",
+                              .expected = "finite token states"});
+    const index count = kernels::top_k(b.cos, N, m_options.k, b.idx);
+    switch (m_options.activation) {
+      case prototype_activation::identity: std::copy(b.cos, b.cos + N, b.g); break;
+      case prototype_activation::sigmoid: kernels::sigmoid(b.cos, N, b.g); break;
+      case prototype_activation::softmax:
+        kernels::softmax(b.cos, N, b.g);
+        plan.entropy_data()[t] = kernels::entropy(b.g, N);
+        break;
+    }
+    for (index s = 0; s < count; ++s) detail::token_choice::write_slot(plan, t, s, b.idx[s], b.g[b.idx[s]]);
+    plan.top_score_data()[t] = count > 0 ? b.g[b.idx[0]] : 0.0f;
+  }
+
   void route_unconditional(index t, routing_plan& plan) const {
     if (m_options.unconditional_experts == 0) {
       detail::throw_error(error_id::input,
@@ -209,7 +254,7 @@ class prototypical {
                                          "prototypical_options::unconditional_experts >= 1"));
     }
     for (index u = 0; u < m_options.unconditional_experts; ++u) {
-      plan.set(t, u, static_cast<std::int32_t>(m_routed + u), 1.0f);
+      detail::token_choice::write_slot(plan, t, u, static_cast<std::int32_t>(m_routed + u), 1.0f);
     }
   }
 

@@ -37,7 +37,10 @@
 // `route_context::threads` (0: the device's); stages 2-5 run on each thread's share with its
 // own scratch, so every stage must be callable concurrently on distinct rows (they are const and
 // keep no state). The plan is bitwise the same on any number of threads, and a NaN error names
-// the lowest bad token.
+// the lowest bad token. Routers that are not a chain of these stages (moe::prototypical,
+// moe::expert_choice, moe::similarity_aware) run on the threads through the engine's pieces:
+// detail::token_choice::logits_stage() (stage 1, on the threads when linear) and
+// detail::token_choice::parallel_rows() (rows on the threads, the same lowest-bad-row rule).
 //
 // A wrapper takes its base as a template parameter and either forwards these stages, changing
 // one (moe::null_experts adds columns and changes step 5), or runs them itself with other
@@ -135,6 +138,42 @@ inline int threads_for(const route_context& ctx, index T) noexcept {
   return static_cast<int>(std::max<index>(1, std::min<index>(nt, T)));
 }
 
+/// Slot `s` of token `t` is expert `e` with weight `w` (0 for moe::no_expert), as
+/// routing_plan::set() writes it but without touching the plan's shared state, so that threads
+/// may write distinct tokens at once: call `plan.invalidate()` after the last write.
+inline void write_slot(routing_plan& plan, index t, index s, std::int32_t e, float w) noexcept {
+  plan.experts(t)[static_cast<std::size_t>(s)] = e;
+  plan.weights(t)[static_cast<std::size_t>(s)] = e == no_expert ? 0.0f : w;
+}
+
+/// Runs `stage(tid, team, barrier)`, then `row(tid, t)` on every row t of the thread's share of
+/// `[0, n)` (detail::share_of), on up to `nt` threads. `row` must not throw: it returns false
+/// when row t fails, which stops its thread. After the region each interrupted share, in
+/// ascending order, is run again serially from its first failed row by `retry(t)`, which routes
+/// row t on the calling thread (thread 0's buffers) and throws the row's error; so the error
+/// raised is the one of the lowest failed row, exactly as one thread raises it.
+template <class Stage, class Row, class Retry>
+void parallel_rows(index n, int nt, workspace& ws, Stage&& stage, Row&& row, Retry&& retry) {
+  auto* bad = ws.take<index>(static_cast<std::size_t>(nt));  // first failed row per thread, or -1
+  std::fill(bad, bad + nt, index{-1});
+  int team_size = 1;
+  detail::parallel_region(nt, [&](int tid, int team, auto&& barrier) {
+    if (tid == 0) team_size = team;
+    stage(tid, team, barrier);
+    const auto rows = detail::share_of(n, tid, team);
+    for (index t = rows.begin; t < rows.end; ++t) {
+      if (!row(tid, t)) {
+        bad[tid] = t;
+        break;
+      }
+    }
+  });
+  for (int i = 0; i < team_size; ++i) {
+    if (bad[i] < 0) continue;
+    for (index t = bad[i]; t < detail::share_of(n, i, team_size).end; ++t) retry(t);
+  }
+}
+
 /// Per-thread buffers of the row stages: s and scratch [C], idx and w [max(K, 1)].
 struct row_buffers {
   float* s;
@@ -166,21 +205,13 @@ bool route_row(const P& policy, float* zt, index t, routing_plan& plan, const ro
   const index count = policy.select_row(zt, b.s, b.idx, b.scratch);
   top[t] = count > 0 ? b.s[b.idx[0]] : 0.0f;  // before weigh_row may overwrite s
   policy.weigh_row(b.s, b.idx, count, b.w);
-  auto experts = plan.experts(t);
-  auto weights = plan.weights(t);
-  for (index slot = 0; slot < count; ++slot) {
-    const std::int32_t e = policy.column_expert(b.idx[slot]);
-    experts[static_cast<std::size_t>(slot)] = e;
-    weights[static_cast<std::size_t>(slot)] = e == no_expert ? 0.0f : b.w[slot];
-  }
+  for (index slot = 0; slot < count; ++slot) write_slot(plan, t, slot, policy.column_expert(b.idx[slot]), b.w[slot]);
   return true;
 }
 
 /// Runs `logits(tid, team, barrier)`, which fills (at least) the thread's share of the rows of
-/// `z [T × C]`, then stages 2-5 on each thread's share of the rows, on `nt` threads. A row
-/// whose NaN stage throws stops its thread; after the region, the interrupted shares are routed
-/// again serially from their first bad row, so the error raised is the one of the lowest bad
-/// token, exactly as one thread raises it.
+/// `z [T × C]`, then stages 2-5 on each thread's share of the rows, on `nt` threads
+/// (parallel_rows(): a NaN error names the lowest bad token, as on one thread).
 template <class P, class Logits>
 void route_rows(const P& policy, float* z, index T, int nt, routing_plan& plan, workspace& ws, Logits&& logits,
                 std::string_view where, std::string_view param) {
@@ -191,36 +222,19 @@ void route_rows(const P& policy, float* z, index T, int nt, routing_plan& plan, 
   float* scratch = ws.take<float>(n * static_cast<std::size_t>(C));
   auto* idx = ws.take<std::int32_t>(n * static_cast<std::size_t>(K));
   float* w = ws.take<float>(n * static_cast<std::size_t>(K));
-  auto* bad = ws.take<index>(n);  // first row whose NaN stage threw, per thread, or -1
-  std::fill(bad, bad + nt, index{-1});
-  int team_size = 1;
   const auto buffers = [&](int tid) {
     return row_buffers{s + tid * C, scratch + tid * C, idx + tid * K, w + tid * K};
   };
-  detail::parallel_region(nt, [&](int tid, int team, auto&& barrier) {
-    if (tid == 0) team_size = team;
-    logits(tid, team, barrier);
-    const row_buffers b = buffers(tid);
-    const auto rows = detail::share_of(T, tid, team);
-    for (index t = rows.begin; t < rows.end; ++t) {
-      if (!route_row(policy, z + t * C, t, plan, b, where, param)) {
-        bad[tid] = t;
-        break;
-      }
+  parallel_rows(T, nt, ws, logits, [&](int tid, index t) noexcept {
+    return route_row(policy, z + t * C, t, plan, buffers(tid), where, param);
+  }, [&](index t) {
+    if (!route_row(policy, z + t * C, t, plan, buffers(0), where, param)) {
+      prepare(policy, z + t * C, C, t, where, param);  // throws: the lowest bad token
     }
   });
   plan.mark_entropy();
   plan.mark_top_score();
   plan.invalidate();
-  for (int i = 0; i < team_size; ++i) {
-    if (bad[i] < 0) continue;
-    const row_buffers b = buffers(0);
-    for (index t = bad[i]; t < detail::share_of(T, i, team_size).end; ++t) {
-      if (!route_row(policy, z + t * C, t, plan, b, where, param)) {
-        prepare(policy, z + t * C, C, t, where, param);  // throws: the lowest bad token
-      }
-    }
-  }
 }
 
 /// Stage 1 of a linear_logits policy on thread `tid` of `team`: its share of the router input
@@ -252,6 +266,30 @@ void linear_logits_share(const P& policy, const_matrix_map<float> x, float* in, 
   scale(policy, z + rows.begin * C, rows.end - rows.begin, C);
 }
 
+/// Stage 1 of `policy` on `x [T × d]` into `z [T × columns()]`, for up to `nt` threads, as a
+/// `stage(tid, team, barrier)` of parallel_rows() or route_rows(): for a linear_logits policy
+/// each thread computes its share (linear_logits_share(), with its scratch taken here from the
+/// workspace); otherwise logits() runs here, once, on the calling thread, and the stage does
+/// nothing. The bits of z are those of logits() on any number of threads.
+template <class P>
+auto logits_stage(const P& policy, const_matrix_map<float> x, float* z, int nt, workspace& ws) {
+  const index T = x.rows();
+  if constexpr (linear_logits<P>) {
+    const index d = policy.hidden();
+    const bool decode = T <= decode_rows && nt > 1;
+    float* in = nullptr;  // [T × d] router input, for a transformed_input policy
+    if constexpr (transformed_input<P>) in = ws.take<float>(static_cast<std::size_t>(T * d));
+    auto* scratch = ws.take<kernels::gemm_scratch>(static_cast<std::size_t>(nt));
+    for (int i = 0; i < nt; ++i) scratch[i] = kernels::make_gemm_scratch(decode ? T : (T + nt - 1) / nt, d, ws);
+    return [&policy, x, in, z, scratch](int tid, int team, auto&& barrier) noexcept {
+      linear_logits_share(policy, x, in, z, scratch[tid], tid, team, barrier);
+    };
+  } else {
+    policy.logits(x, z, policy.columns(), ws);
+    return [](int, int, auto&&) noexcept {};
+  }
+}
+
 }  // namespace detail::token_choice
 
 /// Routes `x [T × d]` into `plan` (`[T × max_slots()]` over num_experts() experts) by running
@@ -269,20 +307,8 @@ void route_by_stages(const P& policy, const_matrix_map<float> x, const route_con
   if (T == 0) return;
   const int nt = detail::token_choice::threads_for(ctx, T);
   float* z = ws.take<float>(static_cast<std::size_t>(T * C));  // [T × C]
-  if constexpr (detail::token_choice::linear_logits<P>) {
-    const index d = policy.hidden();
-    const bool decode = T <= detail::token_choice::decode_rows && nt > 1;
-    float* in = nullptr;  // [T × d] router input, for a transformed_input policy
-    if constexpr (detail::token_choice::transformed_input<P>) in = ws.take<float>(static_cast<std::size_t>(T * d));
-    auto* scratch = ws.take<kernels::gemm_scratch>(static_cast<std::size_t>(nt));
-    for (int i = 0; i < nt; ++i) scratch[i] = kernels::make_gemm_scratch(decode ? T : (T + nt - 1) / nt, d, ws);
-    detail::token_choice::route_rows(policy, z, T, nt, plan, ws, [&](int tid, int team, auto&& barrier) {
-      detail::token_choice::linear_logits_share(policy, x, in, z, scratch[tid], tid, team, barrier);
-    }, where, "x");
-  } else {
-    policy.logits(x, z, C, ws);
-    detail::token_choice::route_rows(policy, z, T, nt, plan, ws, [](int, int, auto&&) {}, where, "x");
-  }
+  detail::token_choice::route_rows(policy, z, T, nt, plan, ws, detail::token_choice::logits_stage(policy, x, z, nt, ws),
+                                   where, "x");
 }
 
 /// route_by_stages() with a default context (all threads).

@@ -203,7 +203,10 @@ struct similarity_aware_stats {
 /// causal sequence, or every other weight underflowed) is routed exactly as the base routes it.
 /// The similarity matrix costs O(L² d) per sequence (a canonical SIMD kernel) and L² floats of
 /// workspace. Not batch invariant by design (a token's route depends on its sequence), but
-/// sequences are independent and results are deterministic.
+/// sequences are independent and results are deterministic. On up to `route_context::threads`
+/// threads: the base's logits, NaN policy and gates over the tokens, then, sequence by
+/// sequence, the mixing and routing of its tokens (the similarity kernel or the attention
+/// rows of S run on the calling thread); bitwise the same plan as one thread.
 ///
 /// @tparam Base a moe::token_choice_policy: moe::top_k<>, moe::null_experts<moe::top_k<>>, ...
 /// @tparam Similarity a moe::similarity_kernel (moe::scaled_dot_similarity by default).
@@ -241,41 +244,62 @@ class similarity_aware {
     plan.reset(T, max_slots(), num_experts());
     if (T == 0) return;
     const index C = m_base.columns();
-    const index K = m_base.max_slots();
+    const index K = std::max<index>(m_base.max_slots(), 1);
+    const int nt = detail::token_choice::threads_for(ctx, T);
+    const auto n = static_cast<std::size_t>(nt);
     float* z = ws.take<float>(static_cast<std::size_t>(T * C));   // [T × C] logits
     float* pi = ws.take<float>(static_cast<std::size_t>(T * C));  // [T × C] own scores
     std::uint8_t* ok = ws.take<std::uint8_t>(static_cast<std::size_t>(T));
-    m_base.logits(x, z, C, ws);
-    for (index t = 0; t < T; ++t) {
+    // The base's logits, NaN policy and gate of every token, on the threads.
+    const auto own_scores = [&](index t) {  // throws the NaN error of token t
       m_base.prepare_row(z + t * C, C, t);
       ok[t] = m_base.gate_row(z + t * C, pi + t * C) ? 1 : 0;
-    }
+    };
+    detail::token_choice::parallel_rows(T, nt, ws, detail::token_choice::logits_stage(m_base, x, z, nt, ws),
+                                        [&](int, index t) noexcept {
+      try {
+        own_scores(t);
+      } catch (...) {
+        return false;
+      }
+      return true;
+    }, own_scores);
     const index n_seq = detail::sequence_count(ctx.sequence_starts);
     index L_max = 0;
     for (index q = 0; q < n_seq; ++q) {
       const auto [s0, s1] = detail::sequence_range(ctx.sequence_starts, q, T);
       L_max = std::max(L_max, s1 - s0);
     }
-    row_buffers buf;
-    buf.S = ws.take<float>(static_cast<std::size_t>(std::max<index>(L_max * L_max, 1)));  // [L × L]
-    buf.row_ok = ws.take<std::uint8_t>(static_cast<std::size_t>(std::max<index>(L_max, 1)));
-    buf.mix = ws.take<float>(static_cast<std::size_t>(C));
-    buf.q = ws.take<float>(static_cast<std::size_t>(C));
-    buf.own = ws.take<float>(static_cast<std::size_t>(C));
-    buf.scratch = ws.take<float>(static_cast<std::size_t>(C));
-    buf.idx = ws.take<std::int32_t>(static_cast<std::size_t>(std::max<index>(K, 1)));
-    buf.w = ws.take<float>(static_cast<std::size_t>(std::max<index>(K, 1)));
+    float* S = ws.take<float>(static_cast<std::size_t>(std::max<index>(L_max * L_max, 1)));  // [L × L]
+    std::uint8_t* row_ok = ws.take<std::uint8_t>(static_cast<std::size_t>(std::max<index>(L_max, 1)));
+    float* lanes = ws.take<float>(n * 4 * static_cast<std::size_t>(C));  // per thread: mix, q, own, scratch
+    auto* idx = ws.take<std::int32_t>(n * static_cast<std::size_t>(K));
+    float* w = ws.take<float>(n * static_cast<std::size_t>(K));
+    auto* routed = ws.take_zeroed<std::uint8_t>(n);  // per thread: routed a token (top scores recorded)
+    const auto buffers = [&](int tid) {
+      float* f = lanes + tid * 4 * C;
+      return row_buffers{S, row_ok, f, f + C, f + 2 * C, f + 3 * C, idx + tid * K, w + tid * K};
+    };
     index attention_offset = 0;
     const auto per_sequence = ws.mark();  // the kernel's scratch is released after each sequence
     for (index q = 0; q < n_seq; ++q) {
       const auto [s0, s1] = detail::sequence_range(ctx.sequence_starts, q, T);
       const index L = s1 - s0;
       if (L == 0) continue;
-      mixing_rows(x, ctx, s0, L, attention_offset, buf.S, buf.row_ok, ws);
+      mixing_rows(x, ctx, s0, L, attention_offset, S, row_ok, ws);
       ws.rewind(per_sequence);
       attention_offset += L * L;
-      for (index i = 0; i < L; ++i) route_token(s0, L, i, z, pi, ok, buf, plan);
+      // The tokens of the sequence, each from its row of S, on the threads.
+      const index first = s0;
+      detail::parallel_region(static_cast<int>(std::min<index>(nt, L)), [&](int tid, int team, auto&&) {
+        const row_buffers b = buffers(tid);
+        const auto rows = detail::share_of(L, tid, team);
+        for (index i = rows.begin; i < rows.end; ++i) routed[tid] |= route_token(first, L, i, z, pi, ok, b, plan);
+      });
     }
+    plan.mark_entropy();
+    if (std::any_of(routed, routed + nt, [](std::uint8_t r) { return r != 0; })) plan.mark_top_score();
+    plan.invalidate();
   }
 
   /// The row-stochastic mixing matrix `S [L × L]` of sequence `sequence` (for inspection and
@@ -422,13 +446,17 @@ class similarity_aware {
     }
   }
 
-  void route_token(index s0, index L, index i, const float* z, const float* pi, const std::uint8_t* ok,
+  // Routes token i of the sequence at s0 into its own row of the plan (bulk entropy and
+  // top-score arrays, no shared state, so threads route distinct tokens at once); returns whether
+  // it recorded a top score.
+  bool route_token(index s0, index L, index i, const float* z, const float* pi, const std::uint8_t* ok,
                    const row_buffers& b, routing_plan& plan) const {
     const index C = m_base.columns();
     const index t = s0 + i;
+    float* entropy = plan.entropy_data();
     if (!ok[t] || !b.row_ok[i]) {
-      plan.set_entropy(t, 0.0f);
-      return;  // degenerate own logits, or a row of S with no weight: routes nowhere
+      entropy[t] = 0.0f;
+      return false;  // degenerate own logits, or a row of S with no weight: routes nowhere
     }
     constexpr float neg_inf = -std::numeric_limits<float>::infinity();
     const float* Si = b.S + i * L;
@@ -464,22 +492,25 @@ class similarity_aware {
         if (zt[c] == neg_inf || std::isnan(b.mix[c])) b.mix[c] = neg_inf;
       }
       if (!m_base.gate_row(b.mix, b.q)) {
-        plan.set_entropy(t, 0.0f);
-        return;
+        entropy[t] = 0.0f;
+        return false;
       }
       key = b.mix;
       q = b.q;
     }
-    plan.set_entropy(t, m_base.row_entropy(q, b.scratch));
+    entropy[t] = m_base.row_entropy(q, b.scratch);
     const index count = m_base.select_row(key, q, b.idx, b.scratch);
-    plan.set_top_score(t, count > 0 ? q[b.idx[0]] : 0.0f);  // the mixed score the token was routed by
+    plan.top_score_data()[t] = count > 0 ? q[b.idx[0]] : 0.0f;  // the mixed score the token was routed by
     float* weigh_from = q;
     if (m_options.combine == combine_weights::own) {
       std::copy(pi + t * C, pi + (t + 1) * C, b.own);
       weigh_from = b.own;
     }
     m_base.weigh_row(weigh_from, b.idx, count, b.w);
-    for (index s = 0; s < count; ++s) plan.set(t, s, m_base.column_expert(b.idx[s]), b.w[s]);
+    for (index s = 0; s < count; ++s) {
+      detail::token_choice::write_slot(plan, t, s, m_base.column_expert(b.idx[s]), b.w[s]);
+    }
+    return true;
   }
 
   Base m_base;
