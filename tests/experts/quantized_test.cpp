@@ -244,6 +244,43 @@ void check_bank_kind(std::uint64_t seed, bool biases = false) {
   CHECK(moe_test::relative_error(y, want) < 3e-2);
 }
 
+TEST_CASE("a bank built expert by expert from bytes equals the bank from whole tensors", "[experts][quantized][error]") {
+  moe_test::rng rng(22);
+  const index E = 3, d = 64, f = 32;
+  const auto w = moe_test::random_swiglu(rng, E, d, f);
+  using F = fm::mxfp4;
+  const auto g = moe_test::quantised<F>(w.gate), u = moe_test::quantised<F>(w.up), dn = moe_test::quantised<F>(w.down);
+  using bank = moe::gated_mlp_experts<F, moe::act::clamped_swiglu>;
+  const std::size_t gu = static_cast<std::size_t>(f) * fm::row_bytes<F>(d), dd = static_cast<std::size_t>(d) * fm::row_bytes<F>(f);
+  std::vector<int> calls;
+  const auto copy = [&](index e, int m, std::span<std::byte> out) {
+    calls.push_back(static_cast<int>(e) * 3 + m);
+    const auto& src = m == 0 ? g : m == 1 ? u : dn;
+    const std::size_t n = m == 2 ? dd : gu;
+    REQUIRE(out.size() == n);
+    std::memcpy(out.data(), src.data() + static_cast<std::size_t>(e) * n, n);
+  };
+  const bank each = bank::from_expert_bytes(moe::swiglu_shape{E, d, f}, copy);
+  CHECK(calls == std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8});  // expert by expert: gate, up, down
+  const bank whole(g, u, dn, moe::swiglu_shape{E, d, f});
+  const auto router_w = rng.matrix(E, d);
+  moe::layer<moe::top_k<>, bank, moe::device::serial> a(moe::top_k<>(router_w, {.k = 2}), each);
+  moe::layer<moe::top_k<>, bank, moe::device::serial> b(moe::top_k<>(router_w, {.k = 2}), whole);
+  const auto x = rng.matrix(11, d);
+  moe::row_matrix<float> ya(11, d), yb(11, d);
+  a.forward(x, ya);
+  b.forward(x, yb);
+  CHECK(moe_test::bitwise_equal(ya, yb));
+  // The bytes are checked as a tensor's: a NaN scale names the expert and the matrix.
+  const auto nan_scale = [&](index e, int m, std::span<std::byte> out) {
+    copy(e, m, out);
+    if (e == 1 && m == 2) out[fm::mxfp4::block_bytes * 3] = std::byte{255};
+  };
+  CHECK_THROWS_WITH(bank::from_expert_bytes(moe::swiglu_shape{E, d, f}, nan_scale),
+                    Catch::Contains("parameter 'expert 1 down block 3 (row 3)' must be finite scales"));
+  CHECK_THROWS_WITH(bank::from_expert_bytes(moe::swiglu_shape{E, 40, f}, copy), Catch::Contains("parameter 'shape.hidden' must be a multiple of 32 (the MXFP4 block), got 40"));
+}
+
 TEST_CASE("quantized banks with other activations: GeGLU, gpt-oss clamped SwiGLU, ReLU² and GELU MLPs", "[experts][quantized]") {
   check_bank_kind<fm::q8_0, moe::act::gelu_tanh, true>(31);
   check_bank_kind<fm::mxfp4, moe::act::clamped_swiglu, true>(32);

@@ -6,6 +6,8 @@
 #include <cstddef>
 #include <span>
 #include <cmath>
+#include <concepts>
+#include <utility>
 #include <vector>
 
 #include "moe/concepts.hpp"
@@ -80,6 +82,42 @@ class basic_mlp_experts {
     init_bytes(nullptr, up, down, shape);
   }
 
+  /// Built one expert at a time from bytes that the caller writes in Format's layout (a
+  /// checkpoint whose blocks are laid out otherwise: gpt-oss's Hugging Face MXFP4 tensors).
+  /// `fill(e, m, out)` writes expert e's matrix m into `out`, exactly its bytes: m = 0 the gate
+  /// (gated banks only) and m = 1 up, each f rows of d values, m = 2 down, d rows of f values
+  /// (rows of whole blocks, d and f multiples of the block). Each matrix is checked as the GGUF
+  /// constructor checks a tensor, then packed; only one matrix's bytes are held at a time.
+  template <class Fill>
+    requires std::invocable<Fill&, index, int, std::span<std::byte>>
+  static basic_mlp_experts from_expert_bytes(swiglu_shape shape, Fill&& fill) {
+    constexpr const char* where = "moe::gated_mlp_experts::from_expert_bytes";
+    basic_mlp_experts b;
+    check_byte_shape(where, shape);
+    const index E = shape.experts, d = shape.hidden, f = shape.intermediate;
+    for (const auto& [name, k] : {std::pair{"shape.hidden", d}, std::pair{"shape.intermediate", f}}) {
+      if (k % Format::block_values != 0) {
+        detail::fail_parameter(error_id::shape, where, name,
+                               detail::concat("a multiple of ", Format::block_values, " (the ", Format::name, " block)"), k);
+      }
+    }
+    b.m_shape = shape;
+    std::vector<std::byte> tmp;
+    const auto one = [&](index e, int m, index rows, index cols) {
+      tmp.assign(static_cast<std::size_t>(rows) * formats::row_bytes<Format>(cols), std::byte{0});
+      fill(e, m, std::span<std::byte>(tmp));
+      static constexpr const char* names[3] = {"gate", "up", "down"};
+      formats::check_tensor<Format>(where, detail::concat("expert ", e, " ", names[m]), rows, cols, tmp);
+      return kernels::quant::pack<Format>(tmp.data(), rows, cols);
+    };
+    for (index e = 0; e < E; ++e) {
+      if constexpr (Gated) b.m_gate.push_back(one(e, 0, f, d));
+      b.m_up.push_back(one(e, 1, f, d));
+      b.m_down.push_back(one(e, 2, d, f));
+    }
+    return b;
+  }
+
  private:
   void init_fp32(const const_matrix_map<float>* gate, const_matrix_map<float> up, const_matrix_map<float> down) {
     constexpr const char* where = "moe::gated_mlp_experts";
@@ -99,9 +137,9 @@ class basic_mlp_experts {
     }
   }
 
-  void init_bytes(const std::span<const std::byte>* gate, std::span<const std::byte> up, std::span<const std::byte> down,
-                  swiglu_shape shape) {
-    constexpr const char* where = "moe::gated_mlp_experts";
+  basic_mlp_experts() = default;  // from_expert_bytes() fills it
+
+  static void check_byte_shape(const char* where, const swiglu_shape& shape) {
     if (shape.experts < 0) detail::fail_parameter(error_id::shape, where, "shape.experts", ">= 0", shape.experts);
     if (shape.hidden < 1) detail::fail_parameter(error_id::shape, where, "shape.hidden", ">= 1", shape.hidden);
     if (shape.intermediate < 1) detail::fail_parameter(error_id::shape, where, "shape.intermediate", ">= 1", shape.intermediate);
@@ -111,6 +149,13 @@ class basic_mlp_experts {
       detail::fail_parameter(error_id::shape, where, "shape", "E·f and E·d at most 2^40 rows",
                              detail::concat(E, " experts of ", d, " x ", f));
     }
+  }
+
+  void init_bytes(const std::span<const std::byte>* gate, std::span<const std::byte> up, std::span<const std::byte> down,
+                  swiglu_shape shape) {
+    constexpr const char* where = "moe::gated_mlp_experts";
+    check_byte_shape(where, shape);
+    const index E = shape.experts, d = shape.hidden, f = shape.intermediate;
     if (gate) formats::check_tensor<Format>(where, "gate", E * f, d, *gate);
     formats::check_tensor<Format>(where, "up", E * f, d, up);
     formats::check_tensor<Format>(where, "down", E * d, f, down);

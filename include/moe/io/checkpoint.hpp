@@ -10,12 +10,14 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -28,6 +30,7 @@
 #include "moe/experts/shared.hpp"
 #include "moe/experts/source.hpp"
 #include "moe/experts/swiglu.hpp"
+#include "moe/formats/mxfp4.hpp"
 #include "moe/io/gguf.hpp"
 #include "moe/io/model_config.hpp"
 #include "moe/io/safetensors.hpp"
@@ -38,6 +41,11 @@
 #include "moe/routing/routers/topk_softmax.hpp"
 #include "moe/routing/wrappers/identity_experts.hpp"
 #include "moe/routing/wrappers/weigh_input.hpp"
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 namespace moe::io {
 
@@ -163,6 +171,12 @@ struct moe_tensor_names {
   std::string gate_up_bias;             ///< fused per-expert gate|up bias `[E, 2f]` (gpt-oss, Hugging Face)
   std::string gate_bias, up_bias;       ///< per-expert biases `[E, f]` (gpt-oss, GGUF)
   std::string down_bias;                ///< per-expert output bias `[E, d]` (gpt-oss)
+  /// gpt-oss as published (MXFP4, transformers' Mxfp4GptOssExperts): per expert and output row,
+  /// blocks of 32 E2M1 codes in 16 bytes, element 2i in the low nibble of byte i and 2i + 1 in
+  /// its high nibble, and one E8M0 scale per block. gate|up output-major, gate on the even rows:
+  /// `gate_blocks` U8 `[E, 2f, d/32, 16]`, `gate_scales` U8 `[E, 2f, d/32]`; down
+  /// `down_blocks` U8 `[E, d, f/32, 16]`, `down_scales` U8 `[E, d, f/32]`.
+  std::string gate_blocks, gate_scales, down_blocks, down_scales;
   std::string shared_gate, shared_up, shared_down;  ///< shared experts, together one MLP `[fs, d]` / `[d, fs]`
   std::string shared_expert_gate;                   ///< `[1, d]` sigmoid gate of the shared experts (Qwen2-MoE)
 };
@@ -301,6 +315,10 @@ inline moe_tensor_names hf_tensor_names(std::string_view model_type, index layer
     n.down = m + "experts.down_proj";
     n.gate_up_bias = m + "experts.gate_up_proj_bias";
     n.down_bias = m + "experts.down_proj_bias";
+    n.gate_blocks = m + "experts.gate_up_proj_blocks";
+    n.gate_scales = m + "experts.gate_up_proj_scales";
+    n.down_blocks = m + "experts.down_proj_blocks";
+    n.down_scales = m + "experts.down_proj_scales";
   } else if (in({"llama4", "llama4_text"})) {
     const std::string m = b + "feed_forward.";
     n.router = m + "router.weight";
@@ -575,7 +593,8 @@ swiglu_experts<Scalar> load_experts(const checkpoint& ckpt, const model_config& 
   const auto n = tensor_names(ckpt, cfg, layer);
   if (!n.gate_up_bias.empty() || cfg.model_type == "gpt-oss" || cfg.model_type == "gpt_oss") {
     ci::fail(moe::detail::concat("the experts of '", cfg.model_type,
-                                 "' have biases and a clamped SwiGLU, which moe::swiglu_experts does not compute"));
+                                 "' have biases and a clamped SwiGLU, which moe::swiglu_experts does not compute; use "
+                                 "load_quantized_experts<moe::formats::mxfp4, moe::act::clamped_swiglu>()"));
   }
   const auto c = cfg.layer(layer);
   auto s = ci::dense_sources(ckpt, n, c.experts, c.hidden, c.moe_intermediate);
@@ -721,21 +740,161 @@ inline std::optional<shared_experts<mapped_swiglu_experts>> map_shared_experts(c
   return shared_experts<mapped_swiglu_experts>(std::move(bank), load_vector(ckpt, n.shared_expert_gate, c.hidden));
 }
 
-/// The routed experts of MoE layer `layer` of a GGUF file in their own block format F
-/// (moe::gated_mlp_experts<F, Activation>, built from the tensor bytes without re-quantising),
-/// with the per-expert biases `ffn_{gate,up,down}_exps.bias` where the file has them (gpt-oss).
+namespace detail::checkpoint_impl {
+/// Drops the whole pages of `[p, p + n)` from the process's resident set (a read-only file
+/// mapping: the page cache keeps them), once they have been converted.
+inline void release_bytes(const std::byte* p, std::size_t n) noexcept {
+#if defined(__unix__) || defined(__APPLE__)
+  static const auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<std::uintptr_t>(p);
+  const std::uintptr_t first = (begin + page - 1) / page * page, last = (begin + n) / page * page;
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+#else
+  (void)p;
+  (void)n;
+#endif
+}
+
+/// One of gpt-oss's Hugging Face MXFP4 weights: its blocks `[E, rows, cols/32, 16]` and scales
+/// `[E, rows, cols/32]`, checked (U8, shapes, no NaN scale).
+struct hf_mxfp4_tensor {
+  checkpoint_tensor blocks, scales;
+  index rows = 0, cols = 0;
+
+  /// Writes row `r` of expert e in GGUF's MXFP4 layout (moe::formats::mxfp4: per block the E8M0
+  /// byte, then byte j holding element j in its low nibble and element j + 16 in its high
+  /// nibble, as ggml's block_mxfp4 and dequantize_row_mxfp4). Hugging Face's layout keeps
+  /// element 2i in the low nibble of byte i and 2i + 1 in its high nibble (transformers'
+  /// integrations/mxfp4.py convert_moe_packed_tensors, OpenAI's gpt_oss/torch/weights.py
+  /// _get_mxfp4_tensor: low nibbles to the even positions, high nibbles to the odd). The codes
+  /// need no mapping: both tables give code c the E2M1 value {0, .5, 1, 1.5, 2, 3, 4, 6}[c & 7],
+  /// negative when c & 8 (FP4_VALUES there; kvalues_mxfp4 in ggml, which holds the doubled
+  /// values and multiplies by half the scale); and the scale byte s means 2^(s - 127) in both.
+  void row(index e, index r, std::byte* out) const {
+    const index nb = cols / 32;
+    const std::size_t at = static_cast<std::size_t>(e * rows + r) * static_cast<std::size_t>(nb);
+    const auto* src = reinterpret_cast<const std::uint8_t*>(blocks.bytes.data()) + at * 16;
+    const auto* sc = reinterpret_cast<const std::uint8_t*>(scales.bytes.data()) + at;
+    for (index b = 0; b < nb; ++b, src += 16, out += formats::mxfp4::block_bytes) {
+      if (sc[b] == 255) {
+        moe::detail::fail_parameter(error_id::input, "moe::io::load_quantized_experts",
+                                    moe::detail::concat("tensor '", scales.name, "' [", e, ", ", r, ", ", b, "]"),
+                                    "a finite E8M0 scale (0..254)", "255 (NaN)");
+      }
+      std::uint8_t blk[formats::mxfp4::block_bytes];
+      blk[0] = sc[b];
+      for (int j = 0; j < 16; ++j) {
+        const auto code = [&](int k) { return static_cast<std::uint8_t>((src[k / 2] >> (4 * (k % 2))) & 0x0f); };
+        blk[1 + j] = static_cast<std::uint8_t>(code(j) | (code(j + 16) << 4));
+      }
+      std::memcpy(out, blk, sizeof blk);
+    }
+  }
+  /// Expert e's bytes in the file, blocks and scales, out of the resident set.
+  void release(index e) const noexcept {
+    const std::size_t per = static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols / 32);
+    release_bytes(blocks.bytes.data() + static_cast<std::size_t>(e) * per * 16, per * 16);
+    release_bytes(scales.bytes.data() + static_cast<std::size_t>(e) * per, per);
+  }
+};
+
+inline hf_mxfp4_tensor hf_mxfp4(const checkpoint& ckpt, const std::string& blocks, const std::string& scales, index E,
+                                index rows, index cols, index layer) {
+  constexpr const char* where = "moe::io::load_quantized_experts";
+  for (const auto* name : {&blocks, &scales}) {
+    if (!ckpt.has(*name)) fail(moe::detail::concat("gpt-oss layer ", layer, " has no MXFP4 tensor '", *name, "'"));
+  }
+  hf_mxfp4_tensor t{ckpt.tensor(blocks), ckpt.tensor(scales), rows, cols};
+  for (const auto* x : {&t.blocks, &t.scales}) {
+    if (x->dtype != "U8") {
+      moe::detail::fail_parameter(error_id::input, where, moe::detail::concat("tensor '", x->name, "' dtype"), "U8", x->dtype);
+    }
+  }
+  expect_shape(t.blocks, {u(E), u(rows), u(cols / 32), 16});
+  expect_shape(t.scales, {u(E), u(rows), u(cols / 32)});
+  return t;
+}
+
+/// gpt-oss's routed experts from its Hugging Face MXFP4 tensors (see load_quantized_experts).
+template <class Activation>
+gated_mlp_experts<formats::mxfp4, Activation> hf_mxfp4_experts(const checkpoint& ckpt, const model_config& cfg, index layer) {
+  constexpr const char* where = "moe::io::load_quantized_experts";
+  const auto n = tensor_names(ckpt, cfg, layer);
+  const auto c = cfg.layer(layer);
+  const index E = c.experts, d = c.hidden, f = c.moe_intermediate;
+  if (!ckpt.has(n.gate_blocks) && ckpt.has(n.gate)) {
+    fail(moe::detail::concat("gpt-oss layer ", layer, "'s experts are dense ('", n.gate,
+                             "'), not MXFP4; no bank computes gpt-oss's clamped SwiGLU with biases from dense weights: load "
+                             "the published MXFP4 checkpoint (", n.gate_blocks, " and _scales) or a GGUF file, or quantise "
+                             "the matrices with gated_mlp_experts<F, act::clamped_swiglu>(gate, up, down) and set_biases()"));
+  }
+  if (d % 32 != 0) moe::detail::fail_parameter(error_id::shape, where, "hidden_size", "a multiple of 32 (the MXFP4 block)", d);
+  if (f % 32 != 0) moe::detail::fail_parameter(error_id::shape, where, "intermediate_size", "a multiple of 32 (the MXFP4 block)", f);
+  const auto gu = hf_mxfp4(ckpt, n.gate_blocks, n.gate_scales, E, 2 * f, d, layer);
+  const auto dn = hf_mxfp4(ckpt, n.down_blocks, n.down_scales, E, d, f, layer);
+  // The biases first: a missing one fails before any packing.
+  for (const auto* name : {&n.gate_up_bias, &n.down_bias}) {
+    if (!ckpt.has(*name)) fail(moe::detail::concat("gpt-oss layer ", layer, " has no expert bias tensor '", *name, "'"));
+  }
+  const auto gub = load_matrix(ckpt, n.gate_up_bias, E, 2 * f);  // [E, 2f], gate on the even columns
+  const auto db = load_matrix(ckpt, n.down_bias, E, d);           // [E, d]
+  std::vector<float> bg(static_cast<std::size_t>(E * f)), bu(bg.size());
+  for (index e = 0; e < E; ++e) {
+    for (index j = 0; j < f; ++j) {
+      bg[static_cast<std::size_t>(e * f + j)] = gub(e, 2 * j);
+      bu[static_cast<std::size_t>(e * f + j)] = gub(e, 2 * j + 1);
+    }
+  }
+  // gate|up interleaved on the rows (transformers' GptOssExperts and OpenAI's reference swiglu:
+  // gate = gate_up[..., ::2], up = gate_up[..., 1::2]): gate row j is row 2j, up row j is 2j + 1.
+  const std::size_t rb_d = formats::row_bytes<formats::mxfp4>(d), rb_f = formats::row_bytes<formats::mxfp4>(f);
+  auto bank = gated_mlp_experts<formats::mxfp4, Activation>::from_expert_bytes(
+      swiglu_shape{E, d, f}, [&](index e, int m, std::span<std::byte> out) {
+        if (m == 2) {
+          for (index r = 0; r < d; ++r) dn.row(e, r, out.data() + static_cast<std::size_t>(r) * rb_f);
+          dn.release(e);
+          return;
+        }
+        for (index j = 0; j < f; ++j) gu.row(e, 2 * j + m, out.data() + static_cast<std::size_t>(j) * rb_d);
+        if (m == 1) gu.release(e);
+      });
+  bank.set_biases(std::move(bg), std::move(bu), std::vector<float>(db.data(), db.data() + db.size()));
+  return bank;
+}
+}  // namespace detail::checkpoint_impl
+
+/// The routed experts of MoE layer `layer` in their own block format F
+/// (moe::gated_mlp_experts<F, Activation>):
+///   - from a GGUF file, built from the tensor bytes without re-quantising, with the per-expert
+///     biases `ffn_{gate,up,down}_exps.bias` where the file has them (gpt-oss: required);
+///   - from gpt-oss's Hugging Face checkpoint as published (F = moe::formats::mxfp4,
+///     Activation = act::clamped_swiglu): `experts.gate_up_proj_blocks` / `_scales` and
+///     `down_proj_blocks` / `_scales` (moe_tensor_names::gate_blocks ...), converted one expert
+///     at a time into GGUF's block layout (nibble order; gate and up de-interleaved from the
+///     rows of gate_up_proj, the scales as they are: the values are bit for bit the checkpoint's),
+///     with the biases `gate_up_proj_bias` `[E, 2f]` (split the same way) and `down_proj_bias`
+///     `[E, d]` (F32, BF16 or F16), all required; each expert's file pages leave the resident
+///     set once converted, so the load holds the bank plus one expert's matrix. A checkpoint
+///     with dense experts (`gate_up_proj` `[E, d, 2f]`, the BF16 form) is refused: no bank here
+///     computes gpt-oss's clamped SwiGLU with biases from dense weights.
 /// gpt-oss's experts need Activation = moe::act::clamped_swiglu, and other families' must not
-/// use it. Throws moe::error naming the tensor when its GGML type is not F's or a shape differs.
+/// use it. Throws moe::error naming the tensor when its type is not F's (U8 for the Hugging Face
+/// blocks and scales), a shape differs, a scale is NaN or a tensor is missing.
 template <block_format F, class Activation = act::silu>
 gated_mlp_experts<F, Activation> load_quantized_experts(const checkpoint& ckpt, const model_config& cfg, index layer) {
   namespace ci = detail::checkpoint_impl;
   constexpr const char* where = "moe::io::load_quantized_experts";
-  if (!ckpt.is_gguf()) ci::fail("quantized experts load from GGUF files");
-  if (!cfg.is_moe_layer(layer)) moe::detail::fail_parameter(error_id::config, where, "layer", "a MoE layer of the model", layer);
   const bool oss = cfg.model_type == "gpt-oss" || cfg.model_type == "gpt_oss";
+  if (!ckpt.is_gguf() && !(oss && std::is_same_v<F, formats::mxfp4>)) {
+    ci::fail("quantized experts load from GGUF files, and from gpt-oss's Hugging Face MXFP4 checkpoints (F = moe::formats::mxfp4)");
+  }
+  if (!cfg.is_moe_layer(layer)) moe::detail::fail_parameter(error_id::config, where, "layer", "a MoE layer of the model", layer);
   if (oss != std::is_same_v<Activation, act::clamped_swiglu>) {
     moe::detail::fail_parameter(error_id::config, where, "Activation", oss ? "act::clamped_swiglu (gpt-oss's experts)" : "not act::clamped_swiglu (gpt-oss's only)",
                                 Activation::name);
+  }
+  if constexpr (std::is_same_v<F, formats::mxfp4>) {
+    if (!ckpt.is_gguf()) return ci::hf_mxfp4_experts<Activation>(ckpt, cfg, layer);
   }
   const auto n = gguf_tensor_names(layer);
   const auto c = cfg.layer(layer);
