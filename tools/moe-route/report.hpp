@@ -72,7 +72,7 @@ inline void print_table(std::ostream& out, const analysis& a) {
     out << line;
     const auto row = [&](const std::string& layer, double ept, double gf, double mm, double h, index dr, index sk, double j, double err,
                          double tps, const std::vector<index>& hist) {
-      std::snprintf(line, sizeof line, "%6s %8.3f %9.3f %8.3f %8.3f %7lld %7lld %7.3f %8s %10.0f %11s  %s\n", layer.c_str(), ept, gf, mm,
+      std::snprintf(line, sizeof line, "%6s %8.3f %9.4g %8.3f %8.3f %7lld %7lld %7.3f %8s %10.0f %11s  %s\n", layer.c_str(), ept, gf, mm,
                     h, static_cast<long long>(dr), static_cast<long long>(sk), j,
                     std::isnan(err) ? "n/a" : detail::fmt("%.4f", err).c_str(), tps, "", detail::histogram_text(hist).c_str());
       out << line;
@@ -162,21 +162,24 @@ inline std::string shade(double v) {
 
 /// A matrix as an SVG heatmap: `rows × cols` cells, values scaled by their maximum.
 inline std::string heatmap_svg(const std::string& id, const std::string& title, const std::vector<double>& v, index rows, index cols,
-                               const std::string& row_label, const std::string& col_label, double cell) {
-  const double left = 48, top = 24, w = cols * cell, h = rows * cell;
+                               const std::string& row_label, const std::string& col_label, double cell, double row_cell = 0) {
+  if (row_cell <= 0) row_cell = cell;
+  const double left = 48, top = 24, w = static_cast<double>(cols) * cell, h = static_cast<double>(rows) * row_cell;
+  const double width = std::max(left + w + 10, 7.0 * static_cast<double>(title.size()) + 60);
   double mx = 0;
   for (const double x : v) mx = std::max(mx, x);
   std::ostringstream s;
-  s << "<svg id=\"" << id << "\" class=\"figure\" xmlns=\"http://www.w3.org/2000/svg\" width=\"" << left + w + 10 << "\" height=\""
-    << top + h + 30 << "\" viewBox=\"0 0 " << left + w + 10 << ' ' << top + h + 30 << "\" role=\"img\"><title>" << escape(title)
+  s << "<svg id=\"" << id << "\" class=\"figure\" xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\""
+    << top + h + 30 << "\" viewBox=\"0 0 " << width << ' ' << top + h + 30 << "\" role=\"img\"><title>" << escape(title)
     << "</title>";
-  s << "<text x=\"" << left << "\" y=\"14\" class=\"t\">" << escape(title) << "</text>";
+  s << "<text x=\"4\" y=\"14\" class=\"t\">" << escape(title) << "</text>";
   s << "<rect x=\"" << left << "\" y=\"" << top << "\" width=\"" << w << "\" height=\"" << h << "\" fill=\"#fff\" stroke=\"#999\"/>";
   for (index r = 0; r < rows; ++r) {
     for (index c = 0; c < cols; ++c) {
       const double x = v[static_cast<std::size_t>(r * cols + c)];
       if (x <= 0) continue;
-      s << "<rect x=\"" << left + c * cell << "\" y=\"" << top + r * cell << "\" width=\"" << cell << "\" height=\"" << cell
+      s << "<rect x=\"" << left + static_cast<double>(c) * cell << "\" y=\"" << top + static_cast<double>(r) * row_cell << "\" width=\"" << cell
+        << "\" height=\"" << row_cell
         << "\" fill=\"" << shade(mx > 0 ? x / mx : 0) << "\"/>";
     }
   }
@@ -191,7 +194,7 @@ inline std::string heatmap_svg(const std::string& id, const std::string& title, 
 /// A bar chart of counts.
 inline std::string bars_svg(const std::string& id, const std::string& title, const std::vector<index>& h) {
   const double left = 40, top = 24, bw = 18, ph = 120;
-  const double w = static_cast<double>(h.size()) * bw;
+  const double w = std::max(static_cast<double>(h.size()) * bw, 7.0 * static_cast<double>(title.size()) + 20 - left);
   index mx = 1;
   for (const index x : h) mx = std::max(mx, x);
   std::ostringstream s;
@@ -238,7 +241,7 @@ inline std::string html_report(const analysis& a) {
        "<th>load entropy</th><th>dropped</th><th>skipped</th><th>Jaccard vs model</th><th>output rel. error</th><th>tokens/s</th></tr>\n";
   for (const auto& p : a.policies) {
     h << "<tr><td class=\"l\">" << detail::escape(p.spec) << "</td><td>" << detail::fmt("%.3f", p.experts_per_token) << "</td><td class=\"l\">"
-      << detail::histogram_text(p.histogram) << "</td><td>" << detail::fmt("%.3f", p.gflops) << "</td><td>"
+      << detail::histogram_text(p.histogram) << "</td><td>" << detail::fmt("%.4g", p.gflops) << "</td><td>"
       << detail::fmt("%.3f", p.max_over_mean_load) << "</td><td>" << detail::fmt("%.3f", p.load_entropy) << "</td><td>" << p.dropped
       << "</td><td>" << p.skipped << "</td><td>" << detail::fmt("%.3f", p.jaccard) << "</td><td>"
       << (std::isnan(p.output_rel_error) ? std::string("n/a") : detail::fmt("%.4f", p.output_rel_error)) << "</td><td>"
@@ -258,7 +261,7 @@ inline std::string html_report(const analysis& a) {
     std::vector<double> load;
     for (const auto& l : p.layers) load.insert(load.end(), l.load.begin(), l.load.end());
     h << detail::heatmap_svg("load-" + n, "layer × expert load", load, static_cast<index>(p.layers.size()), E, "layer", "expert",
-                             cell)
+                             cell, std::max(cell, 96.0 / static_cast<double>(p.layers.size())))
       << "\n";
     h << detail::bars_svg("histogram-" + n, "experts per token (tokens × layers)", p.histogram) << "\n";
     std::vector<double> co = p.coactivation;  // the diagonal (an expert's own load) would swamp the pairs
