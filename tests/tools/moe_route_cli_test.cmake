@@ -89,8 +89,41 @@ run(0 "synthetic switch_transformer" --preset switch_transformer --experts 4 --d
 validate(${DIR}/synthetic.json)
 expect_json(${DIR}/synthetic.json 3 layers LENGTH)
 run(0 "synthetic olmoe" --dim 16 --ffn 8 --num-layers 1 --tokens 8)
+# Capture the model's own routing, then replay it (issue: routed-expert capture and replay): the
+# replayed experts are the model's (Jaccard 1) and, with live weights over OLMoE's top_k softmax or
+# with the recorded weights, the layer outputs are the model's bit for bit (output error 0).
+run(0 "model" --checkpoint ${DIR} --tokens 24 --seed 3 --capture ${DIR}/routes.safetensors -q)
+if(NOT EXISTS ${DIR}/routes.safetensors)
+  message(SEND_ERROR "--capture wrote no ${DIR}/routes.safetensors")
+  math(EXPR failures "${failures} + 1")
+endif()
+foreach(weights live recorded)
+  run(0 "replay" --checkpoint ${DIR} --tokens 24 --seed 3 --replay ${DIR}/routes.safetensors --replay-weights ${weights}
+    --json ${DIR}/replay_${weights}.json -q)
+  validate(${DIR}/replay_${weights}.json)
+  file(READ ${DIR}/replay_${weights}.json doc)
+  string(JSON name GET "${doc}" policies 1 name)
+  if(NOT name STREQUAL "replay")
+    message(SEND_ERROR "replay_${weights}.json: policies.1.name is ${name}, expected replay")
+    math(EXPR failures "${failures} + 1")
+  endif()
+  expect_json(${DIR}/replay_${weights}.json 1 policies 1 summary jaccard)
+  expect_json(${DIR}/replay_${weights}.json 0 policies 1 summary output_rel_error)
+endforeach()
+# Other hidden states under the same recording: the same experts, other live weights.
+run(0 "replay" --checkpoint ${DIR} --tokens 24 --seed 4 --replay ${DIR}/routes.safetensors --json ${DIR}/replay_other.json -q)
+file(READ ${DIR}/replay_other.json doc)
+string(JSON other GET "${doc}" policies 1 summary output_rel_error)
+if(other EQUAL 0)
+  message(SEND_ERROR "a replay over other hidden states gave the model's outputs exactly")
+  math(EXPR failures "${failures} + 1")
+endif()
+run(1 "\\[moe.error.*x.rows\\(\\)" --checkpoint ${DIR} --tokens 10 --seed 3 --replay ${DIR}/routes.safetensors -q)
+run(1 "\\[moe.error" --checkpoint ${DIR} --tokens 24 --replay ${DIR}/bad/model.safetensors -q)
+run(2 "replay-weights" --checkpoint ${DIR} --tokens 24 --replay ${DIR}/routes.safetensors --replay-weights sometimes)
+
 # Help and the policy list.
-run(0 "--checkpoint.*--preset.*--hidden.*--hidden-name.*--tokens.*--layers.*--policy.*--route-only.*--json.*--report.*--quiet.*null_experts" --help)
+run(0 "--checkpoint.*--preset.*--hidden.*--hidden-name.*--tokens.*--layers.*--policy.*--route-only.*--capture.*--replay.*--replay-weights.*--json.*--report.*--quiet.*null_experts" --help)
 run(0 "top_k.*null_experts.*capacity.*expert_choice.*top_p.*adaptive_k.*mod" --list-policies)
 
 # Usage errors: exit 2 with a message that says what is valid.

@@ -406,6 +406,14 @@ struct run_options {
   std::vector<index> layers;
   bool route_only = false;
   index heatmap_tokens = 64;
+  /// Where to record the model's own routing of every analysed layer (`--capture`): sized on the
+  /// first layer to [tokens × the model's layers × its k], with weights; null: no capture.
+  moe::route_recording* capture = nullptr;
+  /// A recording to replay as one more policy, "replay" (`--replay`): moe::forced_routes over
+  /// top_k<softmax_gate> with the model's k and renormalisation (weights from the live logits),
+  /// or the recorded weights as they are (`replay_weights = recorded`); null: none.
+  const moe::route_recording* replay = nullptr;
+  moe::replay_weights replay_weights = moe::replay_weights::live;
   /// Called after each layer with (layers done, layers in all).
   std::function<void(std::size_t, std::size_t)> progress;
 };
@@ -548,13 +556,19 @@ inline analysis analyse(const model& m, const hidden_source& hidden, const run_o
   a.k = m.k();
   a.layers = o.layers;
   a.route_only = o.route_only;
-  a.policies.resize(o.policies.size() + 1);
+  a.policies.resize(o.policies.size() + 1 + (o.replay ? 1 : 0));
   a.policies[0].name = "model";
   a.policies[0].spec = "model";
   for (std::size_t i = 0; i < o.policies.size(); ++i) {
     a.policies[i + 1].name = o.policies[i].name;
     a.policies[i + 1].spec = o.policies[i].text;
     a.policies[i + 1].options = o.policies[i].options;
+  }
+  if (o.replay) {
+    auto& p = a.policies.back();
+    p.name = "replay";
+    p.spec = o.replay_weights == moe::replay_weights::live ? "replay" : "replay:weights=recorded";
+    p.options["weights"] = o.replay_weights == moe::replay_weights::live ? "live" : "recorded";
   }
   const index d = m.hidden();
   moe::row_matrix<float> x = hidden.read(o.layers.empty() ? 0 : o.layers.front(), d);  // [T × d]
@@ -580,6 +594,10 @@ inline analysis analyse(const model& m, const hidden_source& hidden, const run_o
     ml.own->route(moe::view(x), ctx, ref, ws);
     detail::prepare(ref);
     const double own_route = detail::seconds_since(t0);
+    if (o.capture) {
+      if (li == 0) *o.capture = moe::route_recording(x.rows(), m.layers(), ref.max_slots(), true, m.experts());
+      o.capture->record(l, ref);
+    }
     t0 = std::chrono::steady_clock::now();
     ml.experts->run(ref, moe::view(x), moe::view(y_ref));
     const double own_experts = detail::seconds_since(t0);
@@ -591,9 +609,17 @@ inline analysis analyse(const model& m, const hidden_source& hidden, const run_o
       r.tokens_per_second = static_cast<double>(x.rows()) / std::max(own_route + own_experts, 1e-12);
       a.policies[0].layers.push_back(std::move(r));
     }
-    for (std::size_t pi = 0; pi < o.policies.size(); ++pi) {
-      const auto& spec = o.policies[pi];
-      const auto router = find_policy(spec.name, spec.text).build(base, spec);
+    const std::size_t evaluated = a.policies.size() - 1;
+    for (std::size_t pi = 0; pi < evaluated; ++pi) {
+      std::unique_ptr<routing_policy> router;
+      if (pi < o.policies.size()) {
+        const auto& spec = o.policies[pi];
+        router = find_policy(spec.name, spec.text).build(base, spec);
+      } else {  // the replayed recording
+        const moe::top_k_options topk{.k = m.k(), .renormalize = m.renormalize()};
+        router = erase(moe::forced_routes<moe::top_k<>>(moe::top_k<>(ml.router_weight, topk), *o.replay, l, {.weights = o.replay_weights}),
+                       2.0 * static_cast<double>(ml.router_weight.size()));
+      }
       t0 = std::chrono::steady_clock::now();
       ws.reset();
       router->route(moe::view(x), ctx, plan, ws);

@@ -17,6 +17,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include <moe/io/routes.hpp>
+
 #include "analysis.hpp"
 #include "policies.hpp"
 #include "report.hpp"
@@ -112,6 +114,17 @@ int main(int argc, char** argv) {
   app.add_option("--layers", layers, "MoE layers to run: all, N, A-B, or a comma list of those")->capture_default_str();
   app.add_option("--policy", policies, "a policy NAME[:key=value,...] (repeatable); see the list below");
   app.add_flag("--route-only", route_only, "route only: no expert compute for the policies (no output error, tokens/s of routing)");
+  std::string capture_path, replay_path, replay_weights = "live";
+  app.add_option("--capture", capture_path,
+                 "record the model's own routing of every analysed layer (expert ids as int16 [tokens x layers x k] "
+                 "and weights, safetensors; docs/routing-spec.md section 19) into this file");
+  app.add_option("--replay", replay_path,
+                 "replay a recording (written by --capture) as one more policy, 'replay': the recorded experts, weights "
+                 "from the live logits of top_k over the layer's router with the model's k and renormalisation");
+  app.add_option("--replay-weights", replay_weights,
+                 "live: recompute the replayed weights from the live logits; recorded: use the recording's weights")
+      ->check(CLI::IsMember({"live", "recorded"}))
+      ->capture_default_str();
   app.add_option("--json", json_path, "write the results as JSON (schema: route_result.schema.json)");
   app.add_option("--report", report_path, "write a self-contained HTML report with SVG figures");
   app.add_option("--report-tokens", heat_tokens, "tokens shown in the report's token x expert heatmap")
@@ -168,9 +181,17 @@ int main(int argc, char** argv) {
     }
     ro.route_only = route_only;
     ro.heatmap_tokens = heat_tokens;
+    moe::route_recording captured, replayed;
+    if (!replay_path.empty()) {
+      replayed = moe::io::read_routes(replay_path, m->experts());
+      ro.replay = &replayed;
+      ro.replay_weights = replay_weights == "recorded" ? moe::replay_weights::recorded : moe::replay_weights::live;
+    }
+    if (!capture_path.empty()) ro.capture = &captured;
     progress bar(!quiet);
     ro.progress = [&bar](std::size_t done, std::size_t total) { bar(done, total); };
     const auto a = moe_route::analyse(*m, hs, ro);
+    if (!capture_path.empty()) moe::io::write_routes(capture_path, captured);
     moe_route::print_table(std::cout, a);
     if (!json_path.empty()) {
       std::ofstream out(json_path);
