@@ -20,8 +20,10 @@
 //         acc = fma(a_g · dx_g, float(s), acc)
 //         acc = fma(b_g · dx_g, float(Σ_i qx_i), acc)   (formats with b only)
 // The integer sums are exact and the float steps are the same sequence on every lane, so the
-// AVX-512 VNNI kernel (16 rows per register, `vpdpbusd`) equals the scalar kernel bit for bit,
-// and a token's output does not depend on the other tokens or the thread count.
+// AVX-512 VNNI kernel (16 rows per register, `vpdpbusd`) and the AVX2 kernel (8 rows per
+// register, `vpmaddubsw` + `vpmaddwd`, products that cannot saturate int16) equal the scalar
+// kernel bit for bit, and a token's output does not depend on the other tokens or the thread
+// count.
 
 #include <algorithm>
 #include <cmath>
@@ -35,6 +37,12 @@
 #define MOE_QUANT_VNNI 1
 #else
 #define MOE_QUANT_VNNI 0
+#endif
+#if !MOE_QUANT_VNNI && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define MOE_QUANT_AVX2 1
+#else
+#define MOE_QUANT_AVX2 0
 #endif
 
 #include <xsimd/xsimd.hpp>
@@ -536,8 +544,144 @@ void panel_vnni(const quant_panels<F>& w, index p, const quantized_rows& xq, ind
 }
 #endif
 
+#if MOE_QUANT_AVX2
+namespace detail {
+// The coefficients a (and b) of group g for rows 8h..8h+7 of panel p.
+template <block_format F>
+MOE_FORCEINLINE void group_coeffs8(const quant_panels<F>& w, index p, index g, const std::byte* prm, int h, __m256& a,
+                                   __m256& b) noexcept {
+  const auto u8x8 = [](const std::byte* at) { return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(at)); };
+  const auto f16x8 = [](const std::byte* at) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(at)));
+  };
+  if constexpr (traits<F>::params == param_kind::f16_scale) {
+    a = f16x8(prm + 16 * h);
+  } else if constexpr (traits<F>::params == param_kind::e8m0_scale) {
+    // 2^(e - 127) as float bits (e >= 1), 2^-127 (a subnormal) for e = 0; then halved (exact).
+    const __m256i e = _mm256_cvtepu8_epi32(u8x8(prm + 8 * h));
+    const __m256i zero = _mm256_cmpeq_epi32(e, _mm256_setzero_si256());
+    const __m256i bits = _mm256_blendv_epi8(_mm256_slli_epi32(e, 23), _mm256_set1_epi32(0x00400000), zero);
+    a = _mm256_mul_ps(_mm256_castsi256_ps(bits), _mm256_set1_ps(0.5f));
+  } else {
+    const std::byte* sp = w.super_ptr(p, g / groups_per_super<F>);
+    const __m256 d = f16x8(sp + 16 * h);
+    if constexpr (traits<F>::params == param_kind::u8_scale_min) {
+      const __m256 dmin = f16x8(sp + 2 * panel_rows + 16 * h);
+      const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(u8x8(prm + 8 * h)));
+      const __m256 m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(u8x8(prm + panel_rows + 8 * h)));
+      a = _mm256_mul_ps(d, sc);
+      b = _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(dmin, m));
+    } else {
+      a = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(u8x8(prm + 8 * h))));
+    }
+  }
+}
+
+// Σ over 4 consecutive values of (code · q) per int32 lane: vpmaddubsw's pairs stay within int16
+// (codes <= 63, or <= 24 after the MXFP4 table, times |q| <= 127), vpmaddwd adds the pairs.
+MOE_FORCEINLINE __m256i dot4(__m256i codes, __m256i q, __m256i ones16) noexcept {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(codes, q), ones16);
+}
+}  // namespace detail
+
+/// AVX2 kernel on M (1 or 2) activation rows: the scalar kernel's arithmetic, the 16 rows of a
+/// panel in two registers of 8. Q8_0's codes (0..255) would saturate vpmaddubsw's pairs, so its
+/// sums are taken on the signed values (|w| · sign(q, w), at most 128 · 127 per product), which
+/// is the same integer as Σ c·q - 128·Σ q.
+template <block_format F, int M>
+MOE_FORCEINLINE void panel_avx2_rows(const quant_panels<F>& w, index p, const quantized_rows& xq, index i0, float* out,
+                                     index ld_out) noexcept {
+  using T = traits<F>;
+  constexpr index G = T::group;
+  constexpr bool signed_codes = std::is_same_v<F, formats::q8_0>;
+  const index nb = xq.kp / 32;
+  const __m256i ones16 = _mm256_set1_epi16(1);
+  const __m256i nib = _mm256_set1_epi8(0x0f);
+  const __m256i lut = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mxfp4_lut)));
+  const std::int8_t* qx[M];
+  for (int i = 0; i < M; ++i) qx[i] = xq.q + (i0 + i) * xq.kp;
+  __m256 acc[M][2];
+  for (int i = 0; i < M; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  const auto bcast4 = [](const std::int8_t* at) {
+    std::int32_t v;
+    std::memcpy(&v, at, 4);
+    return _mm256_set1_epi32(v);
+  };
+  for (index g = 0; g < w.groups; ++g) {
+    const std::byte* grp = w.group_ptr(p, g);
+    __m256i s[M][2];
+    for (int i = 0; i < M; ++i) s[i][0] = s[i][1] = _mm256_setzero_si256();
+    const index x0 = g * G;
+    if constexpr (T::bits == 8) {
+      for (index k = 0; k < G / 4; ++k) {
+        __m256i c[2];
+        for (int h = 0; h < 2; ++h) c[h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + 64 * k + 32 * h));
+        for (int i = 0; i < M; ++i) {
+          const __m256i q = bcast4(qx[i] + x0 + 4 * k);
+          for (int h = 0; h < 2; ++h) {
+            if constexpr (signed_codes) {
+              const __m256i v = _mm256_xor_si256(c[h], _mm256_set1_epi8(static_cast<char>(0x80)));
+              s[i][h] = _mm256_add_epi32(s[i][h], detail::dot4(_mm256_abs_epi8(v), _mm256_sign_epi8(q, v), ones16));
+            } else {
+              s[i][h] = _mm256_add_epi32(s[i][h], detail::dot4(c[h], q, ones16));
+            }
+          }
+        }
+      }
+    } else {
+      for (index k = 0; k < G / 8; ++k) {
+        __m256i lo[2], hi[2];
+        for (int h = 0; h < 2; ++h) {
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + 64 * k + 32 * h));
+          lo[h] = _mm256_and_si256(v, nib);
+          hi[h] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+          if constexpr (T::lut) {
+            lo[h] = _mm256_shuffle_epi8(lut, lo[h]);
+            hi[h] = _mm256_shuffle_epi8(lut, hi[h]);
+          }
+        }
+        for (int i = 0; i < M; ++i) {
+          const __m256i qa = bcast4(qx[i] + x0 + 8 * k), qb = bcast4(qx[i] + x0 + 8 * k + 4);
+          for (int h = 0; h < 2; ++h) {
+            s[i][h] = _mm256_add_epi32(s[i][h], _mm256_add_epi32(detail::dot4(lo[h], qa, ones16), detail::dot4(hi[h], qb, ones16)));
+          }
+        }
+      }
+    }
+    for (int h = 0; h < 2; ++h) {
+      __m256 a, b = _mm256_setzero_ps();
+      detail::group_coeffs8(w, p, g, grp + code_bytes<F>, h, a, b);
+      for (int i = 0; i < M; ++i) {
+        const index row = i0 + i;
+        const std::int32_t* s16 = xq.sums16 + row * 2 * nb;
+        const std::int32_t xs = G == 32 ? s16[2 * g] + s16[2 * g + 1] : s16[g];
+        const __m256i si = signed_codes ? s[i][h] : _mm256_sub_epi32(s[i][h], _mm256_set1_epi32(T::offset * xs));
+        const __m256 dx = _mm256_set1_ps(xq.dx[row * nb + (g * G) / 32]);
+        acc[i][h] = _mm256_fmadd_ps(_mm256_mul_ps(a, dx), _mm256_cvtepi32_ps(si), acc[i][h]);
+        if constexpr (T::params == param_kind::u8_scale_min) {
+          acc[i][h] = _mm256_fmadd_ps(_mm256_mul_ps(b, dx), _mm256_set1_ps(static_cast<float>(xs)), acc[i][h]);
+        }
+      }
+    }
+  }
+  for (int i = 0; i < M; ++i) {
+    for (int h = 0; h < 2; ++h) _mm256_storeu_ps(out + (i0 + i) * ld_out + 8 * h, acc[i][h]);
+  }
+}
+
+/// AVX2 kernel: rows in pairs (an odd last row its own instance).
+template <block_format F>
+void panel_avx2(const quant_panels<F>& w, index p, const quantized_rows& xq, index rows, float* out, index ld_out) noexcept {
+  index i0 = 0;
+  for (; i0 + 2 <= rows; i0 += 2) panel_avx2_rows<F, 2>(w, p, xq, i0, out, ld_out);
+  if (i0 < rows) panel_avx2_rows<F, 1>(w, p, xq, i0, out, ld_out);
+}
+#endif
+
 /// Whether the VNNI kernel is compiled in (`-march` with avx512_vnni).
 inline constexpr bool has_vnni = MOE_QUANT_VNNI != 0;
+/// Whether the AVX2 kernel is compiled in (`-march` with avx2, fma and f16c, without avx512_vnni).
+inline constexpr bool has_avx2 = MOE_QUANT_AVX2 != 0;
 
 /// The best kernel compiled in (`force_scalar`: the scalar one).
 template <block_format F>
@@ -546,6 +690,11 @@ void panel(const quant_panels<F>& w, index p, const quantized_rows& xq, index ro
 #if MOE_QUANT_VNNI
   if (!force_scalar) {
     panel_vnni(w, p, xq, rows, out, ld_out);
+    return;
+  }
+#elif MOE_QUANT_AVX2
+  if (!force_scalar) {
+    panel_avx2(w, p, xq, rows, out, ld_out);
     return;
   }
 #endif
