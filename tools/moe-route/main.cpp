@@ -161,24 +161,9 @@ int main(int argc, char** argv) {
     }
     mo.seed = static_cast<std::uint64_t>(seed);
     hs.seed = static_cast<std::uint64_t>(seed);
-    if (mo.checkpoint.empty()) {
-      m = moe_route::open_model(mo);  // a preset name is checked here (usage error)
-    }
-  } catch (const moe_route::usage_error& e) {
-    std::cerr << "moe-route: " << e.what() << "\nRun 'moe-route --help' for the options.\n";
-    return 2;
-  } catch (const std::exception& e) {
-    std::cerr << "moe-route: " << e.what() << "\n";
-    return 1;
-  }
-  try {
-    if (!m) m = moe_route::open_model(mo);
-    try {
-      ro.layers = moe_route::parse_layers(layers, *m);
-    } catch (const moe_route::usage_error& e) {
-      std::cerr << "moe-route: " << e.what() << "\nRun 'moe-route --help' for the options.\n";
-      return 2;
-    }
+    // Usage errors come before a checkpoint is opened, except --layers, which needs the model.
+    m = moe_route::open_model(mo);  // a preset name is checked here (usage error)
+    ro.layers = moe_route::parse_layers(layers, *m);
     ro.route_only = route_only;
     ro.heatmap_tokens = heat_tokens;
     moe::route_recording captured, replayed;

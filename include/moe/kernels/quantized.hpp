@@ -577,8 +577,8 @@ MOE_FORCEINLINE void group_coeffs8(const quant_panels<F>& w, index p, index g, c
   }
 }
 
-// Σ over 4 consecutive values of (code · q) per int32 lane: vpmaddubsw's pairs stay within int16
-// (codes <= 63, or <= 24 after the MXFP4 table, times |q| <= 127), vpmaddwd adds the pairs.
+// Σ over 4 consecutive values of (u8 · s8) per int32 lane, for operands whose vpmaddubsw pairs
+// stay within int16 (Q8_0's |w| · sign(q, w): at most 2 · 128 · 127); vpmaddwd adds the pairs.
 MOE_FORCEINLINE __m256i dot4(__m256i codes, __m256i q, __m256i ones16) noexcept {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(codes, q), ones16);
 }
@@ -612,38 +612,53 @@ MOE_FORCEINLINE void panel_avx2_rows(const quant_panels<F>& w, index p, const qu
     __m256i s[M][2];
     for (int i = 0; i < M; ++i) s[i][0] = s[i][1] = _mm256_setzero_si256();
     const index x0 = g * G;
-    if constexpr (T::bits == 8) {
+    // Byte products summed in int16 before vpmaddwd where they cannot overflow it: four
+    // vpmaddubsw results of 4-bit codes (4 · 2 · 24 · 127 = 24384), two of Q6_K's 6-bit codes
+    // (2 · 2 · 63 · 127 = 32004); Q8_0's signed pairs (up to 32512) go one at a time.
+    if constexpr (signed_codes) {
       for (index k = 0; k < G / 4; ++k) {
-        __m256i c[2];
-        for (int h = 0; h < 2; ++h) c[h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + 64 * k + 32 * h));
-        for (int i = 0; i < M; ++i) {
-          const __m256i q = bcast4(qx[i] + x0 + 4 * k);
-          for (int h = 0; h < 2; ++h) {
-            if constexpr (signed_codes) {
-              const __m256i v = _mm256_xor_si256(c[h], _mm256_set1_epi8(static_cast<char>(0x80)));
-              s[i][h] = _mm256_add_epi32(s[i][h], detail::dot4(_mm256_abs_epi8(v), _mm256_sign_epi8(q, v), ones16));
-            } else {
-              s[i][h] = _mm256_add_epi32(s[i][h], detail::dot4(c[h], q, ones16));
-            }
+        for (int h = 0; h < 2; ++h) {
+          const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + 64 * k + 32 * h));
+          const __m256i v = _mm256_xor_si256(c, _mm256_set1_epi8(static_cast<char>(0x80)));
+          const __m256i av = _mm256_abs_epi8(v);
+          for (int i = 0; i < M; ++i) {
+            const __m256i q = bcast4(qx[i] + x0 + 4 * k);
+            s[i][h] = _mm256_add_epi32(s[i][h], detail::dot4(av, _mm256_sign_epi8(q, v), ones16));
+          }
+        }
+      }
+    } else if constexpr (T::bits == 8) {
+      static_assert(G / 4 % 2 == 0);
+      for (index k = 0; k < G / 4; k += 2) {
+        for (int h = 0; h < 2; ++h) {
+          const __m256i c0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + 64 * k + 32 * h));
+          const __m256i c1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + 64 * (k + 1) + 32 * h));
+          for (int i = 0; i < M; ++i) {
+            const __m256i t = _mm256_add_epi16(_mm256_maddubs_epi16(c0, bcast4(qx[i] + x0 + 4 * k)),
+                                               _mm256_maddubs_epi16(c1, bcast4(qx[i] + x0 + 4 * k + 4)));
+            s[i][h] = _mm256_add_epi32(s[i][h], _mm256_madd_epi16(t, ones16));
           }
         }
       }
     } else {
-      for (index k = 0; k < G / 8; ++k) {
-        __m256i lo[2], hi[2];
+      static_assert(G / 8 % 2 == 0);
+      for (index k = 0; k < G / 8; k += 2) {
         for (int h = 0; h < 2; ++h) {
-          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + 64 * k + 32 * h));
-          lo[h] = _mm256_and_si256(v, nib);
-          hi[h] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
-          if constexpr (T::lut) {
-            lo[h] = _mm256_shuffle_epi8(lut, lo[h]);
-            hi[h] = _mm256_shuffle_epi8(lut, hi[h]);
+          __m256i lo[2], hi[2];
+          for (int j = 0; j < 2; ++j) {
+            const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + 64 * (k + j) + 32 * h));
+            lo[j] = _mm256_and_si256(v, nib);
+            hi[j] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+            if constexpr (T::lut) {
+              lo[j] = _mm256_shuffle_epi8(lut, lo[j]);
+              hi[j] = _mm256_shuffle_epi8(lut, hi[j]);
+            }
           }
-        }
-        for (int i = 0; i < M; ++i) {
-          const __m256i qa = bcast4(qx[i] + x0 + 8 * k), qb = bcast4(qx[i] + x0 + 8 * k + 4);
-          for (int h = 0; h < 2; ++h) {
-            s[i][h] = _mm256_add_epi32(s[i][h], _mm256_add_epi32(detail::dot4(lo[h], qa, ones16), detail::dot4(hi[h], qb, ones16)));
+          for (int i = 0; i < M; ++i) {
+            const std::int8_t* q = qx[i] + x0 + 8 * k;
+            const __m256i t0 = _mm256_add_epi16(_mm256_maddubs_epi16(lo[0], bcast4(q)), _mm256_maddubs_epi16(hi[0], bcast4(q + 4)));
+            const __m256i t1 = _mm256_add_epi16(_mm256_maddubs_epi16(lo[1], bcast4(q + 8)), _mm256_maddubs_epi16(hi[1], bcast4(q + 12)));
+            s[i][h] = _mm256_add_epi32(s[i][h], _mm256_madd_epi16(_mm256_add_epi16(t0, t1), ones16));
           }
         }
       }
