@@ -152,7 +152,6 @@ int main(int argc, char** argv) {
   }
 
   moe_route::run_options ro;
-  std::unique_ptr<moe_route::model> m;
   try {
     for (const auto& p : policies) ro.policies.push_back(moe_route::parse_policy(p));
     if (mo.checkpoint.empty() && mo.preset.empty()) throw moe_route::usage_error("give --checkpoint or --preset");
@@ -162,7 +161,7 @@ int main(int argc, char** argv) {
     mo.seed = static_cast<std::uint64_t>(seed);
     hs.seed = static_cast<std::uint64_t>(seed);
     // Usage errors come before a checkpoint is opened, except --layers, which needs the model.
-    m = moe_route::open_model(mo);  // a preset name is checked here (usage error)
+    const auto m = moe_route::open_model(mo);  // a preset name is checked here (usage error)
     ro.layers = moe_route::parse_layers(layers, *m);
     ro.route_only = route_only;
     ro.heatmap_tokens = heat_tokens;
