@@ -37,7 +37,10 @@ inline double seconds_since(std::chrono::steady_clock::time_point t0) {
 inline double fma_peak() {
   static const double value = [] {
     using batch = xsimd::batch<float>;
-    constexpr int chains = 16;
+    // Enough independent chains to cover the FMA latency on every pipe, few enough to stay in
+    // registers with a and b: 16 of AVX-512's 32 registers, 12 of AVX2's 16 (16 chains spilled
+    // there and measured half the rate that moe's own GEMM then reached).
+    constexpr int chains = moe::kernels::vector_registers<xsimd::default_arch> >= 32 ? 16 : 12;
     const long steps = 20'000'000;
     double best = 0;
     for (int rep = 0; rep < 3; ++rep) {

@@ -234,9 +234,11 @@ TEST_CASE("row blocks cover the rows in order, at most mr_max each, sizes within
     REQUIRE(largest <= mr_max);
     REQUIRE(largest - smallest <= 1);
   }
-  // 27 rows: three blocks of 9, not 12, 12 and 3.
-  CHECK(row_block_begin(27, 1) == 9);
-  CHECK(row_block_begin(27, 2) == 18);
+  // 2·mr_max + 3 rows (27 with 12-row tiles): three equal blocks, not mr_max, mr_max and 3.
+  const index r = 2 * mr_max + 3;
+  CHECK(row_blocks(r) == 3);
+  CHECK(row_block_begin(r, 1) == r / 3);
+  CHECK(row_block_begin(r, 2) == 2 * r / 3);
 }
 
 TEST_CASE("interleaved packing puts gate and up columns side by side", "[kernels][gemm]") {

@@ -52,8 +52,23 @@ namespace moe::kernels {
 /// Architecture used for expert and router GEMMs: the best one enabled at compile time.
 using gemm_arch = xsimd::default_arch;
 
-/// Rows per micro-kernel block.
-inline constexpr index mr_max = 12;
+/// Vector registers of architecture A: 32 on AVX-512, 16 on AVX/AVX2 and SSE (xsimd's x86
+/// architectures derive from one another, so testing the widest base is enough), 16 assumed
+/// elsewhere.
+template <class A>
+inline constexpr int vector_registers = std::is_base_of_v<xsimd::avx512f, A> ? 32 : 16;
+
+/// Rows per micro-kernel block on architecture A, a tuning value: the most rows whose MR × 2
+/// accumulators, the step's two weight registers and a broadcast fit the register file (12 of
+/// 32 registers' worth, 6 of 16). More rows spill accumulators to the stack every step: on an
+/// AVX2 CPU 12 rows ran at half the FMA rate of 6 (docs/architecture.md §9). The value changes
+/// which rows share a tile, never the order of an output's fused chain, so results do not
+/// depend on it.
+template <class A>
+inline constexpr index tile_rows = vector_registers<A> >= 32 ? 12 : 6;
+
+/// Rows per micro-kernel block for the build's architecture (gemm_arch).
+inline constexpr index mr_max = tile_rows<gemm_arch>;
 
 /// Outputs per packed panel for architecture A: two SIMD registers.
 template <class A>

@@ -12,8 +12,8 @@
 // other rows. Dispatch:
 //   1. the rows of B are packed, one panel of 2·SIMD-width rows at a time, k-major, into
 //      workspace memory (B changes with every call, so it is never packed ahead);
-//   2. for each panel, blocks of up to 8 rows of A are broadcast element by element from A
-//      itself and multiplied into 8 × 2 SIMD accumulators (`pairwise_tile`);
+//   2. for each panel, blocks of up to `pairwise_rows` rows of A are broadcast element by
+//      element from A itself and multiplied into rows × 2 SIMD accumulators (`pairwise_tile`);
 //   3. with `lower`, panels are skipped for the row blocks that lie entirely above the
 //      diagonal (only `j <= i` is needed); tiles that cross it are computed whole.
 
@@ -29,8 +29,9 @@
 
 namespace moe::kernels {
 
-/// Rows of A per pairwise tile.
-inline constexpr index pairwise_rows = 8;
+/// Rows of A per pairwise tile: 8, or the GEMM's tile where that is smaller (6 with 16 vector
+/// registers), so the accumulators stay in registers and within `accumulators<A>`.
+inline constexpr index pairwise_rows = std::min<index>(8, mr_max);
 
 namespace detail {
 
